@@ -1,0 +1,45 @@
+# FAME Node: the two commands of the quick start.
+#   make demo   set up .venv (runtime + demo data) and run the node's main job on its defaults
+#   make test   set up .venv (everything, incl. torch 2.13.0 CPU) and run lint, types, tests
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+
+.PHONY: demo test lint typecheck pytest train clean-venv
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+$(VENV)/.runtime: pyproject.toml | $(VENV)/bin/python
+	$(PIP) install --quiet -e '.[demo]'
+	touch $@
+
+$(VENV)/.dev: pyproject.toml $(VENV)/.runtime
+	# torch first, pinned, so nothing pulls a CUDA build.
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -e '.[demo,train,dev]'
+	touch $@
+
+demo: $(VENV)/.runtime
+	$(VENV)/bin/fame-node demo
+
+lint: $(VENV)/.dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(VENV)/.dev
+	$(VENV)/bin/mypy
+
+pytest: $(VENV)/.dev
+	$(VENV)/bin/pytest -q
+
+test: lint typecheck pytest
+
+# Retrain the default bundle on BUSI (about 40 minutes on 2 CPU cores).
+train: $(VENV)/.dev
+	$(PY) -m trainer.train --manifest ../shared/data/busi/manifest.csv --out models/default
+
+clean-venv:
+	rm -rf $(VENV)

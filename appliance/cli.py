@@ -1,0 +1,190 @@
+"""The `fame-node` command line: run, process, status, results, evaluate, demo, config."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from appliance import __version__
+from appliance.config import NodeConfig, check_config, load_config
+from appliance.errors import ConfigError, FameNodeError
+from appliance.logs import setup_logging
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="fame-node",
+        description="FAME Node: breast ultrasound segmentation and classification at the PACS.",
+    )
+    p.add_argument("--version", action="version", version=f"fame-node {__version__}")
+    p.add_argument(
+        "--config",
+        type=Path,
+        help="TOML config file (default: $FAME_NODE_CONFIG, else built-in defaults)",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("run", help="watch the inbox and process files until stopped (SIGTERM)")
+
+    pr = sub.add_parser("process", help="process files or folders now, print one line each")
+    pr.add_argument("paths", nargs="+", type=Path)
+    pr.add_argument("--json", action="store_true", help="one JSON object per input on stdout")
+
+    st = sub.add_parser("status", help="queue counts, active model, backend really in use")
+    st.add_argument("--json", action="store_true")
+
+    rs = sub.add_parser("results", help="list recent results")
+    rs.add_argument("--json", action="store_true")
+    rs.add_argument("--limit", type=int, default=50)
+
+    ev = sub.add_parser("evaluate", help="measure the installed bundle on a labelled data set")
+    ev.add_argument("--manifest", type=Path, required=True, help="CSV: image,label,masks,split")
+    ev.add_argument("--split", default="test", help="rows of this split ('all' for every row)")
+    ev.add_argument("--json", action="store_true")
+
+    de = sub.add_parser("demo", help="set up a demo node, feed it real and broken files, run it")
+    de.add_argument("--dir", type=Path, default=Path("demo-node"), help="demo node folder")
+    de.add_argument(
+        "--busi", type=Path, default=None, help="BUSI folder (default: ../shared/data/busi)"
+    )
+    de.add_argument("--timeout", type=float, default=900.0, help="give up after this long (s)")
+
+    cf = sub.add_parser("config", help="show or check a configuration")
+    cf.add_argument("action", choices=["check", "show"])
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "demo":
+            from appliance.demo import run_demo
+
+            return run_demo(args.dir, busi=args.busi, timeout_s=args.timeout)
+        try:
+            config = load_config(args.config)
+        except ConfigError as exc:
+            print(f"fame-node: {exc}", file=sys.stderr)
+            return 2
+        if args.command == "config":
+            return _config(config, args.action)
+        setup_logging(
+            config.log_level,
+            config.folder("work") / "logs" if args.command == "run" else None,
+        )
+        handler = {
+            "run": _run,
+            "process": _process,
+            "status": _status,
+            "results": _results,
+            "evaluate": _evaluate,
+        }[args.command]
+        return handler(config, args)
+    except FameNodeError as exc:
+        print(f"fame-node: {exc}", file=sys.stderr)
+        return 1
+
+
+def _config(config: NodeConfig, action: str) -> int:
+    if action == "show":
+        print(json.dumps(config.model_dump(mode="json"), indent=2))
+        return 0
+    problems = check_config(config)
+    if problems:
+        print("configuration problems:")
+        for line in problems:
+            print(f"  - {line}")
+        return 1
+    print(f"configuration OK (inbox {config.folder('inbox')}, model {config.models.bundle})")
+    return 0
+
+
+def _run(config: NodeConfig, args: argparse.Namespace) -> int:
+    from appliance.service import Node
+
+    node = Node(config)
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        node.request_stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    node.start()
+    node.wait_stopped()
+    node.stop()
+    return 0
+
+
+def _process(config: NodeConfig, args: argparse.Namespace) -> int:
+    from appliance.oneshot import process_paths
+    from appliance.service import build_parts
+
+    parts = build_parts(config)
+    outcomes = process_paths(parts, args.paths)
+    for o in outcomes:
+        if args.json:
+            print(json.dumps(o.to_dict()), flush=True)
+        else:
+            print(_outcome_line(o.to_dict()))
+    return 0 if all(o.status == "done" for o in outcomes) else 3
+
+
+def _outcome_line(o: dict[str, Any]) -> str:
+    if o["status"] != "done":
+        return f"{o['status']:<9} {o['path']}: {o['reason']}"
+    f = o["frames"][0]
+    size = (
+        f"{f['lesion_area_mm2']:.1f} mm2"
+        if f["lesion_area_mm2"] is not None
+        else f"{f['lesion_area_px']:.0f} px"
+    )
+    more = f" (+{len(o['frames']) - 1} frames)" if len(o["frames"]) > 1 else ""
+    return (
+        f"done      {o['path']}: {f['diagnosis']} p={f['confidence']:.2f}, lesion {size}{more}"
+        f" -> {o['result_dir']}"
+    )
+
+
+def _status(config: NodeConfig, args: argparse.Namespace) -> int:
+    from appliance.status import format_status, gather_status
+
+    data = gather_status(config)
+    print(json.dumps(data, indent=2) if args.json else format_status(data))
+    return 0
+
+
+def _results(config: NodeConfig, args: argparse.Namespace) -> int:
+    from appliance.status import format_results, gather_results
+
+    rows = gather_results(config, args.limit)
+    if args.json:
+        for r in rows:
+            print(json.dumps(r))
+    else:
+        print(format_results(rows))
+    return 0
+
+
+def _evaluate(config: NodeConfig, args: argparse.Namespace) -> int:
+    from appliance.analysis import Analyzer
+    from appliance.bundle import load_bundle
+    from appliance.evaluate import evaluate, format_report
+    from appliance.runtime import create_backend
+
+    bundle = load_bundle(config.models.bundle)
+    backend = create_backend(bundle, config.runtime)
+    analyzer = Analyzer(bundle, backend, config.thresholds, config.runtime.batch_size)
+    split = None if args.split == "all" else args.split
+    report = evaluate(analyzer, args.manifest, split)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

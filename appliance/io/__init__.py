@@ -1,0 +1,1 @@
+"""Readers: DICOM and ordinary image files to greyscale frames plus metadata."""

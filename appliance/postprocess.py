@@ -1,0 +1,132 @@
+"""From network outputs to findings: pure functions over arrays, no I/O.
+
+`analyse_lesions` thresholds a lesion probability map (already mapped back to the
+frame's own pixels), drops components too small to be a lesion, and measures what is
+left: area and largest diameter (Feret) in pixels and, where the pixel spacing is known,
+in millimetres. `diagnose` turns class probabilities into a diagnosis plus the flags a
+reviewer should see.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+
+Mask = NDArray[np.uint8]
+
+
+@dataclass(frozen=True)
+class LesionFindings:
+    mask: Mask  # {0, 1}, the frame's shape
+    n_lesions: int
+    area_px: float
+    area_mm2: float | None
+    max_diameter_px: float
+    max_diameter_mm: float | None
+
+
+def clean_mask(prob: NDArray[Any], threshold: float, min_area_px: float) -> tuple[Mask, int]:
+    """Threshold `prob`, drop components smaller than `min_area_px`, fill holes.
+
+    Returns the binary mask and the number of components kept.
+    """
+    if prob.ndim != 2:
+        raise ValueError(f"expected a 2-D probability map, got shape {prob.shape}")
+    binary = (prob >= threshold).astype(np.uint8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+    keep = [i for i in range(1, n) if stats[i, cv2.CC_STAT_AREA] >= min_area_px]
+    mask = np.isin(labels, keep).astype(np.uint8) if keep else np.zeros_like(binary)
+    if keep:
+        # Fill holes: a lesion is a region, not a ring (speckle can punch holes in it).
+        contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(mask, contours, -1, color=1, thickness=cv2.FILLED)
+    return mask, len(keep)
+
+
+def max_feret_diameter(mask: NDArray[Any], spacing: tuple[float, float] = (1.0, 1.0)) -> float:
+    """Largest distance between two mask pixel centres, in units of `spacing` (row, col).
+
+    Computed over the convex hull of each component's boundary, which contains the
+    extreme points; 0 for an empty mask, 0 for a single pixel.
+    """
+    m = (mask > 0).astype(np.uint8)
+    if not m.any():
+        return 0.0
+    contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    pts = np.concatenate([c.reshape(-1, 2) for c in contours]).astype(np.float64)
+    if len(pts) > 2:
+        hull = cv2.convexHull(pts.astype(np.float32)).reshape(-1, 2).astype(np.float64)
+    else:
+        hull = pts
+    xy = hull * np.array([spacing[1], spacing[0]])  # points are (x=col, y=row)
+    diff = xy[:, None, :] - xy[None, :, :]
+    return float(np.sqrt((diff**2).sum(axis=-1)).max())
+
+
+def analyse_lesions(
+    prob: NDArray[Any],
+    *,
+    threshold: float,
+    min_area_px: float,
+    spacing_mm: tuple[float, float] | None,
+) -> LesionFindings:
+    mask, n = clean_mask(prob, threshold, min_area_px)
+    area_px = float(mask.sum())
+    diameter_px = max_feret_diameter(mask)
+    if spacing_mm is not None:
+        area_mm2: float | None = area_px * spacing_mm[0] * spacing_mm[1]
+        diameter_mm: float | None = max_feret_diameter(mask, spacing_mm)
+    else:
+        area_mm2 = diameter_mm = None
+    return LesionFindings(
+        mask=mask,
+        n_lesions=n,
+        area_px=area_px,
+        area_mm2=area_mm2,
+        max_diameter_px=diameter_px,
+        max_diameter_mm=diameter_mm,
+    )
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    label: str
+    confidence: float
+    probabilities: dict[str, float]
+    flags: tuple[str, ...]
+
+
+def diagnose(
+    class_prob: NDArray[Any],
+    classes: list[str],
+    *,
+    low_confidence: float,
+    lesion_found: bool,
+    normal_class: str = "normal",
+) -> Diagnosis:
+    """The most probable class, with flags for a reviewer.
+
+    Flags: ``low_confidence`` (top probability below the threshold) and
+    ``segmentation_disagrees`` (a lesion was segmented on an image classified normal,
+    or none on an image classified benign / malignant).
+    """
+    p = np.asarray(class_prob, dtype=np.float64).reshape(-1)
+    if p.shape[0] != len(classes):
+        raise ValueError(f"{p.shape[0]} class probabilities for {len(classes)} classes")
+    top = int(p.argmax())
+    label = classes[top]
+    flags: list[str] = []
+    if p[top] < low_confidence:
+        flags.append("low_confidence")
+    if normal_class in classes and (label == normal_class) == lesion_found:
+        flags.append("segmentation_disagrees")
+    return Diagnosis(
+        label=label,
+        confidence=float(p[top]),
+        probabilities={c: float(v) for c, v in zip(classes, p, strict=True)},
+        flags=tuple(flags),
+    )

@@ -1,0 +1,1 @@
+"""Result files written per image: mask and overlay PNGs, and result.json."""

@@ -1,0 +1,73 @@
+"""ONNX Runtime backend (CUDA or CPU execution provider).
+
+ONNX Runtime silently falls back to the CPU when a requested GPU provider cannot be
+loaded, so the providers that the session really uses are read back from the session
+and reported, never assumed.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from numpy.typing import NDArray
+
+from appliance.errors import BackendError
+from appliance.runtime.base import ModelOutputs
+
+log = logging.getLogger("fame_node.runtime")
+
+LESION_OUTPUT = "lesion_prob"
+CLASS_OUTPUT = "class_prob"
+
+
+class OnnxRuntimeBackend:
+    """One ONNX Runtime session over the bundle's combined segmentation + classification model."""
+
+    name = "onnxruntime"
+
+    def __init__(
+        self, model_path: Path, *, providers: list[str], intra_op_threads: int = 0
+    ) -> None:
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if intra_op_threads > 0:
+            opts.intra_op_num_threads = intra_op_threads
+        opts.log_severity_level = 3  # errors only; fallbacks are reported below
+        try:
+            self._session = ort.InferenceSession(str(model_path), opts, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own, untyped, exception classes
+            raise BackendError(f"ONNX Runtime cannot load {model_path}: {exc}") from exc
+        self.requested = list(providers)
+        self.active = list(self._session.get_providers())
+        if self.requested and self.active[0] != self.requested[0]:
+            log.warning(
+                "requested ONNX Runtime provider %s is not usable here; running on %s",
+                self.requested[0],
+                self.active[0],
+            )
+        inputs = self._session.get_inputs()
+        if len(inputs) != 1:
+            raise BackendError(f"{model_path}: expected one input, found {len(inputs)}")
+        self._input = inputs[0].name
+        outputs = {o.name for o in self._session.get_outputs()}
+        missing = {LESION_OUTPUT, CLASS_OUTPUT} - outputs
+        if missing:
+            raise BackendError(f"{model_path}: outputs {sorted(missing)} missing (has {outputs})")
+
+    @property
+    def device(self) -> str:
+        return self.active[0]
+
+    def infer(self, batch: NDArray[np.float32]) -> ModelOutputs:
+        if batch.ndim != 4 or batch.shape[1] != 1:
+            raise ValueError(f"expected a batch of shape (N, 1, S, S), got {batch.shape}")
+        lesion, cls = self._session.run(
+            [LESION_OUTPUT, CLASS_OUTPUT], {self._input: np.ascontiguousarray(batch)}
+        )
+        return ModelOutputs(
+            lesion_prob=np.asarray(lesion, dtype=np.float32)[:, 0],
+            class_prob=np.asarray(cls, dtype=np.float32),
+        )

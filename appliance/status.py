@@ -1,0 +1,113 @@
+"""What `fame-node status` and `fame-node results` report, gathered from the store and
+the running service's status file (the service may be another process)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from appliance.bundle import load_bundle
+from appliance.config import NodeConfig
+from appliance.errors import FameNodeError
+from appliance.oneshot import describe
+from appliance.runtime import create_backend
+from appliance.runtime.factory import available_providers
+from appliance.service import read_service_status
+from appliance.store.jobs import JobQueue
+from appliance.store.results import ResultStore
+
+
+def gather_status(config: NodeConfig) -> dict[str, Any]:
+    queue = JobQueue(config.database_path)
+    try:
+        counts = queue.counts()
+    finally:
+        queue.close()
+    service = read_service_status(config)
+    data: dict[str, Any] = {
+        "node_name": config.node_name,
+        "database": str(config.database_path),
+        "inbox": str(config.folder("inbox")),
+        "queue": {str(k): v for k, v in counts.items()},
+        "service": service,
+        "available_providers": available_providers(),
+    }
+    if service is not None and service["alive"]:
+        data.update(
+            model=service["model"], backend=service["backend"], provider=service["provider"]
+        )
+        data["provider_source"] = "the running service"
+        return data
+    # No service running: report what this machine would run, by really opening a session.
+    try:
+        bundle = load_bundle(config.models.bundle)
+        backend = create_backend(bundle, config.runtime)
+        data.update(model=bundle.version_label, backend=backend.name, provider=backend.device)
+        data["provider_source"] = "probed now (the service is not running)"
+    except FameNodeError as exc:
+        data.update(model=None, backend=None, provider=None, problem=str(exc))
+    return data
+
+
+def format_status(d: dict[str, Any]) -> str:
+    svc = d["service"]
+    if svc is None:
+        running = "not running (no status file yet)"
+    elif svc["alive"]:
+        running = f"running, pid {svc['pid']}, since {svc['started_at']}"
+    else:
+        running = f"not running (last heartbeat {svc['heartbeat_at']})"
+    q = d["queue"]
+    lines = [
+        f"node      {d['node_name']}",
+        f"service   {running}",
+        f"inbox     {d['inbox']}",
+        f"database  {d['database']}",
+        "queue     " + ", ".join(f"{k} {v}" for k, v in q.items()),
+        f"model     {d.get('model') or '-'}",
+        f"backend   {d.get('backend') or '-'} on {d.get('provider') or '-'} "
+        f"({d.get('provider_source', '')})",
+        f"ONNX Runtime providers available: {', '.join(d['available_providers'])}",
+    ]
+    if d.get("problem"):
+        lines.append(f"problem   {d['problem']}")
+    return "\n".join(lines)
+
+
+def gather_results(config: NodeConfig, limit: int) -> list[dict[str, Any]]:
+    """The newest jobs (of every status, so nothing goes missing) with their findings."""
+    queue = JobQueue(config.database_path)
+    results = ResultStore(config.database_path)
+    try:
+        return [
+            describe(queue, results, job, str(job.path)).to_dict()
+            for job in queue.list_jobs(limit=limit)
+        ]
+    finally:
+        queue.close()
+        results.close()
+
+
+def format_results(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no results yet"
+    head = f"{'job':>5}  {'status':<9} {'diagnosis':<10} {'p':>5}  {'lesion':>12}  file / reason"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        if r["frames"]:
+            f = r["frames"][0]
+            size = (
+                f"{f['lesion_area_mm2']:.1f} mm2"
+                if f["lesion_area_mm2"] is not None
+                else f"{f['lesion_area_px']:.0f} px"
+            )
+            flags = f"  [{', '.join(f['flags'])}]" if f["flags"] else ""
+            lines.append(
+                f"{r['job_id']:>5}  {r['status']:<9} {f['diagnosis']:<10} "
+                f"{f['confidence']:>5.2f}  {size:>12}  {r['path']}{flags}"
+            )
+        else:
+            lines.append(
+                f"{r['job_id']:>5}  {r['status']:<9} {'-':<10} {'':>5}  {'':>12}  "
+                f"{r['path']}: {r['reason']}"
+            )
+    return "\n".join(lines)

@@ -1,0 +1,614 @@
+"""The durable job queue: one row per file the node was given, and what became of it.
+
+Statuses (``jobs.status``)::
+
+    queued     hashed and waiting for a worker
+    running    claimed by a worker (`claim_next`); back to queued by
+               `recover_interrupted` if the node stopped meanwhile
+    done       results stored (`ResultStore.save_completed`, or `mark_done`)
+    rejected   the file cannot be processed (bad, unreadable, vanished): `reason`
+               says what was received and what to do; `error_code` is the
+               `InputError.code`
+    failed     an internal error, or the node stopped `max_attempts` times on it
+    duplicate  same content (sha256) or SOP Instance UID as job `duplicate_of`
+
+Only ``running`` moves to a terminal status; ``queued`` only to ``running``. Nothing is
+silent: a file seen again is recorded as a ``duplicate`` row that names the job it repeats.
+
+Which earlier job makes a new file a duplicate: a queued, running or done one, or one
+rejected for its content. A ``failed`` job (the node's fault) and one rejected as
+``unreadable`` (vanished, no permission: not about the content) do not: dropping the same
+content again queues it again. That is the way to retry them.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sqlite3
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+from types import TracebackType
+
+from appliance.errors import UnreadableFileError
+from appliance.store.db import (
+    DEFAULT_BUSY_TIMEOUT_S,
+    Clock,
+    Database,
+    StoreError,
+    from_db_time,
+    to_db_time,
+    utc_now,
+)
+
+log = logging.getLogger("fame_node.store")
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    REJECTED = "rejected"
+    FAILED = "failed"
+    DUPLICATE = "duplicate"
+
+
+TERMINAL_STATUSES = frozenset(
+    {JobStatus.DONE, JobStatus.REJECTED, JobStatus.FAILED, JobStatus.DUPLICATE}
+)
+
+# Rejections that say nothing about the content: the same bytes may be tried again.
+RETRYABLE_ERROR_CODES = frozenset({UnreadableFileError.code})
+
+INTERRUPTED_ERROR_CODE = "interrupted"
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+class JobNotFoundError(StoreError):
+    """No job has this id."""
+
+    def __init__(self, job_id: int, *, path: Path | None = None) -> None:
+        self.job_id = job_id
+        super().__init__(f"there is no job {job_id} in the database", path=path)
+
+
+class JobStateError(StoreError):
+    """The job is not in the status the operation needs (e.g. `mark_done` on a queued job)."""
+
+    def __init__(
+        self, job_id: int, status: str, expected: str, action: str, *, path: Path | None = None
+    ) -> None:
+        self.job_id = job_id
+        self.status = status = str(status)  # plain text, also for a JobStatus
+        self.expected = expected = str(expected)
+        super().__init__(
+            f"cannot {action} job {job_id}: it is {status!r}, expected {expected!r}",
+            path=path,
+        )
+
+
+@dataclass(frozen=True)
+class Job:
+    """One row of ``jobs``. Times are timezone-aware UTC."""
+
+    id: int
+    path: Path
+    status: JobStatus
+    sha256: str | None
+    size: int | None
+    mtime_ns: int | None
+    error_code: str | None
+    reason: str | None
+    attempts: int
+    # An identifier: kept out of repr so that logging a Job never prints it.
+    sop_instance_uid: str | None = field(repr=False)
+    duplicate_of: int | None
+    model_version: str | None
+    quarantine_path: Path | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+@dataclass(frozen=True)
+class EnqueueOutcome:
+    """What `JobQueue.enqueue` (or `Intake.submit`) recorded for a file.
+
+    `job` is the new row: ``queued``, or ``duplicate`` with `duplicate_of` set. When
+    `already_seen` is true nothing was recorded: this very file (same path, size and
+    modification time) is already job `job` (Intake checks that before hashing).
+    """
+
+    job: Job
+    duplicate_of: int | None = None
+    already_seen: bool = False
+
+    @property
+    def id(self) -> int:
+        return self.job.id
+
+    @property
+    def status(self) -> JobStatus:
+        return self.job.status
+
+    @property
+    def path(self) -> Path:
+        return self.job.path
+
+    @property
+    def queued(self) -> bool:
+        """True when this call put a new job in the queue."""
+        return not self.already_seen and self.job.status is JobStatus.QUEUED
+
+
+def _opt_time(value: str | None) -> datetime | None:
+    return None if value is None else from_db_time(value)
+
+
+def job_from_row(row: sqlite3.Row) -> Job:
+    """A `Job` from a ``SELECT * FROM jobs`` row."""
+    return Job(
+        id=row["id"],
+        path=Path(row["path"]),
+        status=JobStatus(row["status"]),
+        sha256=row["sha256"],
+        size=row["size"],
+        mtime_ns=row["mtime_ns"],
+        error_code=row["error_code"],
+        reason=row["reason"],
+        attempts=row["attempts"],
+        sop_instance_uid=row["sop_instance_uid"],
+        duplicate_of=row["duplicate_of"],
+        model_version=row["model_version"],
+        quarantine_path=None if row["quarantine_path"] is None else Path(row["quarantine_path"]),
+        created_at=from_db_time(row["created_at"]),
+        updated_at=from_db_time(row["updated_at"]),
+        started_at=_opt_time(row["started_at"]),
+        finished_at=_opt_time(row["finished_at"]),
+    )
+
+
+def fetch_job(conn: sqlite3.Connection, job_id: int, db_path: Path) -> Job:
+    row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    if row is None:
+        raise JobNotFoundError(job_id, path=db_path)
+    return job_from_row(row)
+
+
+def require_status(
+    conn: sqlite3.Connection, job_id: int, expected: JobStatus, action: str, db_path: Path
+) -> Job:
+    """The job, if it is in `expected` status; raises JobNotFoundError / JobStateError."""
+    job = fetch_job(conn, job_id, db_path)
+    if job.status is not expected:
+        raise JobStateError(job_id, job.status, expected, action, path=db_path)
+    return job
+
+
+# Jobs whose content a new file with the same sha256 repeats (see the module docstring).
+_BLOCKING = f"""
+    status IN ('queued', 'running', 'done')
+    OR (status = 'rejected'
+        AND COALESCE(error_code, '') NOT IN ({", ".join(repr(c) for c in RETRYABLE_ERROR_CODES)}))
+"""
+
+
+class JobQueue:
+    """The durable queue over the ``jobs`` and ``sop_uids`` tables.
+
+    Safe to share between the threads of one process; another process may open the same
+    file at the same time (reads never wait for writes, writes take turns).
+
+    Raises (every method): StoreError, or its subclasses JobNotFoundError and
+    JobStateError where a job id is given.
+    """
+
+    def __init__(
+        self,
+        db_path: Path,
+        *,
+        clock: Clock = utc_now,
+        busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S,
+    ) -> None:
+        self._db = Database(db_path, busy_timeout_s=busy_timeout_s)
+        self._clock = clock
+
+    @property
+    def path(self) -> Path:
+        return self._db.path
+
+    def _now(self) -> str:
+        return to_db_time(self._clock())
+
+    # -- intake ----------------------------------------------------------------------------
+
+    def enqueue(
+        self, path: Path, sha256: str, size: int, mtime_ns: int | None = None
+    ) -> EnqueueOutcome:
+        """Queue the file, or record it as a duplicate of the job that has its content.
+
+        Atomic: of several concurrent calls with the same `sha256` (threads or processes),
+        exactly one queues a job; the others record duplicates of it.
+        """
+        sha = _check_sha256(sha256)
+        if size < 0:
+            raise ValueError(f"size must be >= 0 bytes, got {size}")
+        now = self._now()
+        with self._db.write() as conn:
+            original = self._original_for(conn, sha)
+            if original is None:
+                job_id = self._insert(conn, path, JobStatus.QUEUED, now, sha, size, mtime_ns)
+                return EnqueueOutcome(fetch_job(conn, job_id, self.path))
+            reason = (
+                f"same content as job {original.id} ({original.path}), which is "
+                f"{original.status}; not processed again"
+            )
+            job_id = self._insert(
+                conn,
+                path,
+                JobStatus.DUPLICATE,
+                now,
+                sha,
+                size,
+                mtime_ns,
+                reason=reason,
+                duplicate_of=original.id,
+                finished=True,
+            )
+            return EnqueueOutcome(fetch_job(conn, job_id, self.path), duplicate_of=original.id)
+
+    def record_rejected(
+        self,
+        path: Path,
+        error_code: str,
+        reason: str,
+        sha256: str | None = None,
+        size: int | None = None,
+        mtime_ns: int | None = None,
+    ) -> Job:
+        """Record a file that was rejected before it could be queued (vanished, unreadable)."""
+        sha = None if sha256 is None else _check_sha256(sha256)
+        now = self._now()
+        with self._db.write() as conn:
+            job_id = self._insert(
+                conn,
+                path,
+                JobStatus.REJECTED,
+                now,
+                sha,
+                size,
+                mtime_ns,
+                reason=reason,
+                error_code=error_code,
+                finished=True,
+            )
+            return fetch_job(conn, job_id, self.path)
+
+    def known_sha256(self, sha256: str) -> bool:
+        """True when `enqueue` of this content would record a duplicate."""
+        sha = _check_sha256(sha256)
+        with self._db.read() as conn:
+            return self._original_for(conn, sha) is not None
+
+    def path_seen(self, path: Path, size: int, mtime_ns: int) -> Job | None:
+        """The latest job for this very file (path, size, mtime), if any, else None.
+
+        A job rejected as unreadable does not count: that file is worth another try.
+        """
+        with self._db.read() as conn:
+            row = conn.execute(
+                f"""SELECT * FROM jobs WHERE path = ? AND size = ? AND mtime_ns = ?
+                    AND NOT (status = 'rejected' AND COALESCE(error_code, '') IN
+                        ({", ".join(repr(c) for c in RETRYABLE_ERROR_CODES)}))
+                    ORDER BY id DESC LIMIT 1""",
+                (str(path), size, mtime_ns),
+            ).fetchone()
+        return None if row is None else job_from_row(row)
+
+    # -- workers ---------------------------------------------------------------------------
+
+    def claim_next(self) -> Job | None:
+        """Move the oldest queued job to running (attempts + 1) and return it; None if none."""
+        now = self._now()
+        with self._db.write() as conn:
+            row = conn.execute(
+                "SELECT id FROM jobs WHERE status = 'queued' ORDER BY id LIMIT 1"
+            ).fetchone()
+            if row is None:
+                return None
+            return self._start(conn, row["id"], now)
+
+    def claim(self, job_id: int) -> Job | None:
+        """Move this job to running if it is still queued and return it; else None."""
+        now = self._now()
+        with self._db.write() as conn:
+            if fetch_job(conn, job_id, self.path).status is not JobStatus.QUEUED:
+                return None
+            return self._start(conn, job_id, now)
+
+    def claim_sop_uid(self, job_id: int, uid: str) -> int | None:
+        """Register `uid` (SOP Instance UID) as this running job's; None when it is now its.
+
+        Returns the id of the job that already holds `uid` when that one is queued,
+        running or done (the caller then marks this job `duplicate`). A uid held by a job
+        that ended rejected, failed or duplicate is handed to this job: it produced no
+        result. Claiming the uid a job already holds again returns None.
+        """
+        if not uid:
+            raise ValueError("uid must be a non-empty SOP Instance UID")
+        now = self._now()
+        with self._db.write() as conn:
+            require_status(
+                conn, job_id, JobStatus.RUNNING, "claim a SOP Instance UID for", self.path
+            )
+            row = conn.execute(
+                "SELECT s.job_id, j.status FROM sop_uids s JOIN jobs j ON j.id = s.job_id "
+                "WHERE s.uid = ?",
+                (uid,),
+            ).fetchone()
+            if row is not None and row["job_id"] != job_id:
+                if row["status"] in ("queued", "running", "done"):
+                    return int(row["job_id"])
+                conn.execute("UPDATE sop_uids SET job_id = ? WHERE uid = ?", (job_id, uid))
+            elif row is None:
+                conn.execute("INSERT INTO sop_uids (uid, job_id) VALUES (?, ?)", (uid, job_id))
+            conn.execute(
+                "UPDATE jobs SET sop_instance_uid = ?, updated_at = ? WHERE id = ?",
+                (uid, now, job_id),
+            )
+            return None
+
+    def mark_done(self, job_id: int, model_version: str) -> Job:
+        """running -> done. (`ResultStore.save_completed` does this with the results.)"""
+        return self._finish(
+            job_id, JobStatus.DONE, "mark done", model_version=model_version, reason=None
+        )
+
+    def mark_rejected(
+        self,
+        job_id: int,
+        error_code: str,
+        reason: str,
+        quarantine_path: Path | str | None = None,
+    ) -> Job:
+        """running -> rejected, with the `InputError` code and its reason for a person."""
+        return self._finish(
+            job_id,
+            JobStatus.REJECTED,
+            "reject",
+            error_code=error_code,
+            reason=reason,
+            quarantine_path=None if quarantine_path is None else str(quarantine_path),
+        )
+
+    def mark_failed(self, job_id: int, error_code: str, reason: str) -> Job:
+        """running -> failed (an internal error; the reason says what to report)."""
+        return self._finish(
+            job_id, JobStatus.FAILED, "mark failed", error_code=error_code, reason=reason
+        )
+
+    def mark_duplicate(self, job_id: int, duplicate_of: int, reason: str) -> Job:
+        """running -> duplicate of `duplicate_of` (e.g. the same SOP Instance UID)."""
+        if duplicate_of == job_id:
+            raise ValueError(f"job {job_id} cannot be a duplicate of itself")
+        return self._finish(
+            job_id,
+            JobStatus.DUPLICATE,
+            "mark duplicate",
+            duplicate_of=duplicate_of,
+            reason=reason,
+        )
+
+    def recover_interrupted(self, max_attempts: int = 3) -> list[Job]:
+        """At start: put jobs left running by a stopped node back in the queue.
+
+        A job that has already been started `max_attempts` times goes to failed instead,
+        so that one file that kills the node cannot stop it for good. Only one service may
+        use a database: a running job of a live process would be taken from it.
+        Returns the jobs changed, as they are now.
+        """
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
+        now = self._now()
+        with self._db.write() as conn:
+            rows = conn.execute(
+                "SELECT id, attempts FROM jobs WHERE status = 'running' ORDER BY id"
+            ).fetchall()
+            for row in rows:
+                if row["attempts"] >= max_attempts:
+                    conn.execute(
+                        "UPDATE jobs SET status = 'failed', error_code = ?, reason = ?, "
+                        "updated_at = ?, finished_at = ? WHERE id = ?",
+                        (
+                            INTERRUPTED_ERROR_CODE,
+                            f"the node stopped {row['attempts']} times while processing "
+                            "this file; it is left aside (see logs)",
+                            now,
+                            now,
+                            row["id"],
+                        ),
+                    )
+                else:
+                    conn.execute(
+                        "UPDATE jobs SET status = 'queued', started_at = NULL, updated_at = ? "
+                        "WHERE id = ?",
+                        (now, row["id"]),
+                    )
+            recovered = [fetch_job(conn, row["id"], self.path) for row in rows]
+        for job in recovered:
+            if job.status is JobStatus.FAILED:
+                log.warning(
+                    "job %d (%s) set aside: the node stopped %d times while processing it",
+                    job.id,
+                    job.path,
+                    job.attempts,
+                )
+            else:
+                log.warning(
+                    "job %d (%s) was interrupted (attempt %d of %d); queued again",
+                    job.id,
+                    job.path,
+                    job.attempts,
+                    max_attempts,
+                )
+        return recovered
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def get(self, job_id: int) -> Job:
+        """The job with this id; raises JobNotFoundError."""
+        with self._db.read() as conn:
+            return fetch_job(conn, job_id, self.path)
+
+    def counts(self) -> dict[str, int]:
+        """Jobs per status; every status is present (0 when none)."""
+        with self._db.read() as conn:
+            rows = conn.execute("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status").fetchall()
+        counts = {status.value: 0 for status in JobStatus}
+        counts.update({row["status"]: int(row["n"]) for row in rows})
+        return counts
+
+    def list_jobs(
+        self, status: JobStatus | str | None = None, limit: int = 100, offset: int = 0
+    ) -> list[Job]:
+        """Jobs, newest first, optionally of one status."""
+        if limit < 0 or offset < 0:
+            raise ValueError(f"limit and offset must be >= 0, got {limit} and {offset}")
+        with self._db.read() as conn:
+            if status is None:
+                rows = conn.execute(
+                    "SELECT * FROM jobs ORDER BY id DESC LIMIT ? OFFSET ?", (limit, offset)
+                ).fetchall()
+            else:
+                rows = conn.execute(
+                    "SELECT * FROM jobs WHERE status = ? ORDER BY id DESC LIMIT ? OFFSET ?",
+                    (_check_status(status).value, limit, offset),
+                ).fetchall()
+        return [job_from_row(row) for row in rows]
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> JobQueue:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _original_for(self, conn: sqlite3.Connection, sha: str) -> Job | None:
+        row = conn.execute(
+            f"SELECT * FROM jobs WHERE sha256 = ? AND ({_BLOCKING}) ORDER BY id LIMIT 1", (sha,)
+        ).fetchone()
+        return None if row is None else job_from_row(row)
+
+    def _insert(
+        self,
+        conn: sqlite3.Connection,
+        path: Path,
+        status: JobStatus,
+        now: str,
+        sha: str | None,
+        size: int | None,
+        mtime_ns: int | None,
+        *,
+        reason: str | None = None,
+        error_code: str | None = None,
+        duplicate_of: int | None = None,
+        finished: bool = False,
+    ) -> int:
+        cursor = conn.execute(
+            "INSERT INTO jobs (path, sha256, size, mtime_ns, status, error_code, reason, "
+            "duplicate_of, created_at, updated_at, finished_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                str(path),
+                sha,
+                size,
+                mtime_ns,
+                status.value,
+                error_code,
+                reason,
+                duplicate_of,
+                now,
+                now,
+                now if finished else None,
+            ),
+        )
+        if cursor.lastrowid is None:  # cannot happen after an INSERT; keeps the type exact
+            raise StoreError(f"inserting a job for {path} returned no row id", path=self.path)
+        return cursor.lastrowid
+
+    def _start(self, conn: sqlite3.Connection, job_id: int, now: str) -> Job:
+        conn.execute(
+            "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = ?, "
+            "updated_at = ? WHERE id = ?",
+            (now, now, job_id),
+        )
+        return fetch_job(conn, job_id, self.path)
+
+    def _finish(
+        self,
+        job_id: int,
+        status: JobStatus,
+        action: str,
+        *,
+        reason: str | None,
+        error_code: str | None = None,
+        model_version: str | None = None,
+        quarantine_path: str | None = None,
+        duplicate_of: int | None = None,
+    ) -> Job:
+        now = self._now()
+        with self._db.write() as conn:
+            require_status(conn, job_id, JobStatus.RUNNING, action, self.path)
+            if duplicate_of is not None:
+                fetch_job(conn, duplicate_of, self.path)  # a clear error for a bad id
+            conn.execute(
+                "UPDATE jobs SET status = ?, error_code = ?, reason = ?, "
+                "model_version = COALESCE(?, model_version), quarantine_path = ?, "
+                "duplicate_of = ?, updated_at = ?, finished_at = ? WHERE id = ?",
+                (
+                    status.value,
+                    error_code,
+                    reason,
+                    model_version,
+                    quarantine_path,
+                    duplicate_of,
+                    now,
+                    now,
+                    job_id,
+                ),
+            )
+            return fetch_job(conn, job_id, self.path)
+
+
+def _check_sha256(sha256: str) -> str:
+    sha = sha256.lower()
+    if not _SHA256.fullmatch(sha):
+        raise ValueError(f"expected a sha256 as 64 hexadecimal digits, got {sha256!r}")
+    return sha
+
+
+def _check_status(status: JobStatus | str) -> JobStatus:
+    try:
+        return JobStatus(status)
+    except ValueError:
+        raise ValueError(
+            f"unknown job status {status!r}; expected one of "
+            f"{', '.join(s.value for s in JobStatus)}"
+        ) from None

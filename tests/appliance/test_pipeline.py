@@ -1,0 +1,149 @@
+"""The pipeline stage in-process: real readers, real store, real ONNX Runtime session."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from appliance.config import load_config
+from appliance.io.sample_data import ultrasound_sample_files
+from appliance.phantom import PhantomSpec, make_phantom
+from appliance.phantom_dicom import write_phantom_dicom
+from appliance.preprocess import letterbox_mask
+from appliance.runtime.base import ModelOutputs
+from appliance.service import NodeParts, build_parts
+from appliance.store.jobs import JobStatus
+
+needs_pydicom_data = pytest.mark.skipif(
+    not ultrasound_sample_files(), reason="pydicom-data is not installed (pip install '.[demo]')"
+)
+
+
+def _parts(root: Path, **env: str) -> NodeParts:
+    return build_parts(load_config(env={"FAME_NODE_PATHS__ROOT": str(root), **env}))
+
+
+def _run(parts: NodeParts, path: Path) -> int:
+    outcome = parts.intake.submit(path)
+    job = parts.queue.claim(outcome.id)
+    assert job is not None
+    parts.pipeline.process(job)
+    return outcome.id
+
+
+EXPECTED_FRAMES = {"OBXXXX1A_2frame.dcm": 2, "color3d_jpeg_baseline.dcm": 16}
+
+
+@needs_pydicom_data
+@pytest.mark.parametrize("sample", ultrasound_sample_files(), ids=lambda p: p.name)
+def test_every_ultrasound_sample_is_processed_on_its_own(tmp_path: Path, sample: Path) -> None:
+    parts = _parts(tmp_path)  # a fresh store: no SOP-UID duplicate can hide a decoder
+    job_id = _run(parts, sample)
+    job = parts.queue.get(job_id)
+    assert job.status is JobStatus.DONE, job.reason
+    rows = parts.results.results_for_job(job_id)
+    assert len(rows) == EXPECTED_FRAMES.get(sample.name.replace("_expb", "").replace("_rle", ""), 1)
+    meta = parts.results.image_meta(job_id)
+    assert meta is not None and meta.modality == "US"
+    for r in rows:
+        assert abs(sum(r.probabilities.values()) - 1.0) < 1e-3
+        assert (r.lesion_area_mm2 is None) == (meta.pixel_spacing_mm is None)
+        out = Path(str(r.result_dir))
+        assert (out / f"frame_{r.frame_index:03d}_overlay.png").is_file()
+    assert (Path(str(rows[0].result_dir)) / "result.json").is_file()
+
+
+class OracleBackend:
+    """Returns a known lesion map: isolates the measurement path from the model's skill."""
+
+    name = "oracle"
+    device = "test"
+
+    def __init__(self, mask_in_input: np.ndarray, n_classes: int = 3) -> None:
+        self.mask = mask_in_input.astype(np.float32)
+        self.n_classes = n_classes
+
+    def infer(self, batch: np.ndarray) -> ModelOutputs:
+        n = batch.shape[0]
+        probs = np.tile(np.array([[0.05, 0.15, 0.8]], np.float32), (n, 1))
+        return ModelOutputs(np.repeat(self.mask[None], n, axis=0), probs)
+
+
+def test_lesion_size_in_mm_from_a_calibrated_dicom(tmp_path: Path) -> None:
+    spec = PhantomSpec(height=300, width=400, semi_axes_px=(70, 45), seed=5)
+    ph = make_phantom(spec)
+    path = tmp_path / "phantom.dcm"
+    spacing = 0.08  # mm per pixel
+    write_phantom_dicom(
+        path,
+        ph,
+        pixel_spacing_mm=spacing,
+        patient_id="P1",
+        patient_name="Test^Phantom",
+        region_offset=(30, 50),
+        canvas=(400, 480),
+    )
+    parts = _parts(tmp_path / "node")
+    size = parts.pipeline.analyzer.params.size
+    parts.pipeline.analyzer.backend = OracleBackend(letterbox_mask(ph.mask, size))
+    job_id = _run(parts, path)
+    assert parts.queue.get(job_id).status is JobStatus.DONE
+    (r,) = parts.results.results_for_job(job_id)
+    truth_mm2 = ph.area_px * spacing * spacing
+    assert r.lesion_area_mm2 == pytest.approx(truth_mm2, rel=0.05)
+    assert r.max_diameter_mm == pytest.approx(ph.max_diameter_px * spacing, rel=0.05)
+    assert r.diagnosis == "malignant" and r.flags == ()
+
+
+@needs_pydicom_data
+def test_same_sop_instance_in_another_encoding_is_a_duplicate(tmp_path: Path) -> None:
+    files = {p.name: p for p in ultrasound_sample_files()}
+    parts = _parts(tmp_path)
+    first = _run(parts, files["OBXXXX1A.dcm"])
+    second = _run(parts, files["OBXXXX1A_rle.dcm"])  # other bytes, same SOP Instance UID
+    assert parts.queue.get(first).status is JobStatus.DONE
+    dup = parts.queue.get(second)
+    assert dup.status is JobStatus.DUPLICATE and dup.duplicate_of == first
+    assert parts.results.results_for_job(second) == []
+
+
+def test_file_removed_between_queue_and_read_is_rejected(tmp_path: Path) -> None:
+    parts = _parts(tmp_path / "node")
+    path = tmp_path / "gone.png"
+    shutil.copy(Path(__file__), path)
+    outcome = parts.intake.submit(path)
+    path.unlink()
+    job = parts.queue.claim(outcome.id)
+    assert job is not None
+    parts.pipeline.process(job)
+    final = parts.queue.get(outcome.id)
+    assert final.status is JobStatus.REJECTED and final.error_code == "unreadable"
+    assert "deleted" in str(final.reason)
+
+
+def test_internal_error_fails_the_job_and_the_next_one_still_runs(tmp_path: Path) -> None:
+    from appliance.phantom_dicom import write_phantom_png
+
+    parts = _parts(tmp_path / "node")
+    real_backend = parts.pipeline.analyzer.backend
+
+    class Broken:
+        name, device = "broken", "test"
+
+        def infer(self, batch: np.ndarray) -> ModelOutputs:
+            raise RuntimeError("GPU fell off the bus")
+
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    write_phantom_png(a, make_phantom(PhantomSpec(seed=1)))
+    write_phantom_png(b, make_phantom(PhantomSpec(seed=2)))
+    parts.pipeline.analyzer.backend = Broken()
+    failed = _run(parts, a)
+    parts.pipeline.analyzer.backend = real_backend
+    ok = _run(parts, b)
+    job = parts.queue.get(failed)
+    assert job.status is JobStatus.FAILED and "GPU fell off the bus" in str(job.reason)
+    assert parts.queue.get(ok).status is JobStatus.DONE
+    assert a.exists()  # the input is never touched

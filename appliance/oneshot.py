@@ -25,6 +25,7 @@ class Outcome:
     status: str  # done / rejected / failed
     reason: str | None
     job_id: int | None
+    job_status: str | None = None  # the job's own state: also "duplicate", "queued", ...
     duplicate_of: int | None = None
     model: str | None = None
     result_dir: str | None = None
@@ -36,6 +37,7 @@ class Outcome:
             "status": self.status,
             "reason": self.reason,
             "job_id": self.job_id,
+            "job_status": self.job_status,
             "duplicate_of": self.duplicate_of,
             "model": self.model,
             "result_dir": self.result_dir,
@@ -99,6 +101,7 @@ def describe(queue: JobQueue, results: ResultStore, job: Job, path: str) -> Outc
         status=status,
         reason=reason,
         job_id=job.id,
+        job_status=str(job.status),
         duplicate_of=job.duplicate_of,
         model=source.model_version,
         result_dir=result_dir,

@@ -101,13 +101,15 @@ def format_results(rows: list[dict[str, Any]]) -> str:
                 else f"{f['lesion_area_px']:.0f} px"
             )
             flags = f"  [{', '.join(f['flags'])}]" if f["flags"] else ""
+            if r["duplicate_of"] is not None:
+                flags += f"  (same image as job {r['duplicate_of']})"
             lines.append(
-                f"{r['job_id']:>5}  {r['status']:<9} {f['diagnosis']:<10} "
+                f"{r['job_id']:>5}  {r['job_status']:<9} {f['diagnosis']:<10} "
                 f"{f['confidence']:>5.2f}  {size:>12}  {r['path']}{flags}"
             )
         else:
             lines.append(
-                f"{r['job_id']:>5}  {r['status']:<9} {'-':<10} {'':>5}  {'':>12}  "
+                f"{r['job_id']:>5}  {r['job_status']:<9} {'-':<10} {'':>5}  {'':>12}  "
                 f"{r['path']}: {r['reason']}"
             )
     return "\n".join(lines)

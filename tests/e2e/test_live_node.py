@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -16,7 +17,15 @@ from appliance.io.sample_data import pydicom_data_files, ultrasound_sample_files
 from appliance.phantom import PhantomSpec, make_phantom
 from appliance.phantom_dicom import write_phantom_png
 from tests.e2e.badfiles import write_bad_files
-from tests.e2e.nodeutil import jobs, node_env, results, start_node, stop_node, wait_for
+from tests.e2e.nodeutil import (
+    jobs,
+    node_env,
+    results,
+    run_cli,
+    start_node,
+    stop_node,
+    wait_for,
+)
 
 pytestmark = pytest.mark.skipif(
     not ultrasound_sample_files(), reason="pydicom-data is not installed (pip install '.[demo]')"
@@ -30,7 +39,7 @@ def node_root() -> Iterator[Path]:
     root = Path(tempfile.mkdtemp(prefix="fame-node-e2e-"))
     (root / "inbox").mkdir()
     yield root
-    shutil.rmtree(root, ignore_errors=True) if not os.environ.get("KEEP") else None
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def _sha(path: Path) -> str:
@@ -77,6 +86,10 @@ def test_good_and_bad_files_in_a_live_node(node_root: Path) -> None:
             f"{expected} files to reach a final state",
         )
         assert proc.poll() is None, "the node died on bad input"
+        status = json.loads(run_cli(node_env(node_root), "status", "--json").stdout)
+        assert status["service"]["alive"] and status["service"]["pid"] == proc.pid
+        assert status["provider"] == "CPUExecutionProvider"
+        assert status["provider_source"] == "the running service"
     finally:
         code = stop_node(proc)
     log = (node_root / "node.log").read_text(errors="replace")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import signal
 import sys
@@ -15,6 +16,11 @@ from appliance import __version__
 from appliance.config import NodeConfig, check_config, load_config
 from appliance.errors import ConfigError, FameNodeError
 from appliance.logs import setup_logging
+
+# Commands contributed by other modules, registered explicitly here. Each module has
+# `register(subparsers)`, which adds its parser(s) with `set_defaults(handler=fn)`, where
+# `fn(config: NodeConfig, args: argparse.Namespace) -> int` (the exit code).
+COMMAND_MODULES: tuple[str, ...] = ()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -57,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
 
     cf = sub.add_parser("config", help="show or check a configuration")
     cf.add_argument("action", choices=["check", "show"])
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
     return p
 
 
@@ -78,14 +86,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             config.log_level,
             config.folder("work") / "logs" if args.command == "run" else None,
         )
-        handler = {
+        builtin = {
             "run": _run,
             "process": _process,
             "status": _status,
             "results": _results,
             "evaluate": _evaluate,
-        }[args.command]
-        return handler(config, args)
+        }
+        handler = builtin.get(args.command) or args.handler
+        code: int = handler(config, args)
+        return code
     except FameNodeError as exc:
         print(f"fame-node: {exc}", file=sys.stderr)
         return 1

@@ -160,7 +160,7 @@ def _read_header(fh: IO[bytes], path: Path, head: bytes, size: int) -> Dataset:
         # the header alone, so that a truncated file of another modality is named as such.
         fh.seek(0)
         try:
-            header = pydicom.dcmread(fh, force=forced, stop_before_pixels=True)
+            header: Dataset = pydicom.dcmread(fh, force=forced, stop_before_pixels=True)
         except _PARSE_ERRORS:
             header = Dataset()
         if "Modality" in header:

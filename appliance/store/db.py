@@ -173,7 +173,48 @@ def _migrate_to_v1(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
-MIGRATIONS: tuple[Migration, ...] = (_migrate_to_v1,)
+_V2 = (
+    # The history of the models this node ran: installed, activated, refused, rolled back.
+    """
+    CREATE TABLE model_events (
+        id INTEGER PRIMARY KEY,
+        at TEXT NOT NULL,
+        model TEXT NOT NULL,
+        bundle_path TEXT,
+        action TEXT NOT NULL CHECK (action IN
+            ('installed', 'activated', 'refused', 'rolled_back', 'removed')),
+        actor TEXT NOT NULL,
+        reason TEXT,
+        figures TEXT NOT NULL DEFAULT '{}'
+    )
+    """,
+    "CREATE INDEX model_events_model ON model_events(model)",
+    # Clinicians' decisions on results. The current review of a frame is its newest row
+    # that was not undone; confirmed and corrected frames form the local training set.
+    """
+    CREATE TABLE reviews (
+        id INTEGER PRIMARY KEY,
+        job_id INTEGER NOT NULL REFERENCES jobs(id),
+        frame_index INTEGER NOT NULL,
+        decision TEXT NOT NULL CHECK (decision IN ('confirmed', 'corrected', 'mask_rejected')),
+        diagnosis TEXT,
+        mask_path TEXT,
+        reviewer TEXT NOT NULL,
+        at TEXT NOT NULL,
+        note TEXT,
+        undone_at TEXT
+    )
+    """,
+    "CREATE INDEX reviews_frame ON reviews(job_id, frame_index)",
+)
+
+
+def _migrate_to_v2(conn: sqlite3.Connection) -> None:
+    for statement in _V2:
+        conn.execute(statement)
+
+
+MIGRATIONS: tuple[Migration, ...] = (_migrate_to_v1, _migrate_to_v2)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

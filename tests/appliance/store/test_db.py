@@ -36,12 +36,13 @@ def _tables(conn: sqlite3.Connection) -> set[str]:
     return {r[0] for r in rows}
 
 
-def test_open_creates_schema_v1_with_wal_and_foreign_keys(tmp_path: Path) -> None:
+def test_open_creates_the_latest_schema_with_wal_and_foreign_keys(tmp_path: Path) -> None:
     db = tmp_path / "node.sqlite3"
     conn = connect(db)
     try:
-        assert SCHEMA_VERSION == 1
-        assert {"schema_version", "jobs", "sop_uids", "images", "results"} <= _tables(conn)
+        assert SCHEMA_VERSION == 2
+        expected = {"schema_version", "jobs", "sop_uids", "images", "results"}
+        assert expected | {"model_events", "reviews"} <= _tables(conn)
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
         assert conn.execute("PRAGMA busy_timeout").fetchone()[0] > 0
@@ -49,7 +50,7 @@ def test_open_creates_schema_v1_with_wal_and_foreign_keys(tmp_path: Path) -> Non
         assert {"jobs_sha256", "jobs_status"} <= indexes
     finally:
         conn.close()
-    assert _versions(db) == [1]
+    assert _versions(db) == list(range(1, SCHEMA_VERSION + 1))
 
 
 def test_reopening_is_idempotent_and_keeps_data(tmp_path: Path) -> None:
@@ -59,7 +60,7 @@ def test_reopening_is_idempotent_and_keeps_data(tmp_path: Path) -> None:
     for _ in range(3):
         with JobQueue(db) as queue, ResultStore(db):
             assert queue.get(job.id).status == "queued"
-    assert _versions(db) == [1]
+    assert _versions(db) == list(range(1, SCHEMA_VERSION + 1))
 
 
 def test_a_store_written_by_a_newer_version_is_refused_and_left_unchanged(tmp_path: Path) -> None:
@@ -76,7 +77,7 @@ def test_a_store_written_by_a_newer_version_is_refused_and_left_unchanged(tmp_pa
     assert isinstance(info.value, StoreError)
     with pytest.raises(SchemaTooNewError):
         ResultStore(db)
-    assert _versions(db) == [1, 2]
+    assert _versions(db) == list(range(1, SCHEMA_VERSION + 2))
     assert db.read_bytes() == before
 
 
@@ -90,15 +91,16 @@ def test_migrations_run_in_order_and_a_failing_one_changes_nothing(tmp_path: Pat
         conn.execute("CREATE TABLE half_done (x INTEGER)")
         conn.execute("THIS IS NOT SQL")
 
-    connect(db).close()  # version 1
+    connect(db).close()  # the current version
     conn = connect(db, migrations=(*MIGRATIONS, add_notes))
     assert "clinician_notes" in _tables(conn)
     conn.close()
-    assert _versions(db) == [1, 2]
+    with_notes = list(range(1, SCHEMA_VERSION + 2))
+    assert _versions(db) == with_notes
 
     with pytest.raises(StoreError):
         connect(db, migrations=(*MIGRATIONS, add_notes, broken))
-    assert _versions(db) == [1, 2]
+    assert _versions(db) == with_notes
     with sqlite3.connect(db) as raw:
         assert "half_done" not in _tables(raw)
 
@@ -149,3 +151,16 @@ def test_the_schema_allows_exactly_the_job_statuses(tmp_path: Path) -> None:
             )
     finally:
         conn.close()
+
+
+def test_a_version_1_store_is_upgraded_in_place_keeping_its_jobs(tmp_path: Path) -> None:
+    db = tmp_path / "node.sqlite3"
+    connect(db, migrations=MIGRATIONS[:1]).close()  # a store from the first release
+    with sqlite3.connect(db) as raw:
+        raw.execute(
+            "INSERT INTO jobs (path, status, created_at, updated_at) "
+            "VALUES ('/in/a.png', 'queued', 'now', 'now')"
+        )
+    with JobQueue(db) as queue:
+        assert queue.counts()["queued"] == 1
+    assert _versions(db) == list(range(1, SCHEMA_VERSION + 1))

@@ -1,0 +1,123 @@
+"""The history of the models this node ran, in the ``model_events`` table.
+
+Every change of the node's model is one row: a bundle ``installed``, ``activated``,
+``refused`` (bad checksum or signature, or worse figures), ``rolled_back`` to, or
+``removed``; with who or what did it (a user name, ``federation``, ``install``), why, and
+the figures measured for it. The models panel of the GUI and ``fame-node models list``
+read it; the model registry writes it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+from appliance.store.db import (
+    DEFAULT_BUSY_TIMEOUT_S,
+    Clock,
+    Database,
+    from_db_time,
+    to_db_time,
+    utc_now,
+)
+
+ModelAction = Literal["installed", "activated", "refused", "rolled_back", "removed"]
+ACTIONS: tuple[str, ...] = ("installed", "activated", "refused", "rolled_back", "removed")
+
+
+@dataclass(frozen=True)
+class ModelEvent:
+    id: int
+    at: datetime
+    model: str  # name@version
+    bundle_path: Path | None
+    action: ModelAction
+    actor: str
+    reason: str | None
+    figures: dict[str, Any] = field(default_factory=dict)
+
+
+class ModelEventStore:
+    """Appends to and reads the model history; safe to share between threads."""
+
+    def __init__(
+        self,
+        db_path: Path,
+        *,
+        clock: Clock = utc_now,
+        busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S,
+    ) -> None:
+        self._db = Database(db_path, busy_timeout_s=busy_timeout_s)
+        self._clock = clock
+
+    def record(
+        self,
+        model: str,
+        action: ModelAction,
+        actor: str,
+        *,
+        reason: str | None = None,
+        bundle_path: Path | None = None,
+        figures: dict[str, Any] | None = None,
+    ) -> ModelEvent:
+        if action not in ACTIONS:
+            raise ValueError(f"unknown model action {action!r}; expected one of {ACTIONS}")
+        if not actor:
+            raise ValueError("a model event needs an actor (a user name or 'federation')")
+        with self._db.write() as conn:
+            cur = conn.execute(
+                "INSERT INTO model_events (at, model, bundle_path, action, actor, reason, figures)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    to_db_time(self._clock()),
+                    model,
+                    None if bundle_path is None else str(bundle_path),
+                    action,
+                    actor,
+                    reason,
+                    json.dumps(figures or {}),
+                ),
+            )
+            row = conn.execute(
+                "SELECT * FROM model_events WHERE id = ?", (cur.lastrowid,)
+            ).fetchone()
+        return _event(row)
+
+    def history(self, limit: int = 200) -> list[ModelEvent]:
+        """Newest first."""
+        with self._db.read() as conn:
+            rows = conn.execute(
+                "SELECT * FROM model_events ORDER BY id DESC LIMIT ?", (limit,)
+            ).fetchall()
+        return [_event(r) for r in rows]
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> ModelEventStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _event(row: Any) -> ModelEvent:
+    return ModelEvent(
+        id=row["id"],
+        at=from_db_time(row["at"]),
+        model=row["model"],
+        bundle_path=None if row["bundle_path"] is None else Path(row["bundle_path"]),
+        action=row["action"],
+        actor=row["actor"],
+        reason=row["reason"],
+        figures=json.loads(row["figures"]),
+    )

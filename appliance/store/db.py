@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 from appliance.errors import FameNodeError
 
@@ -415,6 +416,42 @@ class Database:
                 self._conn.close()
 
     def __enter__(self) -> Database:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class StoreBase:
+    """What every store over the node's database shares: its `Database`, a clock, and
+    closing (directly or as a context manager). Subclasses add the table-specific API."""
+
+    def __init__(
+        self,
+        db_path: Path,
+        *,
+        clock: Clock = utc_now,
+        busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S,
+    ) -> None:
+        self._db = Database(db_path, busy_timeout_s=busy_timeout_s)
+        self._clock = clock
+
+    @property
+    def path(self) -> Path:
+        return self._db.path
+
+    def _now(self) -> str:
+        return to_db_time(self._clock())
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(

@@ -30,17 +30,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from types import TracebackType
 
 from appliance.errors import UnreadableFileError
 from appliance.store.db import (
-    DEFAULT_BUSY_TIMEOUT_S,
-    Clock,
-    Database,
+    StoreBase,
     StoreError,
     from_db_time,
-    to_db_time,
-    utc_now,
 )
 
 log = logging.getLogger("fame_node.store")
@@ -201,7 +196,7 @@ _BLOCKING = f"""
 """
 
 
-class JobQueue:
+class JobQueue(StoreBase):
     """The durable queue over the ``jobs`` and ``sop_uids`` tables.
 
     Safe to share between the threads of one process; another process may open the same
@@ -210,23 +205,6 @@ class JobQueue:
     Raises (every method): StoreError, or its subclasses JobNotFoundError and
     JobStateError where a job id is given.
     """
-
-    def __init__(
-        self,
-        db_path: Path,
-        *,
-        clock: Clock = utc_now,
-        busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S,
-    ) -> None:
-        self._db = Database(db_path, busy_timeout_s=busy_timeout_s)
-        self._clock = clock
-
-    @property
-    def path(self) -> Path:
-        return self._db.path
-
-    def _now(self) -> str:
-        return to_db_time(self._clock())
 
     # -- intake ----------------------------------------------------------------------------
 
@@ -493,20 +471,6 @@ class JobQueue:
                     (_check_status(status).value, limit, offset),
                 ).fetchall()
         return [job_from_row(row) for row in rows]
-
-    def close(self) -> None:
-        self._db.close()
-
-    def __enter__(self) -> JobQueue:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- internals -------------------------------------------------------------------------
 

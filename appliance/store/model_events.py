@@ -13,16 +13,12 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Literal
 
 from appliance.store.db import (
-    DEFAULT_BUSY_TIMEOUT_S,
-    Clock,
-    Database,
+    StoreBase,
     from_db_time,
     to_db_time,
-    utc_now,
 )
 
 ModelAction = Literal["installed", "activated", "refused", "rolled_back", "removed"]
@@ -41,18 +37,8 @@ class ModelEvent:
     figures: dict[str, Any] = field(default_factory=dict)
 
 
-class ModelEventStore:
+class ModelEventStore(StoreBase):
     """Appends to and reads the model history; safe to share between threads."""
-
-    def __init__(
-        self,
-        db_path: Path,
-        *,
-        clock: Clock = utc_now,
-        busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S,
-    ) -> None:
-        self._db = Database(db_path, busy_timeout_s=busy_timeout_s)
-        self._clock = clock
 
     def record(
         self,
@@ -94,20 +80,6 @@ class ModelEventStore:
                 "SELECT * FROM model_events ORDER BY id DESC LIMIT ?", (limit,)
             ).fetchall()
         return [_event(r) for r in rows]
-
-    def close(self) -> None:
-        self._db.close()
-
-    def __enter__(self) -> ModelEventStore:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def _event(row: Any) -> ModelEvent:

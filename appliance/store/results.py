@@ -17,19 +17,14 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from appliance.io.types import ImageMeta
 from appliance.store.db import (
-    DEFAULT_BUSY_TIMEOUT_S,
-    Clock,
-    Database,
+    StoreBase,
     StoreError,
     from_db_time,
     to_db_time,
-    utc_now,
 )
 from appliance.store.jobs import Job, JobStatus, fetch_job, require_status
 
@@ -129,26 +124,12 @@ class ResultRecord:
     meta: ImageMeta = field(repr=False)  # holds patient identifiers
 
 
-class ResultStore:
+class ResultStore(StoreBase):
     """Reads and writes ``images`` and ``results``; safe to share between threads.
 
     Raises (every method): StoreError; JobNotFoundError / JobStateError from
     `appliance.store.jobs` where a job id is given.
     """
-
-    def __init__(
-        self,
-        db_path: Path,
-        *,
-        clock: Clock = utc_now,
-        busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S,
-    ) -> None:
-        self._db = Database(db_path, busy_timeout_s=busy_timeout_s)
-        self._clock = clock
-
-    @property
-    def path(self) -> Path:
-        return self._db.path
 
     def save_completed(
         self,
@@ -232,20 +213,6 @@ class ResultStore:
         """How many result rows (frames) there are, for paging `list_results`."""
         with self._db.read() as conn:
             return int(conn.execute("SELECT COUNT(*) FROM results").fetchone()[0])
-
-    def close(self) -> None:
-        self._db.close()
-
-    def __enter__(self) -> ResultStore:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 # -- rows <-> objects ----------------------------------------------------------------------

@@ -1,0 +1,17 @@
+"""Network definitions: MAU-Net (segmentation), the lesion classifier, and their combination."""
+
+from trainer.models.classifier import CLASSES, LesionClassifier
+from trainer.models.combined import INPUT_NAME, OUTPUT_NAMES, FameNodeNet
+from trainer.models.mau_net import ChannelAttention, DualAttention, MAUNet, SpatialAttention
+
+__all__ = [
+    "CLASSES",
+    "INPUT_NAME",
+    "OUTPUT_NAMES",
+    "ChannelAttention",
+    "DualAttention",
+    "FameNodeNet",
+    "LesionClassifier",
+    "MAUNet",
+    "SpatialAttention",
+]

@@ -20,7 +20,7 @@ from appliance.logs import setup_logging
 # Commands contributed by other modules, registered explicitly here. Each module has
 # `register(subparsers)`, which adds its parser(s) with `set_defaults(handler=fn)`, where
 # `fn(config: NodeConfig, args: argparse.Namespace) -> int` (the exit code).
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("appliance.commands.models", "appliance.commands.gui")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -183,11 +183,12 @@ def _results(config: NodeConfig, args: argparse.Namespace) -> int:
 
 def _evaluate(config: NodeConfig, args: argparse.Namespace) -> int:
     from appliance.analysis import Analyzer
-    from appliance.bundle import load_bundle
     from appliance.evaluate import evaluate, format_report
+    from appliance.models.registry import ModelRegistry
     from appliance.runtime import create_backend
 
-    bundle = load_bundle(config.models.bundle)
+    registry = ModelRegistry(config)  # the model the node runs now, verified
+    bundle = registry.load(registry.active().path)
     backend = create_backend(bundle, config.runtime)
     analyzer = Analyzer(bundle, backend, config.thresholds, config.runtime.batch_size)
     split = None if args.split == "all" else args.split

@@ -100,7 +100,23 @@ class RuntimeConfig(_Section):
 
 
 class ModelsConfig(_Section):
-    bundle: Path = Field(DEFAULT_BUNDLE, description="the model bundle the node runs")
+    bundle: Path = Field(
+        DEFAULT_BUNDLE,
+        description="the initial model: active until `fame-node models activate` records another",
+    )
+    trusted_keys: tuple[Path, ...] = Field(
+        (),
+        description="ed25519 public key files (PEM or one line of base64) whose signatures on "
+        "a bundle's manifest this node accepts",
+    )
+    require_signature: bool = Field(
+        False,
+        description="refuse bundles that are unsigned or signed by a key not in trusted_keys "
+        "(a bad signature is always refused)",
+    )
+    poll_interval_s: float = Field(
+        2.0, gt=0, le=60, description="how often the service checks for a newly activated model"
+    )
 
 
 class NodeConfig(BaseSettings):
@@ -207,8 +223,10 @@ def check_config(config: NodeConfig) -> list[str]:
     Returns one line per problem (empty when all is well); changes nothing but may create
     missing folders under `paths.root` (as `fame-node run` would).
     """
-    from appliance.bundle import load_bundle  # local: keeps config import light
-    from appliance.errors import BundleError
+    # local imports: the registry imports this module
+    from appliance.errors import FameNodeError
+    from appliance.models.registry import ModelRegistry
+    from appliance.models.signing import load_trusted_keys
 
     problems: list[str] = []
     for name in ("inbox", "work", "results", "quarantine", "outbox", "models"):
@@ -225,8 +243,14 @@ def check_config(config: NodeConfig) -> list[str]:
     db_dir = config.database_path.parent
     if not os.access(db_dir, os.W_OK):
         problems.append(f"paths.database = {str(config.database_path)!r}: folder not writable")
+    for key in config.models.trusted_keys:
+        try:
+            load_trusted_keys([key])
+        except FameNodeError as exc:
+            problems.append(f"models.trusted_keys: {str(key)!r}: {exc}")
     try:
-        load_bundle(config.models.bundle)
-    except BundleError as exc:
-        problems.append(f"models.bundle = {str(config.models.bundle)!r}: {exc}")
+        registry = ModelRegistry(config)
+        registry.load(registry.active().path)
+    except FameNodeError as exc:
+        problems.append(f"active model (models.bundle = {str(config.models.bundle)!r}): {exc}")
     return problems

@@ -21,6 +21,7 @@ import csv
 import os
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,7 +139,9 @@ def run_demo(folder: Path, *, busi: Path | None = None, timeout_s: float = 900.0
 
     config_path = _prepare(folder)
     config = load_config(config_path, env={})
-    setup_logging("WARNING", config.folder("work") / "logs")
+    # The summary table says what happened to each file; the details go to the log file.
+    setup_logging("INFO", config.folder("work") / "logs", console=False)
+    warnings.filterwarnings("ignore", module="pydicom")  # e.g. on the truncated file
     staging = folder / "staging"
     staging.mkdir()
     plan: list[tuple[Path, Dropped]] = []

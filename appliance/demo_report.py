@@ -80,6 +80,7 @@ def report(node: Node, plan: list[tuple[Path, Dropped]], elapsed_s: float) -> in
             f"{busi_total} ({100 * busi_right / busi_total:.0f}%)"
         )
     print(f"results: {node.config.folder('results')}   database: {node.config.database_path}")
+    print(f"log: {node.config.folder('work') / 'logs' / 'fame-node.log'}")
     print(f"see them: fame-node --config {node.config.paths.root / 'config.toml'} results")
     if unexpected:
         print("\nUNEXPECTED:")

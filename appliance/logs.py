@@ -9,13 +9,14 @@ from pathlib import Path
 FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
-def setup_logging(level: str, log_dir: Path | None = None) -> None:
+def setup_logging(level: str, log_dir: Path | None = None, *, console: bool = True) -> None:
     root = logging.getLogger("fame_node")
     root.setLevel(level)
     root.handlers.clear()
-    stream = logging.StreamHandler()
-    stream.setFormatter(logging.Formatter(FORMAT))
-    root.addHandler(stream)
+    if console:
+        stream = logging.StreamHandler()
+        stream.setFormatter(logging.Formatter(FORMAT))
+        root.addHandler(stream)
     if log_dir is not None:
         log_dir.mkdir(parents=True, exist_ok=True)
         handler = logging.handlers.RotatingFileHandler(

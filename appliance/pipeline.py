@@ -6,6 +6,10 @@ terminal state: ``done``, ``rejected`` (bad input: the reason says what and what
 ``duplicate`` (same content or SOP Instance UID as an earlier job) or ``failed`` (an
 unexpected internal error; logged with a traceback). The inbox file is never changed;
 a rejected one is copied to ``quarantine/``.
+
+The model can be swapped while jobs run (`swap_analyzer`): each job takes one snapshot of
+the analyzer when it starts and uses it for everything (inference, the backend and the
+model version recorded with its results), so a job is never half one model, half another.
 """
 
 from __future__ import annotations
@@ -57,11 +61,22 @@ class Pipeline:
     def model_version(self) -> str:
         return self.analyzer.bundle.version_label
 
+    def swap_analyzer(self, analyzer: Analyzer) -> Analyzer:
+        """Make `analyzer` the one new jobs use; returns the previous one.
+
+        One attribute assignment (atomic in CPython): jobs already running keep the
+        analyzer they took, the next `process` call takes this one.
+        """
+        previous = self.analyzer
+        self.analyzer = analyzer
+        return previous
+
     def process(self, job: Job) -> None:
         """Process one claimed (running) job to a terminal state. Never raises."""
+        analyzer = self.analyzer  # the one snapshot this job uses throughout
         tag = f"job {job.id} ({self.pseudonym(Path(job.path).name, 'file')})"
         try:
-            self._process(job, tag)
+            self._process(job, tag, analyzer)
         except Exception as exc:  # the service must survive anything one file does
             log.exception("%s failed with an internal error", tag)
             self.queue.mark_failed(
@@ -71,7 +86,7 @@ class Pipeline:
                 "still in the inbox; report this with the node log.",
             )
 
-    def _process(self, job: Job, tag: str) -> None:
+    def _process(self, job: Job, tag: str, analyzer: Analyzer) -> None:
         path = Path(job.path)
         try:
             loaded = read_file(
@@ -94,12 +109,12 @@ class Pipeline:
                 )
                 log.info("%s: duplicate of job %d (same SOP Instance UID)", tag, earlier)
                 return
-        analyses = self.analyzer.analyse(
+        analyses = analyzer.analyse(
             loaded.frames, loaded.meta.pixel_spacing_mm, loaded.meta.frame_indices
         )
-        rows = self._write_files(job, loaded, analyses)
+        rows = self._write_files(job, loaded, analyses, analyzer)
         self.results.save_completed(
-            job.id, loaded.meta, rows, self.model_version, self.analyzer.backend.device
+            job.id, loaded.meta, rows, analyzer.bundle.version_label, analyzer.backend.device
         )
         first = analyses[0].diagnosis
         log.info(
@@ -125,7 +140,7 @@ class Pipeline:
         log.warning("%s rejected (%s): %s", tag, exc.code, exc.reason)
 
     def _write_files(
-        self, job: Job, loaded: LoadedImage, analyses: list[FrameAnalysis]
+        self, job: Job, loaded: LoadedImage, analyses: list[FrameAnalysis], analyzer: Analyzer
     ) -> list[FrameResultRow]:
         out_dir = job_result_dir(self.settings.results_dir, job.id)
         rows: list[FrameResultRow] = []
@@ -180,9 +195,9 @@ class Pipeline:
                     "frames_analysed": list(meta.frame_indices),
                     "notes": list(meta.notes),
                 },
-                "model": self.model_version,
-                "backend": self.analyzer.backend.device,
-                "mask_threshold": self.analyzer.threshold,
+                "model": analyzer.bundle.version_label,
+                "backend": analyzer.backend.device,
+                "mask_threshold": analyzer.threshold,
                 "lesion_size_units": "mm" if meta.pixel_spacing_mm else "px",
                 "created": datetime.now(UTC).isoformat(timespec="seconds"),
             },

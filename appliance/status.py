@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from appliance.bundle import load_bundle
 from appliance.config import NodeConfig
 from appliance.errors import FameNodeError
+from appliance.models.registry import ModelRegistry
 from appliance.oneshot import describe
 from appliance.runtime import create_backend
 from appliance.runtime.factory import available_providers
@@ -39,7 +39,8 @@ def gather_status(config: NodeConfig) -> dict[str, Any]:
         return data
     # No service running: report what this machine would run, by really opening a session.
     try:
-        bundle = load_bundle(config.models.bundle)
+        registry = ModelRegistry(config)
+        bundle = registry.load(registry.active().path)
         backend = create_backend(bundle, config.runtime)
         data.update(model=bundle.version_label, backend=backend.name, provider=backend.device)
         data["provider_source"] = "probed now (the service is not running)"

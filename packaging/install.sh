@@ -5,7 +5,7 @@ set -euo pipefail
 SRC="$(cd "$(dirname "$0")/.." && pwd)"
 PREFIX=/opt/fame-node
 id fame-node >/dev/null 2>&1 || useradd --system --home /var/lib/fame-node --shell /usr/sbin/nologin fame-node
-mkdir -p "$PREFIX" /etc/fame-node /var/lib/fame-node
+mkdir -p "$PREFIX" /etc/fame-node/trusted-keys /var/lib/fame-node
 cp -r "$SRC/appliance" "$SRC/trainer" "$SRC/exporters" "$SRC/models" \
       "$SRC/pyproject.toml" "$SRC/README.md" "$PREFIX/"
 python3 -m venv "$PREFIX/.venv"

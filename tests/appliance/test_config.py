@@ -65,4 +65,18 @@ def test_check_config_reports_unusable_bundle_and_folders(tmp_path: Path) -> Non
     )
     problems = check_config(cfg)
     assert any(p.startswith("paths.results") and "cannot be created" in p for p in problems)
-    assert any(p.startswith("models.bundle") and "manifest.json is missing" in p for p in problems)
+    assert any("models.bundle" in p and "manifest.json is missing" in p for p in problems)
+
+
+def test_the_packaged_config_is_valid_and_complete() -> None:
+    """packaging/config.toml is what install.sh puts in /etc: it must load as it is."""
+    from appliance.config import REPO_ROOT, NodeConfig
+
+    cfg = load_config(REPO_ROOT / "packaging" / "config.toml", env={})
+    assert cfg.paths.root == Path("/var/lib/fame-node")
+    assert cfg.models.bundle == Path("/opt/fame-node/models/default")
+    # every section of the typed config is spelled out for the IT staff who edit it
+    text = (REPO_ROOT / "packaging" / "config.toml").read_text()
+    for section in NodeConfig.model_fields:
+        if section not in ("schema_version", "node_name", "log_level"):
+            assert f"[{section}]" in text, section

@@ -1,0 +1,46 @@
+"""``fame-node gui``: the clinician's desktop over the configured node's store.
+
+PyQt6 is an optional extra: the node runs without it, and this command says how to
+install it when it is missing. The models panel acts through the node's model registry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from appliance.config import NodeConfig
+
+GUI_EXTRA_HINT = (
+    "the clinician GUI needs PyQt6, which is not installed. Install the 'gui' extra: "
+    "pip install 'fame-node[gui]' (from a checkout: pip install -e '.[gui]')"
+)
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "gui", help="the clinician GUI: worklist, overlay viewer, review, models panel"
+    )
+    p.add_argument(
+        "--reviewer",
+        default=None,
+        help="name decisions are recorded under (default: the signed-in user)",
+    )
+    p.set_defaults(handler=run)
+
+
+def run(config: NodeConfig, args: argparse.Namespace) -> int:
+    try:
+        import PyQt6.QtWidgets  # noqa: F401  (only to find out whether PyQt6 is there)
+    except ImportError as exc:
+        print(f"fame-node: {GUI_EXTRA_HINT} ({exc})", file=sys.stderr)
+        return 2
+    from appliance.models.registry import ModelRegistry
+    from gui.app import run_gui
+
+    registry = ModelRegistry(config)
+    try:
+        return run_gui(config, registry, reviewer=args.reviewer)
+    finally:
+        registry.close()

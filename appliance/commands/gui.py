@@ -13,8 +13,10 @@ from typing import Any
 from appliance.config import NodeConfig
 
 GUI_EXTRA_HINT = (
-    "the clinician GUI needs PyQt6, which is not installed. Install the 'gui' extra: "
-    "pip install 'fame-node[gui]' (from a checkout: pip install -e '.[gui]')"
+    "the clinician GUI cannot load PyQt6 ({error}). Install the 'gui' extra: pip install "
+    "'fame-node[gui]' (from a checkout: pip install -e '.[gui]'); where PyQt6 is installed "
+    "but a system library is missing, install Qt's (Debian: apt-get install libgl1 libegl1 "
+    "libxkbcommon0 libfontconfig1 libglib2.0-0 libdbus-1-3)"
 )
 
 
@@ -34,7 +36,7 @@ def run(config: NodeConfig, args: argparse.Namespace) -> int:
     try:
         import PyQt6.QtWidgets  # noqa: F401  (only to find out whether PyQt6 is there)
     except ImportError as exc:
-        print(f"fame-node: {GUI_EXTRA_HINT} ({exc})", file=sys.stderr)
+        print(f"fame-node: {GUI_EXTRA_HINT.format(error=exc)}", file=sys.stderr)
         return 2
     from appliance.models.registry import ModelRegistry
     from gui.app import run_gui

@@ -1,0 +1,48 @@
+"""How findings are put into words and colours."""
+
+from __future__ import annotations
+
+from datetime import date
+
+from appliance.app.display import (
+    DIAGNOSIS_RGB,
+    describe_decision,
+    lesion_size,
+    person_name,
+    provider_label,
+    study_date,
+    text_on,
+)
+
+
+def test_dicom_names_and_dates_as_shown() -> None:
+    assert person_name("Doe^Jane") == "Doe, Jane"
+    assert person_name("NAME^PATIENT^NAME") == "NAME, PATIENT NAME"
+    assert person_name("OB^^^^") == "OB"
+    assert person_name("Smith^John^^Dr^Jr=ideographic") == "Dr Smith, John Jr"
+    assert person_name(None) == ""
+    assert study_date("20190124") == date(2019, 1, 24)
+    assert study_date("1994.11.05") == date(1994, 11, 5)
+    assert study_date("11-05-25") is None and study_date("20191332") is None
+
+
+def test_decisions_sizes_and_providers_in_words() -> None:
+    assert describe_decision("confirmed", "benign", False, "benign") == "Confirmed"
+    assert describe_decision("corrected", "malignant", True, "benign") == (
+        "Diagnosis → Malignant, mask redrawn"
+    )
+    assert describe_decision("corrected", "benign", True, "benign") == "Mask redrawn"
+    assert describe_decision("mask_rejected", None, False, "benign") == "Mask rejected"
+    assert lesion_size(12.34, 1234, 4.56, 45.6) == ("12.3 mm²", "4.6 mm")
+    assert lesion_size(None, 1234, None, 45.6) == (
+        "1234 px² (not calibrated)",
+        "46 px (not calibrated)",
+    )
+    assert provider_label("CPUExecutionProvider") == "CPU (ONNX Runtime)"
+    assert provider_label(None) == "unknown"
+
+
+def test_badge_text_stays_readable_on_every_diagnosis_colour() -> None:
+    assert text_on(DIAGNOSIS_RGB["benign"]) == (0, 0, 0)  # yellow: dark text
+    assert text_on((0, 0, 0)) == (255, 255, 255)
+    assert len(set(DIAGNOSIS_RGB.values())) == 3

@@ -9,7 +9,6 @@ configured thresholds, masks compared at each image's own resolution).
 
 from __future__ import annotations
 
-import csv
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,7 +18,8 @@ import numpy as np
 from PIL import Image
 
 from appliance.analysis import Analyzer
-from appliance.errors import FameNodeError, InputError
+from appliance.dataset import Case, DatasetError, read_dataset_manifest
+from appliance.errors import InputError
 from appliance.io.reader import read_file
 from trainer.metrics import (
     ClassificationReport,
@@ -27,20 +27,6 @@ from trainer.metrics import (
     classification_report,
     segmentation_summary,
 )
-
-REQUIRED_COLUMNS = ("image", "label", "masks", "split")
-
-
-class DatasetError(FameNodeError):
-    """The evaluation CSV or a file it names is unusable."""
-
-
-@dataclass(frozen=True)
-class Case:
-    image: Path
-    label: str
-    masks: tuple[Path, ...]
-    split: str
 
 
 @dataclass(frozen=True)
@@ -60,27 +46,11 @@ class EvaluationReport:
 
 
 def read_cases(manifest: Path, split: str | None) -> list[Case]:
-    try:
-        with manifest.open(newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
-            if missing:
-                raise DatasetError(
-                    f"{manifest}: columns {missing} missing; expected at least "
-                    f"{list(REQUIRED_COLUMNS)} (the format of shared/data/busi/manifest.csv)"
-                )
-            rows = list(reader)
-    except OSError as exc:
-        raise DatasetError(f"cannot read {manifest}: {exc.strerror}") from exc
-    base = manifest.parent
-    cases = []
-    for row in rows:
-        if row["split"] == "exclude" or (split is not None and row["split"] != split):
-            continue
-        masks = tuple(base / m for m in row["masks"].split(";") if m.strip())
-        cases.append(Case(base / row["image"], row["label"], masks, row["split"]))
+    """The cases of `split` (all of them for None)."""
+    every = read_dataset_manifest(manifest)
+    cases = [c for c in every if split is None or c.split == split]
     if not cases:
-        splits = sorted({r["split"] for r in rows})
+        splits = sorted({c.split for c in every})
         raise DatasetError(f"{manifest}: no rows with split {split!r}; splits present: {splits}")
     return cases
 

@@ -18,7 +18,6 @@ every channel (image, lesion map, mask). No vertical flip: ultrasound depth has 
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import math
@@ -35,12 +34,12 @@ from PIL import Image
 from torch import Tensor
 
 from appliance.bundle import sha256_file
+from appliance.dataset import DatasetError, read_dataset_manifest
 from appliance.preprocess import PreprocessParams, letterbox_mask, preprocess
 from trainer.models.classifier import CLASSES
 
 SPLITS = ("train", "val", "test")
 CACHE_FORMAT = 1
-REQUIRED_COLUMNS = ("image", "label", "masks", "split")
 
 
 class DataError(ValueError):
@@ -78,39 +77,26 @@ class ArraySet:
 
 
 def read_manifest(manifest: Path) -> list[Record]:
-    """Read a manifest CSV; rows whose split is ``exclude`` are dropped.
+    """Read a manifest CSV (`appliance.dataset`); rows whose split is ``exclude`` are dropped.
 
     Raises DataError for a missing column, an unknown label or split, or a missing file.
     """
-    if not manifest.is_file():
-        raise DataError(f"manifest {manifest} does not exist; pass --manifest PATH/manifest.csv")
-    root = manifest.parent
-    records: list[Record] = []
-    with manifest.open(newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
+    try:
+        cases = read_dataset_manifest(manifest)
+    except DatasetError as exc:
+        raise DataError(str(exc)) from exc
+    for case in cases:
+        where = f"{manifest}:{case.line}"
+        if case.split not in SPLITS:
             raise DataError(
-                f"manifest {manifest} lacks columns {missing}; expected {list(REQUIRED_COLUMNS)}"
+                f"{where}: split {case.split!r}, expected one of {[*SPLITS, 'exclude']}"
             )
-        for line, row in enumerate(reader, start=2):
-            split = row["split"].strip()
-            if split == "exclude":
-                continue
-            if split not in SPLITS:
-                raise DataError(
-                    f"{manifest}:{line}: split {split!r}, expected one of {[*SPLITS, 'exclude']}"
-                )
-            label = row["label"].strip()
-            if label not in CLASSES:
-                raise DataError(f"{manifest}:{line}: label {label!r}, expected one of {CLASSES}")
-            image = root / row["image"]
-            masks = tuple(root / m for m in row["masks"].split(";") if m.strip())
-            for path in (image, *masks):
-                if not path.is_file():
-                    raise DataError(f"{manifest}:{line}: file {path} does not exist")
-            records.append(Record(image=image, label=label, masks=masks, split=split))
-    return records
+        if case.label not in CLASSES:
+            raise DataError(f"{where}: label {case.label!r}, expected one of {CLASSES}")
+        for path in (case.image, *case.masks):
+            if not path.is_file():
+                raise DataError(f"{where}: file {path} does not exist")
+    return [Record(image=c.image, label=c.label, masks=c.masks, split=c.split) for c in cases]
 
 
 def load_grey(path: Path) -> NDArray[np.uint8]:

@@ -7,7 +7,8 @@ Errors::
     ├── JobNotFoundError         no job has the given id
     └── JobStateError            the job is not in the status the operation needs
 
-`db` owns connections and the schema, `jobs` the queue, `results` the findings.
+`db` owns connections and the schema, `job_types` the job data, `jobs` the queue, `results`
+the findings, `model_events` the model history, `reviews` the clinicians' decisions.
 """
 
 from appliance.store.db import SCHEMA_VERSION, SchemaTooNewError, StoreError

@@ -18,332 +18,44 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from numpy.typing import NDArray
-from torch import Tensor, nn
 
-from appliance.postprocess import clean_mask
-from appliance.preprocess import PreprocessParams
-from trainer.data import ArraySet, AugmentParams, augment_batch, load_dataset
-from trainer.losses import dice_bce_loss, inverse_frequency_weights
-from trainer.metrics import classification_report, segmentation_summary
+from trainer.data import load_dataset
+from trainer.loops import (  # re-exported: the settings and metrics of a run
+    THRESHOLDS,
+    Logger,
+    TrainConfig,
+    choose_threshold,
+    classification_metrics,
+    segmentation_metrics,
+    train_classifier,
+    train_segmenter,
+    validate,
+)
 from trainer.models import CLASSES, FameNodeNet, LesionClassifier, MAUNet
 from trainer.seed import seed_everything
 
-THRESHOLDS = tuple(round(0.3 + 0.05 * i, 2) for i in range(9))  # 0.3 .. 0.7
+__all__ = [
+    "THRESHOLDS",
+    "TrainConfig",
+    "choose_threshold",
+    "classification_metrics",
+    "export_checkpoint",
+    "load_checkpoint",
+    "main",
+    "run",
+    "segmentation_metrics",
+]
+
 DATASET_CITATION = (
     "W. Al-Dhabyani, M. Gomaa, H. Khaled, A. Fahmy, 'Dataset of breast ultrasound images', "
     "Data in Brief 28 (2020) 104863"
 )
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Every setting of one training run; parsed once from the CLI, stored in the log."""
-
-    manifest: Path
-    out: Path
-    work_dir: Path = Path(".cache/train")
-    cache_dir: Path = Path(".cache")
-    size: int = 128
-    seed: int = 2026
-    threads: int = 2
-    base_width: int = 16
-    cls_widths: tuple[int, ...] = (32, 64, 128, 256)
-    batch_size: int = 16
-    epochs_seg: int = 40
-    epochs_cls: int = 40
-    lr_seg: float = 2e-3
-    lr_cls: float = 1e-3
-    weight_decay: float = 1e-4
-    label_smoothing: float = 0.05
-    dropout: float = 0.3
-    max_minutes: float = 40.0
-    seg_share: float = 0.8  # fraction of --max-minutes stage 1 may use
-    min_lesion_area_px: int = 20
-    augment: AugmentParams = field(default_factory=AugmentParams)
-
-    def preprocess_params(self) -> PreprocessParams:
-        return PreprocessParams(size=self.size)
-
-
-# --------------------------------------------------------------------------- metrics
-
-
-def segmentation_metrics(
-    prob: NDArray[np.float32], masks: NDArray[np.uint8], threshold: float, min_area_px: float
-) -> dict[str, float]:
-    """Dice / IoU on the network grid after the node's own postprocessing (`clean_mask`).
-
-    ``dice`` and ``iou`` are means over images with a lesion (`trainer.metrics`);
-    ``fp_rate_normal`` is the share of lesion-free images given a lesion and
-    ``fp_area_normal`` the mean predicted area fraction on them.
-    """
-    preds = [clean_mask(p, threshold, min_area_px)[0] for p in prob]
-    summary = segmentation_summary(preds, list(masks))
-    empty = [p.mean() for p, m in zip(preds, masks, strict=True) if not m.any()]
-    nan = float("nan")
-    return {
-        "dice": nan if summary.dice_lesion is None else summary.dice_lesion,
-        "iou": nan if summary.iou_lesion is None else summary.iou_lesion,
-        "fp_rate_normal": nan
-        if summary.false_positive_rate_normal is None
-        else summary.false_positive_rate_normal,
-        "fp_area_normal": float(np.mean(empty)) if empty else nan,
-    }
-
-
-def choose_threshold(
-    prob: NDArray[np.float32], masks: NDArray[np.uint8], min_area_px: float
-) -> tuple[float, dict[float, dict[str, float]]]:
-    """The threshold in `THRESHOLDS` with the best Dice (ties: the lower), and the sweep."""
-    sweep = {t: segmentation_metrics(prob, masks, t, min_area_px) for t in THRESHOLDS}
-    return max(THRESHOLDS, key=lambda t: sweep[t]["dice"]), sweep
-
-
-def classification_metrics(probs: NDArray[np.float32], labels: NDArray[np.int64]) -> dict[str, Any]:
-    """Accuracy, macro-F1, macro one-vs-rest AUC, per-class F1 and the confusion matrix."""
-    report = classification_report(list(labels), probs, CLASSES)
-    nan = float("nan")
-    return {
-        "accuracy": report.accuracy,
-        "macro_f1": report.macro_f1,
-        "macro_auc": nan if report.macro_auc is None else report.macro_auc,
-        "f1_per_class": {c: v["f1"] for c, v in report.per_class.items()},
-        "confusion": report.confusion,
-    }
-
-
-# --------------------------------------------------------------------------- loops
-
-
-def _batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[Tensor]:
-    order = torch.randperm(n, generator=generator)
-    for start in range(0, n, batch_size):
-        yield order[start : start + batch_size]
-
-
-def _cosine_with_warmup(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
-
-
-@torch.no_grad()
-def predict(model: nn.Module, inputs: Tensor, batch_size: int = 32) -> Tensor:
-    """Eval-mode forward over `inputs` in batches (the model's single output)."""
-    model.eval()
-    return torch.cat([model(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)])
-
-
-class Logger:
-    """Per-epoch records to stdout and a JSON file (rewritten after every epoch)."""
-
-    def __init__(self, path: Path, config: TrainConfig) -> None:
-        self.path = path
-        self.data: dict[str, Any] = {
-            "config": json.loads(json.dumps(asdict(config), default=str)),
-            "stage1": [],
-            "stage2": [],
-        }
-
-    def epoch(self, stage: str, record: dict[str, Any]) -> None:
-        self.data[stage].append(record)
-        text = " ".join(
-            f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
-            for k, v in record.items()
-            if not isinstance(v, dict | list)
-        )
-        print(f"[{stage}] {text}", flush=True)
-        self.save()
-
-    def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps(self.data, indent=1), encoding="utf-8")
-
-
-def train_segmenter(
-    cfg: TrainConfig, train: ArraySet, val: ArraySet, gen: torch.Generator, log: Logger
-) -> tuple[MAUNet, dict[str, Any]]:
-    """Stage 1. Returns the best-epoch MAU-Net and a summary (epochs, threshold, metrics)."""
-    start = time.monotonic()
-    deadline = start + 60.0 * cfg.max_minutes * cfg.seg_share
-    model = MAUNet(base_width=cfg.base_width)
-    x = torch.from_numpy(np.stack([train.images, train.masks.astype(np.float32)], axis=1))
-    val_x = torch.from_numpy(val.images[:, None])
-    steps = math.ceil(len(train) / cfg.batch_size)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr_seg, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, _cosine_with_warmup(steps * cfg.epochs_seg, steps)
-    )
-    best: dict[str, Any] = {"dice": -1.0}
-    best_state: dict[str, Tensor] = {}
-    epochs_run = 0
-    for epoch in range(1, cfg.epochs_seg + 1):
-        t0 = time.monotonic()
-        model.train()
-        total = 0.0
-        for idx in _batches(len(train), cfg.batch_size, gen):
-            batch = augment_batch(x[idx], gen, cfg.augment, intensity_channels=1, mask_channels=1)
-            loss = dice_bce_loss(model(batch[:, :1]), batch[:, 1:])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item() * len(idx)
-        prob = torch.sigmoid(predict(model, val_x)).numpy()[:, 0]
-        metrics = segmentation_metrics(prob, val.masks, 0.5, cfg.min_lesion_area_px)
-        epochs_run = epoch
-        seconds = time.monotonic() - t0
-        log.epoch(
-            "stage1",
-            {
-                "epoch": epoch,
-                "loss": total / len(train),
-                "lr": sched.get_last_lr()[0],
-                **{f"val_{k}": v for k, v in metrics.items()},
-                "seconds": round(seconds, 1),
-            },
-        )
-        if metrics["dice"] > best["dice"]:
-            best = {"epoch": epoch, **metrics}
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        if time.monotonic() + seconds > deadline:
-            print(f"[stage1] stopping after epoch {epoch}: --max-minutes budget", flush=True)
-            break
-    model.load_state_dict(best_state)
-    prob = torch.sigmoid(predict(model, val_x)).numpy()[:, 0]
-    threshold, sweep = choose_threshold(prob, val.masks, cfg.min_lesion_area_px)
-    summary = {
-        "epochs_run": epochs_run,
-        "best_epoch": best["epoch"],
-        "seconds": round(time.monotonic() - start, 1),
-        "threshold": threshold,
-        "val_at_threshold": sweep[threshold],
-        "threshold_sweep": {str(t): round(m["dice"], 4) for t, m in sweep.items()},
-    }
-    log.data["stage1_summary"] = summary
-    log.save()
-    return model, summary
-
-
-def train_classifier(
-    cfg: TrainConfig,
-    segmenter: MAUNet,
-    train: ArraySet,
-    val: ArraySet,
-    gen: torch.Generator,
-    log: Logger,
-    deadline: float,
-) -> tuple[LesionClassifier, dict[str, Any]]:
-    """Stage 2 with the segmenter frozen. Returns the best-epoch classifier and a summary."""
-    start = time.monotonic()
-    segmenter.eval().requires_grad_(False)
-
-    def with_lesion_map(images: NDArray[np.float32]) -> Tensor:
-        # The frozen segmenter's map is computed once per image, not per augmented copy: the
-        # geometric augmentation is applied to image and map together afterwards.
-        img = torch.from_numpy(images[:, None])
-        return torch.cat([img, torch.sigmoid(predict(segmenter, img))], dim=1)
-
-    x, val_x = with_lesion_map(train.images), with_lesion_map(val.images)
-    y = torch.from_numpy(train.labels)
-    model = LesionClassifier(in_channels=2, widths=cfg.cls_widths, dropout=cfg.dropout)
-    weights = inverse_frequency_weights(train.class_counts())
-    steps = math.ceil(len(train) / cfg.batch_size)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr_cls, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, _cosine_with_warmup(steps * cfg.epochs_cls, steps)
-    )
-    best: dict[str, Any] = {"key": (-1.0, -1.0)}
-    best_state: dict[str, Tensor] = {}
-    epochs_run = 0
-    for epoch in range(1, cfg.epochs_cls + 1):
-        t0 = time.monotonic()
-        model.train()
-        total = 0.0
-        for idx in _batches(len(train), cfg.batch_size, gen):
-            batch = augment_batch(x[idx], gen, cfg.augment, intensity_channels=1)
-            loss = F.cross_entropy(
-                model(batch), y[idx], weight=weights, label_smoothing=cfg.label_smoothing
-            )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item() * len(idx)
-        probs = torch.softmax(predict(model, val_x), dim=1).numpy()
-        metrics = classification_metrics(probs, val.labels)
-        epochs_run = epoch
-        seconds = time.monotonic() - t0
-        log.epoch(
-            "stage2",
-            {
-                "epoch": epoch,
-                "loss": total / len(train),
-                "lr": sched.get_last_lr()[0],
-                **{f"val_{k}": v for k, v in metrics.items()},
-                "seconds": round(seconds, 1),
-            },
-        )
-        key = (round(metrics["macro_f1"], 6), metrics["macro_auc"])
-        if key > best["key"]:
-            best = {"key": key, "epoch": epoch, **metrics}
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        if time.monotonic() + seconds > deadline:
-            print(f"[stage2] stopping after epoch {epoch}: --max-minutes budget", flush=True)
-            break
-    model.load_state_dict(best_state)
-    summary = {
-        "epochs_run": epochs_run,
-        "best_epoch": best["epoch"],
-        "seconds": round(time.monotonic() - start, 1),
-        "class_weights": [round(float(w), 4) for w in weights],
-    }
-    log.data["stage2_summary"] = summary
-    log.save()
-    return model, summary
-
-
-def validate(net: FameNodeNet, val: ArraySet, min_area_px: float) -> dict[str, Any]:
-    """Figures of the combined eager model on the validation split.
-
-    The mask threshold is chosen here, on `val` (never on test), with the node's own
-    postprocessing; the segmentation figures are reported at that threshold.
-    """
-    net.eval()
-    images = torch.from_numpy(val.images[:, None])
-    probs_seg, probs_cls = [], []
-    with torch.no_grad():
-        for i in range(0, len(images), 32):
-            lesion, cls = net(images[i : i + 32])
-            probs_seg.append(lesion[:, 0].numpy())
-            probs_cls.append(cls.numpy())
-    threshold, sweep = choose_threshold(np.concatenate(probs_seg), val.masks, min_area_px)
-    return {
-        "n": len(val),
-        "mask_threshold": threshold,
-        "threshold_sweep_dice": {str(t): round(m["dice"], 4) for t, m in sweep.items()},
-        **sweep[threshold],
-        **classification_metrics(np.concatenate(probs_cls), val.labels),
-    }
-
-
-# --------------------------------------------------------------------------- run and export
 
 
 def run(cfg: TrainConfig) -> Path:

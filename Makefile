@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: demo test lint typecheck pytest train clean-venv
+.PHONY: demo test lint typecheck pytest train bench clean-venv
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ test: lint typecheck pytest
 # Retrain the default bundle on BUSI (about 40 minutes on 2 CPU cores).
 train: $(VENV)/.dev
 	$(PY) -m trainer.train --manifest ../shared/data/busi/manifest.csv --out models/default
+
+# Benchmarks (not part of `make test`): writes docs/PERFORMANCE.md; see bench/README.md.
+bench: $(VENV)/.dev
+	$(PY) -m bench
 
 clean-venv:
 	rm -rf $(VENV)

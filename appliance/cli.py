@@ -20,7 +20,11 @@ from appliance.logs import setup_logging
 # Commands contributed by other modules, registered explicitly here. Each module has
 # `register(subparsers)`, which adds its parser(s) with `set_defaults(handler=fn)`, where
 # `fn(config: NodeConfig, args: argparse.Namespace) -> int` (the exit code).
-COMMAND_MODULES: tuple[str, ...] = ("appliance.commands.models", "appliance.commands.gui")
+COMMAND_MODULES: tuple[str, ...] = (
+    "appliance.commands.models",
+    "appliance.commands.gui",
+    "appliance.commands.export",
+)
 
 
 def _parser() -> argparse.ArgumentParser:

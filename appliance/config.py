@@ -92,11 +92,50 @@ class ThresholdsConfig(_Section):
 
 
 class RuntimeConfig(_Section):
-    backend: Literal["auto", "onnxruntime-cpu", "onnxruntime-cuda"] = Field(
-        "auto", description="inference backend; auto picks the fastest one that really runs"
+    backend: Literal["auto", "tensorrt", "onnxruntime-cuda", "torch-cuda", "onnxruntime-cpu"] = (
+        Field(
+            "auto",
+            description="inference backend; auto takes the first that really runs here, in the "
+            "order tensorrt, onnxruntime-cuda, torch-cuda, onnxruntime-cpu",
+        )
     )
-    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads; 0 = its default")
+    intra_op_threads: int = Field(
+        0, ge=0, description="ONNX Runtime threads; 0 = every CPU this process may use"
+    )
+    intra_op_spinning: bool = Field(
+        True,
+        description="ONNX Runtime threads busy-wait for work between operators (lower latency; "
+        "false leaves those cycles to the workers' reading and writing on small CPUs)",
+    )
     batch_size: int = Field(8, ge=1, le=256, description="frames per inference call")
+    precision: Literal["fp16", "fp32"] = Field(
+        "fp16", description="GPU backends' precision (the CPU always runs FP32)"
+    )
+    micro_batch_max: int = Field(
+        8,
+        ge=1,
+        le=256,
+        description="frames merged from concurrent workers into one inference; 1 disables "
+        "micro-batching; also the largest batch of TensorRT engines' optimisation profile",
+    )
+    micro_batch_wait_ms: float = Field(
+        2.0, ge=0, le=1000, description="how long a batch waits for more workers' frames"
+    )
+    engine_cache_dir: Path | None = Field(
+        None,
+        description="where TensorRT engines and their timing cache are built and kept; "
+        "None: $XDG_CACHE_HOME/fame-node/engines (~/.cache/fame-node/engines)",
+    )
+    torch_compile: bool = Field(
+        True, description="torch-cuda backend: compile the model with torch.compile"
+    )
+
+    def engine_dir(self) -> Path:
+        """The engine cache folder (not created here)."""
+        if self.engine_cache_dir is not None:
+            return self.engine_cache_dir.expanduser()
+        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        return Path(base) / "fame-node" / "engines"
 
 
 class ModelsConfig(_Section):

@@ -68,7 +68,7 @@ class NodeParts:
 
 def build_analyzer(config: NodeConfig, bundle: Bundle) -> Analyzer:
     """Open the inference session for a verified bundle."""
-    backend = create_backend(bundle, config.runtime)
+    backend = create_backend(bundle, config.runtime, workers=config.processing.workers)
     return Analyzer(bundle, backend, config.thresholds, config.runtime.batch_size)
 
 
@@ -292,6 +292,7 @@ class Node:
             "model_since": self.model_since.isoformat(timespec="microseconds"),
             "backend": analyzer.backend.name,
             "provider": analyzer.backend.device,
+            "backend_skipped": [str(s) for s in getattr(analyzer.backend, "skipped", ())],
             "workers": len(self._workers),
         }
         path = self.config.folder("work") / STATUS_FILE

@@ -35,6 +35,7 @@ def gather_status(config: NodeConfig) -> dict[str, Any]:
         data.update(
             model=service["model"], backend=service["backend"], provider=service["provider"]
         )
+        data["backend_skipped"] = service.get("backend_skipped", [])
         data["provider_source"] = "the running service"
         return data
     # No service running: report what this machine would run, by really opening a session.
@@ -43,6 +44,8 @@ def gather_status(config: NodeConfig) -> dict[str, Any]:
         bundle = registry.load(registry.active().path)
         backend = create_backend(bundle, config.runtime)
         data.update(model=bundle.version_label, backend=backend.name, provider=backend.device)
+        # Why faster backends were not used (`appliance.runtime.factory`).
+        data["backend_skipped"] = [str(s) for s in getattr(backend, "skipped", ())]
         data["provider_source"] = "probed now (the service is not running)"
     except FameNodeError as exc:
         data.update(model=None, backend=None, provider=None, problem=str(exc))
@@ -69,6 +72,7 @@ def format_status(d: dict[str, Any]) -> str:
         f"({d.get('provider_source', '')})",
         f"ONNX Runtime providers available: {', '.join(d['available_providers'])}",
     ]
+    lines += [f"  skipped {reason}" for reason in d.get("backend_skipped") or []]
     if d.get("problem"):
         lines.append(f"problem   {d['problem']}")
     return "\n".join(lines)

@@ -1,0 +1,133 @@
+"""Backend choice on this machine: order, fallbacks with reasons, micro-batch wrapping."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from appliance.bundle import Bundle
+from appliance.config import RuntimeConfig
+from appliance.errors import BackendError
+from appliance.runtime import factory
+from appliance.runtime.base import ModelOutputs
+from appliance.runtime.batcher import MicroBatcher
+from appliance.runtime.factory import CUDA, ORDER, create_backend, select_backend
+from appliance.runtime.onnx_backend import OnnxRuntimeBackend
+
+
+def _has_cuda_torch() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def _has_tensorrt() -> bool:
+    from exporters.tensorrt import tensorrt_version
+
+    return tensorrt_version() is not None
+
+
+class _Fake:
+    name = "fake"
+    device = "FakeDevice"
+
+    def infer(self, batch: np.ndarray) -> ModelOutputs:
+        n = len(batch)
+        return ModelOutputs(batch[:, 0], np.full((n, 3), 1 / 3, np.float32))
+
+
+def test_order_is_the_documented_one() -> None:
+    assert ORDER == ("tensorrt", "onnxruntime-cuda", "torch-cuda", "onnxruntime-cpu")
+
+
+def test_auto_takes_what_this_machine_really_runs(tiny_bundle: Bundle) -> None:
+    backend, skipped = select_backend(tiny_bundle, RuntimeConfig(backend="auto"))
+    names = [s.backend for s in skipped]
+    # Everything before the chosen one was tried, in order, and skipped with a reason.
+    assert names == list(ORDER[: len(names)])
+    assert all(s.reason for s in skipped)
+    if not _has_tensorrt():
+        assert "TensorRT is not installed" in skipped[0].reason
+    if CUDA not in factory.available_providers() and not _has_tensorrt():
+        assert "no CUDA provider" in skipped[1].reason
+    if not (_has_tensorrt() or CUDA in factory.available_providers() or _has_cuda_torch()):
+        assert isinstance(backend, OnnxRuntimeBackend)
+        assert backend.device == "CPUExecutionProvider"
+        assert names == ["tensorrt", "onnxruntime-cuda", "torch-cuda"]
+        assert "no torch weights" in skipped[2].reason  # checked before importing torch
+
+
+def test_torch_cuda_reason_names_the_missing_gpu(tiny_bundle_with_weights: Bundle) -> None:
+    if _has_cuda_torch():
+        pytest.skip("torch has CUDA here: the torch-cuda backend is available")
+    with pytest.raises(BackendError, match="no CUDA device"):
+        select_backend(tiny_bundle_with_weights, RuntimeConfig(backend="torch-cuda"))
+
+
+@pytest.mark.parametrize("name", ["tensorrt", "onnxruntime-cuda"])
+def test_a_named_backend_that_cannot_run_is_an_error(tiny_bundle: Bundle, name: str) -> None:
+    if name == "tensorrt" and _has_tensorrt() and _has_cuda_torch():
+        pytest.skip("TensorRT and a GPU are here")
+    if name == "onnxruntime-cuda" and CUDA in factory.available_providers():
+        pytest.skip("ONNX Runtime has CUDA here")
+    with pytest.raises(BackendError, match=f"runtime.backend = '{name}' cannot run here"):
+        select_backend(tiny_bundle, RuntimeConfig(backend=name))
+
+
+def test_fallback_goes_down_the_order(tiny_bundle: Bundle, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(bundle: Bundle, config: RuntimeConfig) -> _Fake:
+        raise BackendError("simulated: engine for another GPU could not be rebuilt")
+
+    monkeypatch.setattr(factory, "_tensorrt", broken)
+    monkeypatch.setattr(factory, "_onnxruntime_cuda", lambda b, c: _Fake())
+    backend, skipped = select_backend(tiny_bundle, RuntimeConfig())
+    assert backend.name == "fake"
+    assert [str(s) for s in skipped] == [
+        "tensorrt: simulated: engine for another GPU could not be rebuilt"
+    ]
+
+
+def test_nothing_runs_names_every_reason(
+    tiny_bundle: Bundle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(bundle: Bundle, config: RuntimeConfig) -> _Fake:
+        raise BackendError("nope")
+
+    for loader in ("_tensorrt", "_onnxruntime_cuda", "_torch_cuda", "_onnxruntime_cpu"):
+        monkeypatch.setattr(factory, loader, broken)
+    with pytest.raises(BackendError, match="no inference backend runs here: tensorrt: nope"):
+        select_backend(tiny_bundle, RuntimeConfig())
+
+
+def test_shared_backends_are_micro_batched(tiny_bundle: Bundle) -> None:
+    config = RuntimeConfig(backend="onnxruntime-cpu")
+    shared = create_backend(tiny_bundle, config, workers=2)
+    assert isinstance(shared, MicroBatcher)
+    assert (shared.name, shared.device) == ("onnxruntime", "CPUExecutionProvider")
+    assert shared.skipped == ()
+    unknown = create_backend(tiny_bundle, config)
+    assert isinstance(unknown, MicroBatcher)
+    alone = create_backend(tiny_bundle, config, workers=1)
+    assert isinstance(alone, OnnxRuntimeBackend)
+    off = create_backend(tiny_bundle, RuntimeConfig(micro_batch_max=1), workers=4)
+    assert not isinstance(off, MicroBatcher)
+
+
+def test_skipped_reasons_travel_with_the_backend(tiny_bundle: Bundle) -> None:
+    backend = create_backend(tiny_bundle, RuntimeConfig(), workers=2)
+    skipped = backend.skipped  # type: ignore[attr-defined]
+    assert isinstance(skipped, tuple)
+    if backend.device == "CPUExecutionProvider":
+        assert len(skipped) == 3
+
+
+def test_engine_cache_dir_default_and_override(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert RuntimeConfig().engine_dir() == tmp_path / "fame-node" / "engines"
+    assert RuntimeConfig(engine_cache_dir=tmp_path / "e").engine_dir() == tmp_path / "e"

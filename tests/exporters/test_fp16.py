@@ -1,0 +1,218 @@
+"""FP16 ONNX variant: valid graph, FP32 interface, FP32-only inputs kept, within tolerance."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from torch import nn
+
+from exporters.fp16 import (
+    Fp16ConversionError,
+    Fp16ToleranceError,
+    convert_to_fp16,
+    export_fp16,
+    fp16_path,
+)
+from exporters.onnx_export import export_onnx
+from trainer.models import FameNodeNet, LesionClassifier, MAUNet
+
+SIZE = 32
+
+
+class Fp16Contract:
+    """Every model family's FP16 variant: checker-valid, FP32 I/O, FP16 weights, close."""
+
+    in_channels = 1
+    input_name = "image"
+    output_names: tuple[str, ...] = ("out",)
+
+    @classmethod
+    def build(cls) -> nn.Module:
+        raise NotImplementedError
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def converted(cls, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
+        import torch
+
+        torch.manual_seed(0)
+        folder = tmp_path_factory.mktemp("fp16")
+        fp32 = folder / "model.onnx"
+        export_onnx(
+            cls.build().eval(),
+            fp32,
+            SIZE,
+            in_channels=cls.in_channels,
+            input_name=cls.input_name,
+            output_names=cls.output_names,
+        )
+        rng = np.random.default_rng(0)
+        inputs = [rng.standard_normal((b, cls.in_channels, SIZE, SIZE)).astype(np.float32)
+                  for b in (1, 3)]  # fmt: skip
+        report = export_fp16(fp32, inputs=inputs)
+        return fp32, report.path, report.max_abs_diff
+
+    def test_checker_accepts_it(self, converted: tuple[Path, Path, dict]) -> None:
+        onnx.checker.check_model(onnx.load(str(converted[1])), full_check=True)
+
+    def test_interface_stays_fp32_and_dynamic(self, converted: tuple[Path, Path, dict]) -> None:
+        graph = onnx.load(str(converted[1])).graph
+        for value in [*graph.input, *graph.output]:
+            assert value.type.tensor_type.elem_type == TensorProto.FLOAT
+            assert value.type.tensor_type.shape.dim[0].dim_param == "batch"
+        assert [o.name for o in graph.output] == list(self.output_names)
+
+    def test_weights_are_fp16_and_half_the_size(self, converted: tuple[Path, Path, dict]) -> None:
+        fp32, fp16, _ = converted
+
+        def weight_bytes(path: Path) -> dict[int, int]:
+            sizes: dict[int, int] = {}
+            for t in onnx.load(str(path)).graph.initializer:
+                if t.data_type != TensorProto.INT64:
+                    sizes[t.data_type] = sizes.get(t.data_type, 0) + len(t.raw_data)
+            return sizes
+
+        before, after = weight_bytes(fp32), weight_bytes(fp16)
+        assert set(before) == {TensorProto.FLOAT}
+        assert set(after) == {TensorProto.FLOAT16}
+        assert after[TensorProto.FLOAT16] * 2 == before[TensorProto.FLOAT]
+
+    def test_close_to_fp32(self, converted: tuple[Path, Path, dict]) -> None:
+        diffs = converted[2]
+        assert set(diffs) == set(self.output_names)
+        assert max(diffs.values()) < 5e-2
+
+
+class TestMAUNetFp16(Fp16Contract):
+    output_names = ("lesion_logits",)
+
+    @classmethod
+    def build(cls) -> nn.Module:
+        return MAUNet(base_width=4)
+
+
+class TestClassifierFp16(Fp16Contract):
+    in_channels = 2
+    input_name = "image_and_lesion"
+    output_names = ("class_logits",)
+
+    @classmethod
+    def build(cls) -> nn.Module:
+        return LesionClassifier(in_channels=2, widths=(4, 8, 8))
+
+
+class TestCombinedFp16(Fp16Contract):
+    output_names = ("lesion_prob", "class_prob")
+
+    @classmethod
+    def build(cls) -> nn.Module:
+        return FameNodeNet(MAUNet(base_width=4), LesionClassifier(widths=(4, 8, 8)))
+
+
+# --------------------------------------------------------------------------- graph details
+
+
+def _resize_model(computed_scales: bool) -> onnx.ModelProto:
+    """x -> Conv -> Resize(scales) -> Add(x2); scales constant or computed from Shape."""
+    w = numpy_helper.from_array(np.ones((1, 1, 1, 1), np.float32) * 0.5, "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"])]
+    inits = [w]
+    if computed_scales:
+        two = numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "two")
+        inits.append(two)
+        nodes += [
+            helper.make_node("Shape", ["x"], ["shape"]),
+            helper.make_node("Cast", ["shape"], ["shape_f"], to=TensorProto.FLOAT),
+            helper.make_node("Div", ["shape_f", "shape_f"], ["ones"]),
+            helper.make_node("Mul", ["ones", "two"], ["scales"]),
+        ]
+    else:
+        inits.append(numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"))
+    nodes += [
+        helper.make_node("Resize", ["c", "", "scales"], ["r"], mode="nearest"),
+        helper.make_node("Add", ["r", "r"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "resize",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1, 8, 8])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+@pytest.mark.parametrize("computed", [False, True])
+def test_resize_scales_stay_fp32(tmp_path: Path, computed: bool) -> None:
+    model = _resize_model(computed)
+    half = onnx.shape_inference.infer_shapes(convert_to_fp16(model))
+    onnx.checker.check_model(half, full_check=True)
+    resize = next(n for n in half.graph.node if n.op_type == "Resize")
+    types = {v.name: v.type.tensor_type.elem_type for v in half.graph.value_info}
+    types.update({t.name: t.data_type for t in half.graph.initializer})
+    assert types[resize.input[2]] == TensorProto.FLOAT
+    assert types[resize.input[0]] == TensorProto.FLOAT16
+    fp32_path, fp16_file = tmp_path / "m.onnx", tmp_path / "m.fp16.onnx"
+    onnx.save(model, str(fp32_path))
+    onnx.save(half, str(fp16_file))
+    x = np.random.default_rng(0).standard_normal((2, 1, 4, 4)).astype(np.float32)
+    want = ort.InferenceSession(str(fp32_path)).run(None, {"x": x})[0]
+    got = ort.InferenceSession(str(fp16_file)).run(None, {"x": x})[0]
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, want, atol=1e-2)
+
+
+def test_kept_ops_run_in_fp32(tmp_path: Path) -> None:
+    net = FameNodeNet(MAUNet(base_width=4), LesionClassifier(widths=(4, 8)))
+    fp32 = tmp_path / "model.onnx"
+    export_onnx(net, fp32, SIZE)
+    report = export_fp16(fp32, keep_fp32=("InstanceNormalization",))
+    graph = onnx.shape_inference.infer_shapes(onnx.load(str(report.path))).graph
+    types = {v.name: v.type.tensor_type.elem_type for v in graph.value_info}
+    types.update({t.name: t.data_type for t in graph.initializer})
+    norms = [n for n in graph.node if n.op_type == "InstanceNormalization"]
+    assert norms
+    for node in norms:
+        assert all(types[name] == TensorProto.FLOAT for name in node.input)
+        assert types[node.output[0]] == TensorProto.FLOAT
+    assert report.kept_fp32 == ("InstanceNormalization",)
+    assert report.path == fp16_path(fp32) == tmp_path / "model.fp16.onnx"
+
+
+def test_tolerance_is_enforced(tmp_path: Path) -> None:
+    net = FameNodeNet(MAUNet(base_width=4), LesionClassifier(widths=(4, 8)))
+    fp32 = tmp_path / "model.onnx"
+    export_onnx(net, fp32, SIZE)
+    with pytest.raises(Fp16ToleranceError, match="FP16 check failed: output 'lesion_prob'"):
+        export_fp16(fp32, tolerance=1e-9)
+
+
+def test_unsupported_ops_are_refused() -> None:
+    graph = helper.make_graph(
+        [helper.make_node("RandomNormalLike", ["x"], ["y"])],
+        "random",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    with pytest.raises(Fp16ConversionError, match="RandomNormalLike"):
+        convert_to_fp16(model)
+
+
+def test_values_beyond_the_fp16_range_are_refused() -> None:
+    big = numpy_helper.from_array(np.array([1e6], np.float32), "big")
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "big"], ["y"])],
+        "big",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+        [big],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    with pytest.raises(Fp16ConversionError, match="beyond the FP16 range"):
+        convert_to_fp16(model)

@@ -1,0 +1,57 @@
+"""A tiny but real model bundle for runtime and exporter tests (32x32, a few channels)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from appliance.bundle import TensorSpec
+from exporters.bundle import write_bundle
+from exporters.onnx_export import export_onnx
+from trainer.models import FameNodeNet, LesionClassifier, MAUNet
+
+SIZE = 32
+CLASSES = ["normal", "benign", "malignant"]
+
+
+def tiny_net(seed: int = 0) -> FameNodeNet:
+    torch.manual_seed(seed)
+    return FameNodeNet(MAUNet(base_width=4), LesionClassifier(widths=(4, 8))).eval()
+
+
+def save_checkpoint(net: FameNodeNet, path: Path) -> Path:
+    """A checkpoint in `trainer.train`'s format."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {
+            "segmenter": net.segmenter.state_dict(),
+            "classifier": net.classifier.state_dict(),
+            "counts": {"train": 0, "val": 0},
+        },
+        path,
+    )
+    return path
+
+
+def make_tiny_bundle(out: Path, net: FameNodeNet | None = None) -> Path:
+    """Export `net` (default `tiny_net()`) and write a verified bundle to `out`."""
+    net = net if net is not None else tiny_net()
+    src = out.parent / f".{out.name}-src"
+    onnx_path = src / "model.onnx"
+    export_onnx(net, onnx_path, SIZE)
+    return write_bundle(
+        out,
+        onnx_path,
+        name="tiny",
+        version="0.0.1",
+        task="segmentation+classification",
+        classes=CLASSES,
+        inputs=[TensorSpec(name="image", shape=["batch", 1, SIZE, SIZE])],
+        outputs=[
+            TensorSpec(name="lesion_prob", shape=["batch", 1, SIZE, SIZE]),
+            TensorSpec(name="class_prob", shape=["batch", 3]),
+        ],
+        preprocessing={"size": SIZE},
+        postprocessing={"mask_threshold": 0.5},
+    )

@@ -73,7 +73,7 @@ def run_node(
     )
     log = (root / "node.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.launch_node"],
+        [sys.executable, "-m", "appliance.cli", "run"],
         env=env,
         cwd=REPO_ROOT,
         stdout=log,
@@ -195,8 +195,6 @@ class NaiveLoop:
 NODE_VARIANTS: dict[str, dict[str, str]] = {
     "node": {},
     "node_no_microbatch": {"FAME_NODE_RUNTIME__MICRO_BATCH_MAX": "1"},
-    # What-if: the result PNGs encoded at zlib level 1 (bench/launch_node.py).
-    "node_png_level1": {"FAME_BENCH_PNG_COMPRESS_LEVEL": "1"},
 }
 
 
@@ -289,9 +287,6 @@ def run(
                 f"{__import__('torch').get_num_threads()} torch threads; no files written "
                 "(naive_torch_loop_writing_pngs: the same, plus each image's mask and overlay "
                 "PNGs written with the node's own writer)",
-                "node_png_level1": "what-if, not the shipped node: the node with its result "
-                "PNGs encoded at zlib level 1 instead of Pillow's default 6 "
-                "(bench/launch_node.py)",
             },
             "runs": runs,
             "summary": {},

@@ -229,16 +229,6 @@ def _node_limits(d: dict[str, Any]) -> list[str]:
             "does not. Against a naive loop that writes the same PNGs the node is "
             f"{s['node']['throughput_vs_naive_torch_loop_writing_pngs']['median']:.2f}x."
         )
-    if "node_png_level1" in s:
-        v = s["node_png_level1"]
-        lines.append(
-            "- **What-if, PNGs at zlib level 1** (`appliance/results/writers.py` saves with "
-            "Pillow's default level 6; the bench patches it in the node process only): "
-            f"{v['images_per_s']:.1f} images/s, "
-            f"{v['throughput_vs_naive_torch_loop']['median']:.2f}x the naive loop and "
-            f"{v['throughput_vs_naive_torch_loop_writing_pngs']['median']:.2f}x the naive loop "
-            "writing the same PNGs."
-        )
     if stages:
         rest = total - stages.get("write_pngs", 0.0)
         loop = 1e3 / s["naive_torch_loop"]["images_per_s"]

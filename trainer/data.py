@@ -34,7 +34,7 @@ from PIL import Image
 from torch import Tensor
 
 from appliance.bundle import sha256_file
-from appliance.dataset import DatasetError, read_dataset_manifest
+from appliance.dataset import Case, DatasetError, read_dataset_manifest
 from appliance.preprocess import PreprocessParams, letterbox_mask, preprocess
 from trainer.models.classifier import CLASSES
 
@@ -46,14 +46,8 @@ class DataError(ValueError):
     """The manifest or one of the files it names cannot be used."""
 
 
-@dataclass(frozen=True)
-class Record:
-    """One manifest row; paths are absolute."""
-
-    image: Path
-    label: str
-    masks: tuple[Path, ...]
-    split: str
+Record = Case
+"""One manifest row (`appliance.dataset.Case`); paths resolved against the manifest."""
 
 
 @dataclass(frozen=True)
@@ -96,7 +90,7 @@ def read_manifest(manifest: Path) -> list[Record]:
         for path in (case.image, *case.masks):
             if not path.is_file():
                 raise DataError(f"{where}: file {path} does not exist")
-    return [Record(image=c.image, label=c.label, masks=c.masks, split=c.split) for c in cases]
+    return cases
 
 
 def load_grey(path: Path) -> NDArray[np.uint8]:

@@ -6,13 +6,11 @@ from pathlib import Path
 
 import torch
 
-from appliance.bundle import TensorSpec
-from exporters.bundle import write_bundle
 from exporters.onnx_export import export_onnx
+from tests.appliance.models.bundles import write_test_bundle
 from trainer.models import FameNodeNet, LesionClassifier, MAUNet
 
 SIZE = 32
-CLASSES = ["normal", "benign", "malignant"]
 
 
 def tiny_net(seed: int = 0) -> FameNodeNet:
@@ -40,18 +38,4 @@ def make_tiny_bundle(out: Path, net: FameNodeNet | None = None) -> Path:
     src = out.parent / f".{out.name}-src"
     onnx_path = src / "model.onnx"
     export_onnx(net, onnx_path, SIZE)
-    return write_bundle(
-        out,
-        onnx_path,
-        name="tiny",
-        version="0.0.1",
-        task="segmentation+classification",
-        classes=CLASSES,
-        inputs=[TensorSpec(name="image", shape=["batch", 1, SIZE, SIZE])],
-        outputs=[
-            TensorSpec(name="lesion_prob", shape=["batch", 1, SIZE, SIZE]),
-            TensorSpec(name="class_prob", shape=["batch", 3]),
-        ],
-        preprocessing={"size": SIZE},
-        postprocessing={"mask_threshold": 0.5},
-    )
+    return write_test_bundle(out, onnx_path, name="tiny", version="0.0.1", size=SIZE)

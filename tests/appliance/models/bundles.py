@@ -14,8 +14,10 @@ CLASSES = ["normal", "benign", "malignant"]
 SIZE = 64
 
 
-def write_test_bundle(out: Path, onnx_path: Path, *, name: str, version: str) -> Path:
-    """A bundle around `onnx_path` with the node's tensor names, preprocessed at SIZE."""
+def write_test_bundle(
+    out: Path, onnx_path: Path, *, name: str, version: str, size: int = SIZE
+) -> Path:
+    """A bundle around `onnx_path` with the node's tensor names, preprocessed at `size`."""
     return write_bundle(
         out,
         onnx_path,
@@ -23,12 +25,12 @@ def write_test_bundle(out: Path, onnx_path: Path, *, name: str, version: str) ->
         version=version,
         task="segmentation+classification",
         classes=CLASSES,
-        inputs=[TensorSpec(name="image", shape=["batch", 1, SIZE, SIZE])],
+        inputs=[TensorSpec(name="image", shape=["batch", 1, size, size])],
         outputs=[
-            TensorSpec(name="lesion_prob", shape=["batch", 1, SIZE, SIZE]),
+            TensorSpec(name="lesion_prob", shape=["batch", 1, size, size]),
             TensorSpec(name="class_prob", shape=["batch", 3]),
         ],
-        preprocessing={"size": SIZE},
+        preprocessing={"size": size},
         postprocessing={"mask_threshold": 0.5},
         evaluation={"dice": 0.5},
     )

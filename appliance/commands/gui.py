@@ -33,10 +33,11 @@ def register(subparsers: Any) -> None:
 
 
 def run(config: NodeConfig, args: argparse.Namespace) -> int:
-    try:
-        import PyQt6.QtWidgets  # noqa: F401  (only to find out whether PyQt6 is there)
-    except ImportError as exc:
-        print(f"fame-node: {GUI_EXTRA_HINT.format(error=exc)}", file=sys.stderr)
+    from gui import qt_load_error  # the Qt probe lives with the view: nothing here imports Qt
+
+    error = qt_load_error()
+    if error is not None:
+        print(f"fame-node: {GUI_EXTRA_HINT.format(error=error)}", file=sys.stderr)
         return 2
     from appliance.models.registry import ModelRegistry
     from gui.app import run_gui

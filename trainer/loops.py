@@ -144,6 +144,28 @@ class Logger:
             "stage2": [],
         }
 
+    def epoch_done(
+        self,
+        stage: str,
+        epoch: int,
+        *,
+        loss: float,
+        lr: float,
+        val: dict[str, Any],
+        seconds: float,
+    ) -> None:
+        """Record one finished epoch: its training loss, learning rate and val metrics."""
+        self.epoch(
+            stage,
+            {
+                "epoch": epoch,
+                "loss": loss,
+                "lr": lr,
+                **{f"val_{k}": v for k, v in val.items()},
+                "seconds": round(seconds, 1),
+            },
+        )
+
     def epoch(self, stage: str, record: dict[str, Any]) -> None:
         self.data[stage].append(record)
         text = " ".join(
@@ -192,15 +214,13 @@ def train_segmenter(
         metrics = segmentation_metrics(prob, val.masks, 0.5, cfg.min_lesion_area_px)
         epochs_run = epoch
         seconds = time.monotonic() - t0
-        log.epoch(
+        log.epoch_done(
             "stage1",
-            {
-                "epoch": epoch,
-                "loss": total / len(train),
-                "lr": sched.get_last_lr()[0],
-                **{f"val_{k}": v for k, v in metrics.items()},
-                "seconds": round(seconds, 1),
-            },
+            epoch,
+            loss=total / len(train),
+            lr=float(sched.get_last_lr()[0]),
+            val=metrics,
+            seconds=seconds,
         )
         if metrics["dice"] > best["dice"]:
             best = {"epoch": epoch, **metrics}
@@ -273,15 +293,13 @@ def train_classifier(
         metrics = classification_metrics(probs, val.labels)
         epochs_run = epoch
         seconds = time.monotonic() - t0
-        log.epoch(
+        log.epoch_done(
             "stage2",
-            {
-                "epoch": epoch,
-                "loss": total / len(train),
-                "lr": sched.get_last_lr()[0],
-                **{f"val_{k}": v for k, v in metrics.items()},
-                "seconds": round(seconds, 1),
-            },
+            epoch,
+            loss=total / len(train),
+            lr=float(sched.get_last_lr()[0]),
+            val=metrics,
+            seconds=seconds,
         )
         key = (round(metrics["macro_f1"], 6), metrics["macro_auc"])
         if key > best["key"]:

@@ -19,6 +19,7 @@ from exporters.fp16 import (
     fp16_path,
 )
 from exporters.onnx_export import export_onnx
+from tests.exporters.families import ClassifierFamily, CombinedFamily, MAUNetFamily
 from trainer.models import FameNodeNet, LesionClassifier, MAUNet
 
 SIZE = 32
@@ -88,30 +89,16 @@ class Fp16Contract:
         assert max(diffs.values()) < 5e-2
 
 
-class TestMAUNetFp16(Fp16Contract):
-    output_names = ("lesion_logits",)
-
-    @classmethod
-    def build(cls) -> nn.Module:
-        return MAUNet(base_width=4)
+class TestMAUNetFp16(MAUNetFamily, Fp16Contract):
+    pass
 
 
-class TestClassifierFp16(Fp16Contract):
-    in_channels = 2
-    input_name = "image_and_lesion"
-    output_names = ("class_logits",)
-
-    @classmethod
-    def build(cls) -> nn.Module:
-        return LesionClassifier(in_channels=2, widths=(4, 8, 8))
+class TestClassifierFp16(ClassifierFamily, Fp16Contract):
+    pass
 
 
-class TestCombinedFp16(Fp16Contract):
-    output_names = ("lesion_prob", "class_prob")
-
-    @classmethod
-    def build(cls) -> nn.Module:
-        return FameNodeNet(MAUNet(base_width=4), LesionClassifier(widths=(4, 8, 8)))
+class TestCombinedFp16(CombinedFamily, Fp16Contract):
+    pass
 
 
 # --------------------------------------------------------------------------- graph details

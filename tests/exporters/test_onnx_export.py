@@ -13,6 +13,7 @@ from appliance.bundle import TensorSpec, load_bundle
 from appliance.errors import BundleError
 from exporters.bundle import write_bundle
 from exporters.onnx_export import ParityError, export_onnx
+from tests.exporters.families import ClassifierFamily, CombinedFamily, MAUNetFamily
 from trainer.models import FameNodeNet, LesionClassifier, MAUNet
 
 SIZE = 32
@@ -65,30 +66,16 @@ class ExportParityContract:
         assert max(diffs.values()) < 1e-4
 
 
-class TestMAUNetExport(ExportParityContract):
-    output_names = ("lesion_logits",)
-
-    @classmethod
-    def build(cls) -> nn.Module:
-        return MAUNet(base_width=4)
+class TestMAUNetExport(MAUNetFamily, ExportParityContract):
+    pass
 
 
-class TestClassifierExport(ExportParityContract):
-    in_channels = 2
-    input_name = "image_and_lesion"
-    output_names = ("class_logits",)
-
-    @classmethod
-    def build(cls) -> nn.Module:
-        return LesionClassifier(in_channels=2, widths=(4, 8, 8))
+class TestClassifierExport(ClassifierFamily, ExportParityContract):
+    pass
 
 
-class TestCombinedExport(ExportParityContract):
-    output_names = ("lesion_prob", "class_prob")
-
-    @classmethod
-    def build(cls) -> nn.Module:
-        return FameNodeNet(MAUNet(base_width=4), LesionClassifier(widths=(4, 8, 8)))
+class TestCombinedExport(CombinedFamily, ExportParityContract):
+    pass
 
 
 class _TracesDifferently(nn.Module):

@@ -30,18 +30,24 @@ def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
 
 
+def conv_pair(in_channels: int, out_channels: int) -> list[nn.Module]:
+    """conv3x3 + GroupNorm + ReLU + conv3x3 + GroupNorm: the body shared by the encoder's
+    residual blocks (the ReLU after the sum) and the decoder's double convolutions."""
+    return [
+        conv3x3(in_channels, out_channels),
+        group_norm(out_channels),
+        nn.ReLU(inplace=True),
+        conv3x3(out_channels, out_channels),
+        group_norm(out_channels),
+    ]
+
+
 class ResidualBlock(nn.Module):
     """Two 3x3 conv + GroupNorm + ReLU with a 1x1 projection shortcut (identity if same width)."""
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
-        self.body = nn.Sequential(
-            conv3x3(in_channels, out_channels),
-            group_norm(out_channels),
-            nn.ReLU(inplace=True),
-            conv3x3(out_channels, out_channels),
-            group_norm(out_channels),
-        )
+        self.body = nn.Sequential(*conv_pair(in_channels, out_channels))
         self.shortcut: nn.Module = (
             nn.Identity()
             if in_channels == out_channels
@@ -60,14 +66,7 @@ class DoubleConv(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
-        self.body = nn.Sequential(
-            conv3x3(in_channels, out_channels),
-            group_norm(out_channels),
-            nn.ReLU(inplace=True),
-            conv3x3(out_channels, out_channels),
-            group_norm(out_channels),
-            nn.ReLU(inplace=True),
-        )
+        self.body = nn.Sequential(*conv_pair(in_channels, out_channels), nn.ReLU(inplace=True))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.body(x)

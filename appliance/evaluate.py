@@ -83,10 +83,10 @@ def evaluate(
         except InputError as exc:
             skipped.append({"image": str(case.image), "reason": exc.reason})
             continue
+        if loaded.meta.crop is not None:  # its truth mask is drawn on the uncropped image
+            raise DatasetError(f"{case.image}: evaluation of cropped DICOM is not supported")
         frame = loaded.frames[0]
         result = analyzer.analyse([frame], loaded.meta.pixel_spacing_mm)[0]
-        if loaded.meta.crop is not None:
-            raise DatasetError(f"{case.image}: evaluation of cropped DICOM is not supported")
         preds.append(result.findings.mask)
         truths.append(_truth_mask(case, frame.shape))
         labels.append(classes.index(case.label))

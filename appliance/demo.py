@@ -58,7 +58,7 @@ def _prepare(folder: Path) -> Path:
         "# Written by `fame-node demo`. A real node's config: packaging/config.toml\n"
         f'[paths]\nroot = "{folder.resolve()}"\n\n'
         "[ingest]\nrescan_interval_s = 2.0\nsettle_s = 0.5\n\n"
-        "[processing]\nworkers = 2\n",
+        "[processing]\nworkers = 0\n",
         encoding="utf-8",
     )
     return config

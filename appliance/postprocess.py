@@ -32,39 +32,71 @@ class LesionFindings:
 def clean_mask(prob: NDArray[Any], threshold: float, min_area_px: float) -> tuple[Mask, int]:
     """Threshold `prob`, drop components smaller than `min_area_px`, fill holes.
 
-    Returns the binary mask and the number of components kept.
+    Returns the binary mask and the number of components kept. The work is done inside
+    the bounding box of the thresholded pixels (a lesion is a small part of a frame).
     """
     if prob.ndim != 2:
         raise ValueError(f"expected a 2-D probability map, got shape {prob.shape}")
     binary = (prob >= threshold).astype(np.uint8)
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
-    keep = [i for i in range(1, n) if stats[i, cv2.CC_STAT_AREA] >= min_area_px]
-    mask = np.isin(labels, keep).astype(np.uint8) if keep else np.zeros_like(binary)
-    if keep:
+    mask = np.zeros_like(binary)
+    box = _box(binary)
+    if box is None:
+        return mask, 0
+    crop = binary[box]
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(crop, connectivity=8)
+    keep = np.zeros(n, dtype=np.uint8)
+    keep[1:] = stats[1:, cv2.CC_STAT_AREA] >= min_area_px
+    kept = int(keep.sum())
+    if kept:
+        sub = keep[labels]
         # Fill holes: a lesion is a region, not a ring (speckle can punch holes in it).
-        contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-        cv2.drawContours(mask, contours, -1, color=1, thickness=cv2.FILLED)
-    return mask, len(keep)
+        contours, _ = cv2.findContours(sub, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(sub, contours, -1, color=1, thickness=cv2.FILLED)
+        mask[box] = sub
+    return mask, kept
+
+
+def _box(mask: NDArray[np.uint8]) -> tuple[slice, slice] | None:
+    """The bounding box of the non-zero pixels of a uint8 mask, or None if it is empty."""
+    x, y, w, h = cv2.boundingRect(mask)
+    if w == 0 or h == 0:
+        return None
+    return slice(y, y + h), slice(x, x + w)
+
+
+def hull_points(mask: NDArray[Any]) -> NDArray[np.float64]:
+    """(x=col, y=row) points of the convex hull of all mask pixel centres; (0, 2) if empty.
+
+    The extreme points of a region lie on its outer contours, so the hull of those is
+    the hull of the region."""
+    m = (mask > 0).astype(np.uint8)
+    box = _box(m)
+    if box is None:
+        return np.zeros((0, 2), dtype=np.float64)
+    contours, _ = cv2.findContours(m[box], cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    pts = np.concatenate([c.reshape(-1, 2) for c in contours]).astype(np.float64)
+    pts += (box[1].start, box[0].start)
+    if len(pts) > 2:
+        return cv2.convexHull(pts.astype(np.float32)).reshape(-1, 2).astype(np.float64)
+    return pts
+
+
+def feret_from_hull(hull: NDArray[np.float64], spacing: tuple[float, float] = (1.0, 1.0)) -> float:
+    """Largest distance between two hull points, in units of `spacing` (row, col)."""
+    if len(hull) == 0:
+        return 0.0
+    xy = hull * np.array([spacing[1], spacing[0]])  # points are (x=col, y=row)
+    diff = xy[:, None, :] - xy[None, :, :]
+    return float(np.sqrt((diff**2).sum(axis=-1)).max())
 
 
 def max_feret_diameter(mask: NDArray[Any], spacing: tuple[float, float] = (1.0, 1.0)) -> float:
     """Largest distance between two mask pixel centres, in units of `spacing` (row, col).
 
-    Computed over the convex hull of each component's boundary, which contains the
-    extreme points; 0 for an empty mask, 0 for a single pixel.
+    Computed over the convex hull of the mask, which contains the extreme points;
+    0 for an empty mask, 0 for a single pixel.
     """
-    m = (mask > 0).astype(np.uint8)
-    if not m.any():
-        return 0.0
-    contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    pts = np.concatenate([c.reshape(-1, 2) for c in contours]).astype(np.float64)
-    if len(pts) > 2:
-        hull = cv2.convexHull(pts.astype(np.float32)).reshape(-1, 2).astype(np.float64)
-    else:
-        hull = pts
-    xy = hull * np.array([spacing[1], spacing[0]])  # points are (x=col, y=row)
-    diff = xy[:, None, :] - xy[None, :, :]
-    return float(np.sqrt((diff**2).sum(axis=-1)).max())
+    return feret_from_hull(hull_points(mask), spacing)
 
 
 def analyse_lesions(
@@ -75,11 +107,12 @@ def analyse_lesions(
     spacing_mm: tuple[float, float] | None,
 ) -> LesionFindings:
     mask, n = clean_mask(prob, threshold, min_area_px)
-    area_px = float(mask.sum())
-    diameter_px = max_feret_diameter(mask)
+    area_px = float(cv2.countNonZero(mask))
+    hull = hull_points(mask)
+    diameter_px = feret_from_hull(hull)
     if spacing_mm is not None:
         area_mm2: float | None = area_px * spacing_mm[0] * spacing_mm[1]
-        diameter_mm: float | None = max_feret_diameter(mask, spacing_mm)
+        diameter_mm: float | None = feret_from_hull(hull, spacing_mm)
     else:
         area_mm2 = diameter_mm = None
     return LesionFindings(

@@ -68,7 +68,7 @@ class NodeParts:
 
 def build_analyzer(config: NodeConfig, bundle: Bundle) -> Analyzer:
     """Open the inference session for a verified bundle."""
-    backend = create_backend(bundle, config.runtime, workers=config.processing.workers)
+    backend = create_backend(bundle, config.runtime, workers=config.processing.worker_count())
     return Analyzer(bundle, backend, config.thresholds, config.runtime.batch_size)
 
 
@@ -136,7 +136,7 @@ class Node:
         recovered = self.parts.queue.recover_interrupted(self.config.ingest.max_attempts)
         if recovered:
             log.warning("recovered %d job(s) interrupted by an earlier stop", len(recovered))
-        for i in range(self.config.processing.workers):
+        for i in range(self.config.processing.worker_count()):
             t = threading.Thread(target=self._work, name=f"fame-worker-{i}", daemon=True)
             t.start()
             self._workers.append(t)

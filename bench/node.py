@@ -2,20 +2,21 @@
 
     python -m bench.node [--images 78] [--repeats 3] [--out .cache/bench/node.json]
 
-**Node**: a real ``fame-node run`` process (default config: 2 workers, the backend it
-picks, micro-batching on) on a fresh node folder; once it is up, N files are copied into its
-inbox and the clock runs until every job is committed to the database. Throughput is
-N / (last ``finished_at`` - first drop); per-file latency is ``jobs.created_at`` ->
-``finished_at``. The same with ``runtime.micro_batch_max = 1`` shows what micro-batching
-adds.
+**Node**: a real ``fame-node run`` process (default config: one worker per CPU, the
+backend it picks; on the CPU each worker runs its own frames) on a fresh node folder; once
+it is up, N files are copied into its inbox and the clock runs until every job is committed
+to the database. Throughput is N / (last ``finished_at`` - first drop); per-file latency is
+``jobs.created_at`` -> ``finished_at``. The same with the CPU backend micro-batched
+(``runtime.micro_batch_on_cpu``, one multi-threaded session call per merged batch) shows
+what that policy would give.
 
 **Naive loop**: what a research script does: load the torch models once, then for each
 file read it, preprocess it (the node's own function), run the eager model on it alone and
 threshold / measure the lesion and diagnose. It writes no files and no database rows, so
 it is favoured, if anything.
 
-The contenders alternate within each repeat (node, naive, node without micro-batching,
-...), so that load from other processes on a shared machine hits them alike.
+The contenders alternate within each repeat (node, naive, node micro-batched, ...), so
+that load from other processes on a shared machine hits them alike.
 """
 
 from __future__ import annotations
@@ -194,7 +195,7 @@ class NaiveLoop:
 
 NODE_VARIANTS: dict[str, dict[str, str]] = {
     "node": {},
-    "node_no_microbatch": {"FAME_NODE_RUNTIME__MICRO_BATCH_MAX": "1"},
+    "node_micro_batched": {"FAME_NODE_RUNTIME__MICRO_BATCH_ON_CPU": "true"},
 }
 
 
@@ -211,7 +212,8 @@ def parse_variant(text: str) -> tuple[str, dict[str, str]]:
 
 def stage_profile(files: list[Path], out_dir: Path) -> dict[str, float]:
     """Median milliseconds per image of each stage of the node's pipeline, in this process
-    (one thread, the node's own functions and its ONNX Runtime backend at batch 1)."""
+    (one thread, the node's own functions and its ONNX Runtime backend at batch 1 on one
+    thread: the CPU time each stage costs a worker)."""
     from appliance.bundle import load_bundle
     from appliance.config import RuntimeConfig
     from appliance.io.reader import read_file
@@ -223,7 +225,7 @@ def stage_profile(files: list[Path], out_dir: Path) -> dict[str, float]:
 
     bundle = load_bundle(DEFAULT_BUNDLE)
     params = bundle.manifest.preprocess_params()
-    backend = create_backend(bundle, RuntimeConfig(), workers=1)
+    backend = create_backend(bundle, RuntimeConfig(intra_op_threads=1), workers=1)
     stages: dict[str, list[float]] = {
         k: [] for k in ("read", "preprocess", "inference", "postprocess", "write_pngs")
     }
@@ -281,8 +283,8 @@ def run(
             "naive_weights": naive.weights,
             "settings": {
                 "repeats": repeats,
-                "node": "fame-node run, default config (processing.workers 2, runtime auto), "
-                "ingest.settle_s 0.2; files copied into the inbox by rename",
+                "node": "fame-node run, default config (processing.workers 0 = one per CPU, "
+                "runtime auto), ingest.settle_s 0.2; files copied into the inbox by rename",
                 "naive": "one process, torch eager FP32 at batch 1, "
                 f"{__import__('torch').get_num_threads()} torch threads; no files written "
                 "(naive_torch_loop_writing_pngs: the same, plus each image's mask and overlay "

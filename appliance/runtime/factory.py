@@ -14,8 +14,11 @@ With ``runtime.backend = "auto"`` the first that loads wins and every skipped on
 with its reason and kept on the backend (`skipped`) for ``fame-node status``. Naming one
 backend makes it mandatory: if it cannot run, `BackendError` says why.
 
-When several workers share the backend, it is wrapped in a `MicroBatcher` (their
-concurrent calls become one batch); see `create_backend`.
+How the workers share it (`create_backend`): on a GPU their concurrent calls are merged
+into one batch by a `MicroBatcher` (a batch of 8 costs little more than a batch of 1);
+on the CPU each worker runs its own frames with the CPUs shared out among the workers
+(one thread each where there are as many workers as CPUs), which measured faster than
+merging batches for a multi-threaded session on the small CPUs of edge nodes.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import onnxruntime as ort
 
 from appliance.bundle import Bundle
 from appliance.config import RuntimeConfig
+from appliance.cpus import usable_cpus
 from appliance.errors import BackendError
 from appliance.runtime.base import InferenceBackend
 from appliance.runtime.batcher import MicroBatcher
@@ -64,23 +68,30 @@ def available_providers() -> list[str]:
 def create_backend(
     bundle: Bundle, config: RuntimeConfig, *, workers: int | None = None
 ) -> InferenceBackend:
-    """The backend for `bundle` on this machine, micro-batched when it is shared.
+    """The backend for `bundle` on this machine, shared by `workers` threads.
 
-    `workers` is the number of threads that will call it: with 1 there is nothing to merge
-    and the backend is returned bare; with more, or None (unknown), it is wrapped in a
-    `MicroBatcher` unless ``runtime.micro_batch_max`` is 1. A lone caller loses nothing to
-    the wrapper but one thread hand-off (and ``micro_batch_wait_ms`` at most).
+    `workers` is the number of threads that will call it (None: unknown). With
+    ``runtime.intra_op_threads = 0`` ONNX Runtime gets ``usable CPUs // workers`` threads
+    (at least 1; all of them when the CPU backend is micro-batched). A GPU backend shared
+    by several workers is wrapped in a `MicroBatcher` unless ``runtime.micro_batch_max``
+    is 1; the CPU backend only with ``runtime.micro_batch_on_cpu``. A lone caller loses
+    nothing to the wrapper but one thread hand-off (and ``micro_batch_wait_ms`` at most).
 
     Raises
     ------
     BackendError
         the configured backend cannot run here (with ``auto``: not even the CPU one).
     """
+    if config.intra_op_threads == 0 and workers and not config.micro_batch_on_cpu:
+        threads = max(1, usable_cpus() // workers)
+        config = config.model_copy(update={"intra_op_threads": threads})
     backend, skipped = select_backend(bundle, config)
     for s in skipped:
         log.info("inference backend %s skipped: %s", s.backend, s.reason)
     log.info("inference backend: %s on %s", backend.name, backend.device)
-    if config.micro_batch_max > 1 and (workers is None or workers > 1):
+    on_cpu = backend.device == CPU
+    shared = workers is None or workers > 1
+    if config.micro_batch_max > 1 and shared and (config.micro_batch_on_cpu or not on_cpu):
         wrapped = MicroBatcher(
             backend, max_batch=config.micro_batch_max, wait_ms=config.micro_batch_wait_ms
         )

@@ -8,13 +8,13 @@ and reported, never assumed.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 from numpy.typing import NDArray
 
+from appliance.cpus import usable_cpus
 from appliance.errors import BackendError
 from appliance.runtime.base import ModelOutputs
 
@@ -22,13 +22,6 @@ log = logging.getLogger("fame_node.runtime")
 
 LESION_OUTPUT = "lesion_prob"
 CLASS_OUTPUT = "class_prob"
-
-
-def usable_cpus() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
 
 
 class OnnxRuntimeBackend:
@@ -49,7 +42,8 @@ class OnnxRuntimeBackend:
         # 0: every CPU this process may use, set explicitly. ONNX Runtime's own default
         # pins its threads to cores, which measured ~1.4x slower on a 2-core machine shared
         # with other processes (a pinned thread waits for its busy core).
-        opts.intra_op_num_threads = intra_op_threads or usable_cpus()
+        self.intra_op_threads = intra_op_threads or usable_cpus()
+        opts.intra_op_num_threads = self.intra_op_threads
         if not spinning:
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.log_severity_level = 3  # errors only; fallbacks are reported below

@@ -5,12 +5,15 @@ from pathlib import Path
 import pytest
 
 from appliance.config import check_config, load_config
+from appliance.cpus import usable_cpus
 from appliance.errors import ConfigError
 
 
 def test_defaults_are_valid_and_relative_folders_resolve_under_root(tmp_path: Path) -> None:
     cfg = load_config(env={"FAME_NODE_PATHS__ROOT": str(tmp_path)})
-    assert cfg.processing.workers == 2
+    assert cfg.processing.workers == 0  # one per usable CPU, at most 16
+    assert cfg.processing.worker_count() == min(16, usable_cpus())
+    assert cfg.processing.model_copy(update={"workers": 3}).worker_count() == 3
     assert cfg.folder("inbox") == tmp_path / "inbox"
     assert cfg.database_path == tmp_path / "fame-node.sqlite3"
 
@@ -26,12 +29,12 @@ def test_toml_then_environment_override(tmp_path: Path) -> None:
 
 def test_errors_name_key_value_and_expectation(tmp_path: Path) -> None:
     toml = tmp_path / "c.toml"
-    toml.write_text("[processing]\nworkers = 0\nfoo = 1\n[thresholds]\nlow_confidence = 3\n")
+    toml.write_text("[processing]\nworkers = -1\nfoo = 1\n[thresholds]\nlow_confidence = 3\n")
     with pytest.raises(ConfigError) as err:
         load_config(toml, env={})
     problems = err.value.problems
     assert any(
-        p.startswith("processing.workers = 0:") and "greater than or equal to 1" in p
+        p.startswith("processing.workers = -1:") and "greater than or equal to 0" in p
         for p in problems
     )
     assert any("processing.foo" in p and "unknown key" in p for p in problems)

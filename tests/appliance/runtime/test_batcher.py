@@ -137,7 +137,9 @@ def test_bad_settings_are_refused() -> None:
 def test_onnxruntime_through_the_batcher_equals_unbatched(tiny_bundle: Bundle) -> None:
     plain = create_backend(tiny_bundle, RuntimeConfig(backend="onnxruntime-cpu"), workers=1)
     batched = create_backend(
-        tiny_bundle, RuntimeConfig(backend="onnxruntime-cpu", micro_batch_wait_ms=20), workers=4
+        tiny_bundle,
+        RuntimeConfig(backend="onnxruntime-cpu", micro_batch_wait_ms=20, micro_batch_on_cpu=True),
+        workers=4,
     )
     assert isinstance(batched, MicroBatcher)
     requests = [_frames(i, 1 + i % 2, 32) for i in range(8)]

@@ -9,6 +9,7 @@ import pytest
 
 from appliance.bundle import Bundle
 from appliance.config import RuntimeConfig
+from appliance.cpus import usable_cpus
 from appliance.errors import BackendError
 from appliance.runtime import factory
 from appliance.runtime.base import ModelOutputs
@@ -103,17 +104,30 @@ def test_nothing_runs_names_every_reason(
         select_backend(tiny_bundle, RuntimeConfig())
 
 
-def test_shared_backends_are_micro_batched(tiny_bundle: Bundle) -> None:
+def test_on_the_cpu_each_worker_runs_its_own_frames(tiny_bundle: Bundle) -> None:
     config = RuntimeConfig(backend="onnxruntime-cpu")
+    shared = create_backend(tiny_bundle, config, workers=2)
+    assert isinstance(shared, OnnxRuntimeBackend)  # no micro-batcher on the CPU by default
+    assert (shared.name, shared.device) == ("onnxruntime", "CPUExecutionProvider")
+    assert shared.skipped == ()
+    cpus = usable_cpus()
+    assert shared.intra_op_threads == max(1, cpus // 2)  # the CPUs shared out
+    assert create_backend(tiny_bundle, config, workers=cpus).intra_op_threads == 1
+    assert create_backend(tiny_bundle, config, workers=1).intra_op_threads == cpus
+    fixed = create_backend(tiny_bundle, RuntimeConfig(intra_op_threads=3), workers=8)
+    assert fixed.intra_op_threads == 3  # a configured number is kept
+
+
+def test_micro_batching_on_the_cpu_when_asked(tiny_bundle: Bundle) -> None:
+    config = RuntimeConfig(backend="onnxruntime-cpu", micro_batch_on_cpu=True)
     shared = create_backend(tiny_bundle, config, workers=2)
     assert isinstance(shared, MicroBatcher)
     assert (shared.name, shared.device) == ("onnxruntime", "CPUExecutionProvider")
-    assert shared.skipped == ()
-    unknown = create_backend(tiny_bundle, config)
-    assert isinstance(unknown, MicroBatcher)
+    assert shared.inner.intra_op_threads  # type: ignore[attr-defined] == usable_cpus()  # one caller: the batcher
+    assert isinstance(create_backend(tiny_bundle, config), MicroBatcher)  # callers unknown
     alone = create_backend(tiny_bundle, config, workers=1)
     assert isinstance(alone, OnnxRuntimeBackend)
-    off = create_backend(tiny_bundle, RuntimeConfig(micro_batch_max=1), workers=4)
+    off = create_backend(tiny_bundle, config.model_copy(update={"micro_batch_max": 1}), workers=4)
     assert not isinstance(off, MicroBatcher)
 
 

@@ -39,6 +39,7 @@ from appliance.models.registry import ActiveModel, ModelRegistry
 from appliance.pipeline import Pipeline, PipelineSettings
 from appliance.privacy import Pseudonymizer
 from appliance.runtime import InferenceBackend, create_backend
+from appliance.runtime.factory import describe_sharing
 from appliance.store.jobs import JobQueue
 from appliance.store.results import ResultStore
 
@@ -294,6 +295,7 @@ class Node:
             "provider": analyzer.backend.device,
             "backend_skipped": [str(s) for s in getattr(analyzer.backend, "skipped", ())],
             "workers": len(self._workers),
+            "sharing": describe_sharing(analyzer.backend, len(self._workers)),
         }
         path = self.config.folder("work") / STATUS_FILE
         tmp = path.with_name(f".{path.name}.tmp")

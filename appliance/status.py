@@ -10,7 +10,7 @@ from appliance.errors import FameNodeError
 from appliance.models.registry import ModelRegistry
 from appliance.oneshot import describe
 from appliance.runtime import create_backend
-from appliance.runtime.factory import available_providers
+from appliance.runtime.factory import available_providers, describe_sharing
 from appliance.service import read_service_status
 from appliance.store.jobs import JobQueue
 from appliance.store.results import ResultStore
@@ -36,14 +36,17 @@ def gather_status(config: NodeConfig) -> dict[str, Any]:
             model=service["model"], backend=service["backend"], provider=service["provider"]
         )
         data["backend_skipped"] = service.get("backend_skipped", [])
+        data["sharing"] = service.get("sharing")
         data["provider_source"] = "the running service"
         return data
     # No service running: report what this machine would run, by really opening a session.
     try:
         registry = ModelRegistry(config)
         bundle = registry.load(registry.active().path)
-        backend = create_backend(bundle, config.runtime)
+        workers = config.processing.worker_count()
+        backend = create_backend(bundle, config.runtime, workers=workers)
         data.update(model=bundle.version_label, backend=backend.name, provider=backend.device)
+        data["sharing"] = describe_sharing(backend, workers)
         # Why faster backends were not used (`appliance.runtime.factory`).
         data["backend_skipped"] = [str(s) for s in getattr(backend, "skipped", ())]
         data["provider_source"] = "probed now (the service is not running)"
@@ -70,6 +73,7 @@ def format_status(d: dict[str, Any]) -> str:
         f"model     {d.get('model') or '-'}",
         f"backend   {d.get('backend') or '-'} on {d.get('provider') or '-'} "
         f"({d.get('provider_source', '')})",
+        f"workers   {d.get('sharing') or '-'}",
         f"ONNX Runtime providers available: {', '.join(d['available_providers'])}",
     ]
     lines += [f"  skipped {reason}" for reason in d.get("backend_skipped") or []]

@@ -101,6 +101,18 @@ def create_backend(
     return backend
 
 
+def describe_sharing(backend: InferenceBackend, workers: int) -> str:
+    """How `workers` threads share `backend`, in words for `fame-node status` and the log."""
+    if isinstance(backend, MicroBatcher):
+        return (
+            f"{workers} worker(s); frames merged into batches of up to {backend.max_batch} "
+            "(micro-batching)"
+        )
+    threads = getattr(backend, "intra_op_threads", None)
+    each = f", {threads} ONNX Runtime thread(s) each" if threads else ""
+    return f"{workers} worker(s), each running its own frames{each}"
+
+
 def select_backend(
     bundle: Bundle, config: RuntimeConfig
 ) -> tuple[InferenceBackend, tuple[Skipped, ...]]:

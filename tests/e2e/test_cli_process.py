@@ -59,3 +59,4 @@ def test_human_output_and_rerun_recognises_content(tmp_path: Path) -> None:
     data = json.loads(status.stdout)
     assert data["queue"]["done"] == 1 and data["queue"]["duplicate"] == 1
     assert data["provider"] == "CPUExecutionProvider"
+    assert "each running its own frames" in data["sharing"]  # probed with the configured workers

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from appliance.cpus import usable_cpus
 from appliance.io.sample_data import pydicom_data_files, ultrasound_sample_files
 from appliance.phantom import PhantomSpec, make_phantom
 from appliance.phantom_dicom import write_phantom_png
@@ -90,6 +91,10 @@ def test_good_and_bad_files_in_a_live_node(node_root: Path) -> None:
         assert status["service"]["alive"] and status["service"]["pid"] == proc.pid
         assert status["provider"] == "CPUExecutionProvider"
         assert status["provider_source"] == "the running service"
+        # Two workers on the CPU: each runs its own frames, no micro-batcher.
+        assert status["sharing"].startswith("2 worker(s), each running its own frames, ")
+        threads = max(1, usable_cpus() // 2)
+        assert status["sharing"].endswith(f"{threads} ONNX Runtime thread(s) each")
     finally:
         code = stop_node(proc)
     log = (node_root / "node.log").read_text(errors="replace")

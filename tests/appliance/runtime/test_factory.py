@@ -14,7 +14,13 @@ from appliance.errors import BackendError
 from appliance.runtime import factory
 from appliance.runtime.base import ModelOutputs
 from appliance.runtime.batcher import MicroBatcher
-from appliance.runtime.factory import CUDA, ORDER, create_backend, select_backend
+from appliance.runtime.factory import (
+    CUDA,
+    ORDER,
+    create_backend,
+    describe_sharing,
+    select_backend,
+)
 from appliance.runtime.onnx_backend import OnnxRuntimeBackend
 
 
@@ -116,6 +122,19 @@ def test_on_the_cpu_each_worker_runs_its_own_frames(tiny_bundle: Bundle) -> None
     assert create_backend(tiny_bundle, config, workers=1).intra_op_threads == cpus
     fixed = create_backend(tiny_bundle, RuntimeConfig(intra_op_threads=3), workers=8)
     assert fixed.intra_op_threads == 3  # a configured number is kept
+
+
+def test_the_sharing_is_described_for_status(tiny_bundle: Bundle) -> None:
+    per_worker = create_backend(tiny_bundle, RuntimeConfig(intra_op_threads=1), workers=3)
+    assert describe_sharing(per_worker, 3) == (
+        "3 worker(s), each running its own frames, 1 ONNX Runtime thread(s) each"
+    )
+    batched = create_backend(
+        tiny_bundle, RuntimeConfig(micro_batch_on_cpu=True, micro_batch_max=4), workers=3
+    )
+    assert describe_sharing(batched, 3) == (
+        "3 worker(s); frames merged into batches of up to 4 (micro-batching)"
+    )
 
 
 def test_micro_batching_on_the_cpu_when_asked(tiny_bundle: Bundle) -> None:

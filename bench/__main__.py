@@ -25,7 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         models.run(args.repeats, m)
         node.run(args.images, args.node_repeats, n)
-    report.write(report.load_results(m), report.load_results(n), args.doc)
+    gpu = report.load_results(report.GPU_RESULTS)
+    report.write(report.load_results(m), report.load_results(n), args.doc, gpu)
     print(f"written: {args.doc}")
     return 0
 

@@ -23,6 +23,8 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
+from appliance.postprocess import max_feret_diameter
+
 FloatArray = NDArray[np.float32]
 Curve = NDArray[np.float64]  # one row coordinate per image column
 Rng = np.random.Generator
@@ -130,19 +132,6 @@ def speckle_envelope(
     parts = [_blur(s, sigma_lateral_px, sigma_axial_px) / kernel_norm for s in scatter]
     noise = rng.standard_normal((2, *shape), dtype=np.float32) * np.float32(noise_floor)
     return np.hypot(parts[0] + noise[0], parts[1] + noise[1]).astype(np.float32)
-
-
-def max_feret_diameter(mask: NDArray[np.uint8] | NDArray[np.bool_]) -> float:
-    """Largest distance between two pixel centres of a mask (0.0 when fewer than two)."""
-    if mask.ndim != 2:
-        raise ValueError(f"mask must be 2-D (rows, columns), got shape {mask.shape}")
-    binary = (mask > 0).astype(np.uint8)
-    contours, _ = cv2.findContours(binary, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    if not contours:
-        return 0.0
-    hull = cv2.convexHull(np.concatenate(contours)).reshape(-1, 2).astype(np.float64)
-    diff = hull[:, None, :] - hull[None, :, :]
-    return float(np.sqrt((diff**2).sum(axis=-1).max()))
 
 
 def _blur(image: FloatArray, sigma_x: float, sigma_y: float | None = None) -> FloatArray:

@@ -69,6 +69,8 @@ def hull_points(mask: NDArray[Any]) -> NDArray[np.float64]:
 
     The extreme points of a region lie on its outer contours, so the hull of those is
     the hull of the region."""
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be 2-D (rows, columns), got shape {mask.shape}")
     m = (mask > 0).astype(np.uint8)
     box = _box(m)
     if box is None:

@@ -345,7 +345,25 @@ def _describe(exc: sqlite3.Error, path: Path, busy_timeout_s: float) -> str:
     return f"database error on {path}: {text}"
 
 
-class Database:
+class _Closing:
+    """``with x:`` closes `x` at the end."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class Database(_Closing):
     """One connection to the store, shared by the threads of a process under a lock.
 
     Every SQLite error raised inside `read()` / `write()` comes out as `StoreError`,
@@ -415,19 +433,8 @@ class Database:
                 self._closed = True
                 self._conn.close()
 
-    def __enter__(self) -> Database:
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-class StoreBase:
+class StoreBase(_Closing):
     """What every store over the node's database shares: its `Database`, a clock, and
     closing (directly or as a context manager). Subclasses add the table-specific API."""
 
@@ -450,14 +457,3 @@ class StoreBase:
 
     def close(self) -> None:
         self._db.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

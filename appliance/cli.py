@@ -139,7 +139,7 @@ def _process(config: NodeConfig, args: argparse.Namespace) -> int:
     from appliance.oneshot import process_paths
     from appliance.service import build_parts
 
-    parts = build_parts(config)
+    parts = build_parts(config, workers=1)  # one file after another, in this thread
     outcomes = process_paths(parts, args.paths)
     for o in outcomes:
         if args.json:

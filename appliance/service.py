@@ -67,9 +67,11 @@ class NodeParts:
         return self.pipeline.analyzer.backend
 
 
-def build_analyzer(config: NodeConfig, bundle: Bundle) -> Analyzer:
-    """Open the inference session for a verified bundle."""
-    backend = create_backend(bundle, config.runtime, workers=config.processing.worker_count())
+def build_analyzer(config: NodeConfig, bundle: Bundle, workers: int | None = None) -> Analyzer:
+    """Open the inference session for a verified bundle, to be shared by `workers` threads
+    (default: the service's worker count)."""
+    workers = workers or config.processing.worker_count()
+    backend = create_backend(bundle, config.runtime, workers=workers)
     return Analyzer(bundle, backend, config.thresholds, config.runtime.batch_size)
 
 
@@ -87,15 +89,19 @@ def load_active(registry: ModelRegistry, active: ActiveModel) -> Bundle:
         raise BundleError(f"cannot start on the active model {active.label}: {exc}{hint}") from exc
 
 
-def build_parts(config: NodeConfig) -> NodeParts:
-    """Create folders, open the store, verify the active model and start its backend."""
+def build_parts(config: NodeConfig, *, workers: int | None = None) -> NodeParts:
+    """Create folders, open the store, verify the active model and start its backend.
+
+    `workers`: how many threads will process jobs (default: the service's worker count);
+    1 for a caller that processes files one after another, whose inference then has every
+    CPU to itself."""
     for name in ("inbox", "work", "results", "quarantine", "outbox", "models"):
         config.folder(name).mkdir(parents=True, exist_ok=True)
     queue = JobQueue(config.database_path)
     results = ResultStore(config.database_path)
     pseudonym = Pseudonymizer.from_dir(config.folder("work"))
     registry = ModelRegistry(config)
-    analyzer = build_analyzer(config, load_active(registry, registry.active()))
+    analyzer = build_analyzer(config, load_active(registry, registry.active()), workers)
     pipeline = Pipeline(
         PipelineSettings(
             results_dir=config.folder("results"),

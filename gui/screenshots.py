@@ -85,7 +85,7 @@ def build_node(root: Path, busi: Path) -> NodeConfig:
     inputs.mkdir(parents=True, exist_ok=True)
     files = busi_images(busi)
     files[len(files) // 2 : len(files) // 2] = sample_files(inputs)
-    parts = build_parts(config)
+    parts = build_parts(config, workers=1)
     try:
         for outcome in process_paths(parts, files):
             print(f"{outcome.status:<9} {Path(outcome.path).name}")

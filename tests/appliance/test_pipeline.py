@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from appliance.config import load_config
+from appliance.cpus import usable_cpus
 from appliance.io.sample_data import ultrasound_sample_files
 from appliance.phantom import PhantomSpec, make_phantom
 from appliance.phantom_dicom import write_phantom_dicom
@@ -147,3 +148,13 @@ def test_internal_error_fails_the_job_and_the_next_one_still_runs(tmp_path: Path
     assert job.status is JobStatus.FAILED and "GPU fell off the bus" in str(job.reason)
     assert parts.queue.get(ok).status is JobStatus.DONE
     assert a.exists()  # the input is never touched
+
+
+def test_a_one_after_another_caller_gives_inference_every_cpu(tmp_path: Path) -> None:
+    config = load_config(
+        env={"FAME_NODE_PATHS__ROOT": str(tmp_path), "FAME_NODE_PROCESSING__WORKERS": "2"}
+    )
+    serial = build_parts(config, workers=1).backend
+    service = build_parts(config).backend  # two workers share the CPUs
+    assert serial.intra_op_threads == usable_cpus()  # type: ignore[attr-defined]
+    assert service.intra_op_threads == max(1, usable_cpus() // 2)  # type: ignore[attr-defined]

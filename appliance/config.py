@@ -136,7 +136,7 @@ class RuntimeConfig(_Section):
         False,
         description="micro-batch on the CPU backend too; off by default: on a CPU a batch "
         "saves little per frame, while workers that each run their own frames on their "
-        "own core measured 1.4x the throughput (docs/PERFORMANCE.md)",
+        "own core measured 1.5x the throughput (docs/PERFORMANCE.md)",
     )
     micro_batch_wait_ms: float = Field(
         2.0, ge=0, le=1000, description="how long a batch waits for more workers' frames"

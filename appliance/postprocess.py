@@ -64,20 +64,29 @@ def _box(mask: NDArray[np.uint8]) -> tuple[slice, slice] | None:
     return slice(y, y + h), slice(x, x + w)
 
 
-def hull_points(mask: NDArray[Any]) -> NDArray[np.float64]:
-    """(x=col, y=row) points of the convex hull of all mask pixel centres; (0, 2) if empty.
-
-    The extreme points of a region lie on its outer contours, so the hull of those is
-    the hull of the region."""
+def outer_contours(mask: NDArray[Any]) -> list[Any]:
+    """The outer contours of the non-zero pixels of a 2-D mask, in the mask's (x, y)
+    coordinates, traced inside their bounding box only; [] for an empty mask."""
     if mask.ndim != 2:
         raise ValueError(f"mask must be 2-D (rows, columns), got shape {mask.shape}")
     m = (mask > 0).astype(np.uint8)
     box = _box(m)
     if box is None:
+        return []
+    offset = (box[1].start, box[0].start)
+    contours, _ = cv2.findContours(m[box], cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE, offset=offset)
+    return list(contours)
+
+
+def hull_points(mask: NDArray[Any]) -> NDArray[np.float64]:
+    """(x=col, y=row) points of the convex hull of all mask pixel centres; (0, 2) if empty.
+
+    The extreme points of a region lie on its outer contours, so the hull of those is
+    the hull of the region."""
+    contours = outer_contours(mask)
+    if not contours:
         return np.zeros((0, 2), dtype=np.float64)
-    contours, _ = cv2.findContours(m[box], cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     pts = np.concatenate([c.reshape(-1, 2) for c in contours]).astype(np.float64)
-    pts += (box[1].start, box[0].start)
     if len(pts) > 2:
         return cv2.convexHull(pts.astype(np.float32)).reshape(-1, 2).astype(np.float64)
     return pts

@@ -65,6 +65,17 @@ class IngestConfig(_Section):
     max_attempts: int = Field(
         3, ge=1, description="a job that crashed the node this many times is set aside"
     )
+    max_input_bytes: int = Field(
+        1 << 30,
+        ge=1024,
+        description="largest inbox file taken (bytes); a larger one is rejected unread",
+    )
+    retry_initial_s: float = Field(
+        2.0, gt=0, description="first wait before a job hit by a passing fault is retried"
+    )
+    retry_max_s: float = Field(
+        300.0, gt=0, description="longest wait between retries of a passing fault (backoff cap)"
+    )
 
 
 class ProcessingConfig(_Section):
@@ -83,6 +94,32 @@ class ProcessingConfig(_Section):
     )
     copy_rejected_to_quarantine: bool = Field(
         True, description="copy rejected inputs to quarantine/ (the inbox file is never touched)"
+    )
+    quarantine_max_file_bytes: int = Field(
+        64 << 20, ge=0, description="a rejected input larger than this is not copied to quarantine"
+    )
+    quarantine_max_bytes: int = Field(
+        2 << 30, ge=0, description="quarantine/ holds at most this many bytes of copies"
+    )
+    decode_timeout_s: float = Field(
+        30.0, gt=0, le=3600, description="wall time one input may take to decode; then killed"
+    )
+    decode_memory_mb: int = Field(
+        2048,
+        ge=256,
+        description="address space a decoder process may use (MiB); beyond it the input is "
+        "rejected as too costly",
+    )
+    job_timeout_s: float = Field(
+        300.0,
+        gt=0,
+        description="a job running longer than this is reported stuck by the watchdog",
+    )
+    min_image_side: int = Field(
+        32, ge=1, description="images with fewer rows or columns are rejected (nothing to judge)"
+    )
+    max_jpeg_scans: int = Field(
+        100, ge=1, description="a JPEG with more scans than this is rejected unread"
     )
 
     def worker_count(self) -> int:

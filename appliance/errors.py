@@ -11,7 +11,12 @@
     │   ├── CorruptFileError      truncated or undecodable content
     │   ├── NoPixelDataError      a DICOM without an image (SR, KO, ...)
     │   ├── NotUltrasoundError    a DICOM of another modality (MR, CT, ...)
-    │   └── ImageTooLargeError    dimensions beyond the configured limit
+    │   ├── ImageTooLargeError    dimensions (or decoded size) beyond the configured limit
+    │   ├── InputTooCostlyError   decoding ran past its time or memory bound (killed)
+    │   ├── NoContentError        too small to judge, or blank (no image content)
+    │   └── NotRegularFileError   a symlink, FIFO, device or socket in the inbox
+    ├── TransientError            a passing fault (disk full, database locked, I/O error on
+    │                             the node's own folders): the job is retried, not rejected
     ├── BundleError               a model bundle is missing, malformed or fails its checksums
     └── BackendError              an inference backend cannot be created or run
 
@@ -77,6 +82,37 @@ class NotUltrasoundError(InputError):
 
 class ImageTooLargeError(InputError):
     code = "too_large"
+
+
+class InputTooCostlyError(InputError):
+    """Decoding this input ran past the time or memory it may cost; the decoder was stopped."""
+
+    code = "too_costly"
+
+
+class NoContentError(InputError):
+    """Too small for a model to judge (a side below the minimum) or blank (no content)."""
+
+    code = "no_content"
+
+
+class NotRegularFileError(InputError):
+    """A symlink, FIFO, device or socket: the node reads regular files of the inbox only."""
+
+    code = "not_regular_file"
+
+
+class TransientError(FameNodeError):
+    """A passing fault, not the input's: the job goes back to the queue and is retried.
+
+    `condition` names what the node waits for, for `fame-node status` (e.g. "disk space in
+    /srv/fame/results"); `retry_after_s` is a hint for the first retry.
+    """
+
+    def __init__(self, message: str, *, condition: str, retry_after_s: float = 2.0) -> None:
+        self.condition = condition
+        self.retry_after_s = retry_after_s
+        super().__init__(message)
 
 
 class BundleError(FameNodeError):

@@ -48,3 +48,19 @@ class LoadedImage:
 
     frames: list[Frame]
     meta: ImageMeta
+
+
+@dataclass(frozen=True)
+class ReadLimits:
+    """What one input may cost to read: checked from headers before anything is decoded.
+
+    `max_bytes` bounds the file and any inflated (deflate) dataset; `max_pixels` bounds
+    rows x columns x frames decoded; `min_side` rejects images too small to judge;
+    `max_jpeg_scans` rejects JPEG streams whose scan count makes decoding a runaway.
+    """
+
+    max_frames: int = 16
+    max_pixels: int = 50_000_000
+    max_bytes: int = 1 << 30
+    min_side: int = 32
+    max_jpeg_scans: int = 100

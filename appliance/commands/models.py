@@ -21,7 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from appliance.bundle import MANIFEST_NAME, load_bundle
+from appliance.bundle import load_bundle
 from appliance.config import NodeConfig
 from appliance.errors import BundleError, FameNodeError
 from appliance.models.registry import ModelRegistry
@@ -153,8 +153,7 @@ def _list(config: NodeConfig, args: argparse.Namespace) -> int:
     print("installed")
     for m in installed:
         mark = "*" if m.active else " "
-        signed = "signed  " if m.signed else "unsigned"
-        print(f"  {mark} {m.label:<32} {signed}  {m.path}")
+        print(f"  {mark} {m.label:<32} {m.path}  {m.signature}")
     print("history (newest first)")
     for e in history:
         why = f"  {e.reason}" if e.reason else ""
@@ -293,7 +292,7 @@ def _sign(config: NodeConfig, args: argparse.Namespace) -> int:
         bundle = load_bundle(args.bundle)
     except SignatureError:
         bundle = load_bundle(args.bundle, verify=False)  # checksums passed; re-signing it
-    manifest_bytes = (args.bundle / MANIFEST_NAME).read_bytes()
+    manifest_bytes = bundle.manifest_bytes  # the bytes whose checksums were just checked
     target = args.bundle / SIGNATURE_NAME
     tmp = target.with_name(target.name + ".tmp")
     tmp.write_bytes(sign_manifest(manifest_bytes, key))

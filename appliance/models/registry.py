@@ -8,9 +8,13 @@ installed again with other contents.
 
 Which model is active is not kept in a file or in the service's memory but in the model
 history (`ModelEventStore`, the database the service, the CLI and the GUI share): it is the
-model of the newest ``activated`` or ``rolled_back`` event. When there is none yet,
-``models.bundle`` from the config is active; the service records it (``installed`` and
-``activated`` by ``install``) the first time it starts on it. Activations form a stack:
+model of the newest ``activated`` or ``rolled_back`` event. When there is none yet, the
+config's ``models.bundle`` is installed on first use like any other bundle (verified,
+copied into ``<paths.models>/<name>@<version>/``) and recorded (``installed`` and
+``activated`` by ``install``): the node runs its own verified copy, never the shipped
+folder in place. Where that copy cannot be made (the bundle is refused, or the models
+folder is not writable by this user) `active` names the shipped folder, unrecorded, so
+that loading it reports why. Activations form a stack:
 ``activated`` pushes, ``rolled_back`` pops, so rolling back twice after activating B then C
 goes back to B, then to the first model.
 
@@ -25,9 +29,6 @@ of a refused bundle (`SignatureError` for signature problems).
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -35,12 +36,18 @@ from typing import NamedTuple
 from appliance.bundle import MANIFEST_NAME, Bundle, load_bundle
 from appliance.config import NodeConfig
 from appliance.errors import BundleError, FameNodeError
-from appliance.models.signing import SIGNATURE_NAME, TrustedKey, load_trusted_keys
+from appliance.models.install import write_copy
+from appliance.models.listing import InstalledModel, list_installed
+from appliance.models.signing import (
+    TrustedKey,
+    load_trusted_keys,
+)
 from appliance.store.model_events import ModelAction, ModelEvent, ModelEventStore
 
 log = logging.getLogger("fame_node.models")
 
 INITIAL_ACTOR = "install"
+INITIAL_REASON = "the node's initial model (models.bundle)"
 SERVICE_ACTOR = "service"
 _ACTIVATIONS = ("activated", "rolled_back")
 _ALL_HISTORY = 1_000_000
@@ -58,15 +65,6 @@ class ActiveModel:
     label: str
     path: Path
     event: ModelEvent | None
-
-
-@dataclass(frozen=True)
-class InstalledModel:
-    label: str
-    path: Path
-    created: str | None
-    signed: bool
-    active: bool
 
 
 class _Entry(NamedTuple):
@@ -107,11 +105,15 @@ class ModelRegistry:
         return newest[0].id if newest else None
 
     def active(self) -> ActiveModel:
-        """The model of the newest activation, else the config's ``models.bundle``."""
+        """The model of the newest activation; before any, the config's ``models.bundle``,
+        installed into the registry on this first use (see the module docstring)."""
         stack = self._stack()
         if stack:
             top = stack[-1]
             return ActiveModel(top.label, top.path or self.root / top.label, top.event)
+        installed = self._install_initial(INITIAL_ACTOR)
+        if installed is not None:
+            return installed
         path = self.initial_bundle.resolve()
         return ActiveModel(self._label_of(path), path, None)
 
@@ -120,27 +122,14 @@ class ModelRegistry:
         return self.active().label
 
     def installed(self) -> list[InstalledModel]:
-        """The bundles under the models folder, and the config's ``models.bundle``."""
+        """The bundles under the models folder, and the config's ``models.bundle`` while it
+        is not installed there; each with what its signature really is."""
         active = self.active()
-        found: list[InstalledModel] = []
-        paths = [self.initial_bundle.resolve()]
-        if self.root.is_dir():
-            paths += sorted(p for p in self.root.iterdir() if "@" in p.name and p.is_dir())
-        for path in paths:
-            try:
-                bundle = load_bundle(path, verify=False)
-            except BundleError:
-                continue
-            found.append(
-                InstalledModel(
-                    label=bundle.version_label,
-                    path=path,
-                    created=bundle.manifest.created,
-                    signed=(path / SIGNATURE_NAME).is_file(),
-                    active=bundle.version_label == active.label and path == active.path,
-                )
-            )
-        return found
+        try:
+            trusted = self.trusted_keys()
+        except FameNodeError:
+            trusted = []  # `config check` reports the bad key file; nothing is trusted
+        return list_installed(self.root, self.initial_bundle.resolve(), active.path, trusted)
 
     # -- verifying ---------------------------------------------------------------------
     def trusted_keys(self) -> list[TrustedKey]:
@@ -207,8 +196,7 @@ class ModelRegistry:
         self.ensure_initial()
         path = self.resolve(target)
         bundle = self._verified_or_refused(path, actor)
-        in_place = (self.root / bundle.version_label).resolve(), self.initial_bundle.resolve()
-        if path not in in_place:
+        if path != (self.root / bundle.version_label).resolve():
             bundle = self._install_verified(bundle, actor, reason)
         current = self.active()
         if current.event is not None and (current.label, current.path) == (
@@ -253,18 +241,29 @@ class ModelRegistry:
         return event
 
     def ensure_initial(self, actor: str = INITIAL_ACTOR) -> ActiveModel:
-        """Record the config's bundle as installed and activated when nothing is yet."""
-        active = self.active()
-        if active.event is not None:
-            return active
+        """Install and activate the config's bundle when no model is active yet."""
+        stack = self._stack()
+        if stack:
+            return self.active()
+        return self._install_initial(actor) or self.active()
+
+    def _install_initial(self, actor: str) -> ActiveModel | None:
+        """Copy ``models.bundle`` into the registry (verified) and record it active.
+
+        None when it cannot be done: the refusal is not recorded (nothing was offered by
+        anyone; the caller loading the shipped folder reports the reason)."""
         try:
-            bundle = load_bundle(active.path, verify=False)
-        except BundleError:
-            return active  # nothing usable to record; the service reports the problem
-        reason = "the node's initial model (models.bundle)"
-        self._record(bundle, "installed", actor, reason)
-        self._record(bundle, "activated", actor, reason)
-        return self.active()
+            bundle = self.load(self.initial_bundle.resolve())
+            installed = self._install_verified(bundle, actor, INITIAL_REASON, record=False)
+        except FameNodeError as exc:
+            log.warning("the initial model (models.bundle) cannot be installed: %s", exc)
+            return None
+        if self._stack():
+            return self.active()  # another process recorded it meanwhile
+        self._record(installed, "installed", actor, INITIAL_REASON)
+        event = self._record(installed, "activated", actor, INITIAL_REASON)
+        log.info("initial model %s installed in %s", installed.version_label, installed.path)
+        return ActiveModel(installed.version_label, installed.path.resolve(), event)
 
     def refuse_loading(self, model: ActiveModel, reason: str, running: Bundle) -> None:
         """The service could not load the active `model`: record it refused and go back
@@ -306,39 +305,33 @@ class ModelRegistry:
             log.warning("model bundle %s refused: %s", path, exc)
             raise
 
-    def _install_verified(self, bundle: Bundle, actor: str, reason: str | None) -> Bundle:
+    def _install_verified(
+        self, bundle: Bundle, actor: str, reason: str | None, *, record: bool = True
+    ) -> Bundle:
+        """Write the *verified bytes* of `bundle` (never its files re-read by path) into
+        ``<models>/<name>@<version>/``, verify the copy, and record it installed."""
         self.root.mkdir(parents=True, exist_ok=True)
         dest = self.root / bundle.version_label
         if bundle.path.resolve() == dest.resolve():
             return bundle
         if dest.exists():
             return self._reuse_installed(bundle, dest, actor)
-        tmp = self.root / f".installing-{bundle.version_label}-{uuid.uuid4().hex[:8]}"
         try:
-            tmp.mkdir()
-            members = [MANIFEST_NAME, *bundle.manifest.files]
-            if (bundle.path / SIGNATURE_NAME).is_file():
-                members.append(SIGNATURE_NAME)
-            for rel in members:
-                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(bundle.path / rel, tmp / rel)
-            self.load(tmp)  # the copy, not only the source, must verify
-            os.rename(tmp, dest)  # atomic: the folder appears complete or not at all
+            if not write_copy(bundle, dest, self.load):
+                return self._reuse_installed(bundle, dest, actor)  # another process won
         except OSError as exc:
             raise BundleError(
                 f"cannot install {bundle.version_label} into {self.root}: {exc}. Check that "
                 "the models folder is writable and has space."
             ) from exc
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
         installed = self.load(dest)
-        self._record(installed, "installed", actor, reason)
+        if record:
+            self._record(installed, "installed", actor, reason)
         log.info("model %s installed in %s by %s", installed.version_label, dest, actor)
         return installed
 
     def _reuse_installed(self, bundle: Bundle, dest: Path, actor: str) -> Bundle:
-        new = (bundle.path / MANIFEST_NAME).read_bytes()
+        new = bundle.manifest_bytes
         try:
             old = (dest / MANIFEST_NAME).read_bytes()
         except OSError:
@@ -375,6 +368,7 @@ class ModelRegistry:
 
     @staticmethod
     def _label_of(path: Path) -> str:
+        """``name@version`` from the manifest (unverified: for naming only)."""
         try:
             return load_bundle(path, verify=False).version_label
         except BundleError:

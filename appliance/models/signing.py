@@ -292,3 +292,45 @@ def verify_manifest(
             fingerprint=fp,
         )
     return Signature(fingerprint=fp, trusted=is_trusted)
+
+
+# -- describing ----------------------------------------------------------------------------
+SignatureState = Literal["trusted", "untrusted", "unsigned", "bad_signature", "malformed"]
+
+
+@dataclass(frozen=True)
+class SignatureStatus:
+    """What a bundle's signature is, for listings: only ``trusted`` may be shown "signed"."""
+
+    state: SignatureState
+    fingerprint: str | None = None
+
+    @property
+    def signed(self) -> bool:
+        """True only when the signature verifies against a key this node trusts."""
+        return self.state == "trusted"
+
+    def __str__(self) -> str:
+        if self.state == "trusted":
+            return f"signed (trusted key {self.fingerprint})"
+        if self.state == "untrusted":
+            return f"signed by an untrusted key {self.fingerprint}"
+        if self.state == "bad_signature":
+            return f"bad signature (key {self.fingerprint}): manifest changed after signing"
+        if self.state == "malformed":
+            return f"malformed {SIGNATURE_NAME}"
+        return "unsigned"
+
+
+def signature_status(
+    manifest_bytes: bytes, signature_bytes: bytes | None, trusted: Sequence[TrustedKey]
+) -> SignatureStatus:
+    """Check the signature of these manifest bytes and say what it is; never raises."""
+    try:
+        sig = verify_manifest(manifest_bytes, signature_bytes, trusted, require_trusted=False)
+    except SignatureError as exc:
+        state: SignatureState = "bad_signature" if exc.code == "bad_signature" else "malformed"
+        return SignatureStatus(state, exc.fingerprint)
+    if sig is None:
+        return SignatureStatus("unsigned")
+    return SignatureStatus("trusted" if sig.trusted else "untrusted", sig.fingerprint)

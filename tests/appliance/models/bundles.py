@@ -36,11 +36,28 @@ def write_test_bundle(
     )
 
 
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
+def placeholder_onnx(text: str) -> bytes:
+    """A well-formed ONNX ModelProto with no graph (ir_version 8 and a doc_string): it
+    passes the bundle's ONNX checks but no runtime can run it."""
+    doc = text.encode() * 100
+    return b"\x08\x08" + b"\x32" + _varint(len(doc)) + doc
+
+
 def placeholder_bundle(out: Path, *, name: str = "tiny", version: str = "1.0.0") -> Path:
-    """A bundle whose model.onnx is not a model: enough for checksums and signatures."""
+    """A bundle whose model.onnx is an empty ONNX model: enough for checksums and
+    signatures."""
     src = out.parent / f".{out.name}-model.onnx"
     src.parent.mkdir(parents=True, exist_ok=True)
-    src.write_bytes(f"not a model: {name}@{version}".encode() * 100)
+    src.write_bytes(placeholder_onnx(f"not a model: {name}@{version}"))
     return write_test_bundle(out, src, name=name, version=version)
 
 

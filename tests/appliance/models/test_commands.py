@@ -81,3 +81,29 @@ def test_keygen_prints_the_fingerprint_and_refuses_to_overwrite(
     assert (tmp_path / "k" / "fed.key").is_file() and (tmp_path / "k" / "fed.pub").is_file()
     code, _, err = _run(capsys, "keygen", "--out", str(tmp_path / "k" / "fed"))
     assert code == 1 and "never overwritten" in err
+
+
+def test_list_says_signed_only_when_the_signature_verifies_against_a_trusted_key(
+    tmp_path: Path,
+    node: Path,
+    keys: Keys,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("FAME_NODE_MODELS__REQUIRE_SIGNATURE", "false")
+    first = placeholder_bundle(tmp_path / "a", version="1.0.0")
+    foreign = placeholder_bundle(tmp_path / "b", version="1.1.0")
+    monkeypatch.setenv("FAME_NODE_MODELS__BUNDLE", str(first))
+    code, _, _ = _run(capsys, "sign", "--key", str(keys["stranger"][0]), str(foreign))
+    assert code == 0
+    code, _, _ = _run(capsys, "install", str(foreign))
+    assert code == 0  # accepted (signatures not required), but not by a trusted key
+    code, out, _ = _run(capsys, "list")
+    section = out.split("\ninstalled\n")[1].split("\nhistory")[0].splitlines()
+    lines = {line[4:].split()[0]: line for line in section}
+    assert lines["tiny@1.0.0"].endswith("unsigned")
+    assert "signed by an untrusted key SHA256:" in lines["tiny@1.1.0"]
+    code, out, _ = _run(capsys, "list", "--json")
+    listed = {m["label"]: m for m in json.loads(out)["installed"]}
+    assert [listed[k]["signed"] for k in ("tiny@1.0.0", "tiny@1.1.0")] == [False, False]
+    assert listed["tiny@1.1.0"]["signature"].startswith("signed by an untrusted key SHA256:")

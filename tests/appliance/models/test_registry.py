@@ -32,14 +32,68 @@ def _actions(registry: ModelRegistry) -> list[tuple[str, str]]:
     return [(e.action, e.model) for e in registry.history()]
 
 
-def test_the_initial_bundle_is_active_and_recorded_once(registry: ModelRegistry) -> None:
+def test_the_initial_bundle_is_installed_on_first_use_and_recorded_once(
+    registry: ModelRegistry, signed: dict[str, Path]
+) -> None:
     active = registry.active()
-    assert active.label == "tiny@1.0.0" and active.event is None
+    copy = registry.root / "tiny@1.0.0"
+    assert active.label == "tiny@1.0.0" and active.event is not None
+    assert active.path == copy.resolve()  # the node's own verified copy, not models/default
+    assert (copy / "model.onnx").read_bytes() == (signed["1.0.0"] / "model.onnx").read_bytes()
     registry.ensure_initial()
-    registry.ensure_initial()
+    registry.active()
     assert _actions(registry) == [("activated", "tiny@1.0.0"), ("installed", "tiny@1.0.0")]
     assert {e.actor for e in registry.history()} == {"install"}
-    assert registry.active().event is not None
+    assert registry.history()[0].bundle_path == copy.resolve()
+
+
+def test_the_shipped_bundle_changed_after_first_use_is_not_what_runs(
+    registry: ModelRegistry, signed: dict[str, Path]
+) -> None:
+    running = registry.load(registry.active().path)
+    flip_byte(signed["1.0.0"] / "model.onnx")  # the shipped folder damaged (or tampered)
+    again = registry.load(registry.active().path)
+    assert again.model_bytes == running.model_bytes
+    assert registry.active().path == (registry.root / "tiny@1.0.0").resolve()
+
+
+def test_an_initial_bundle_that_is_refused_is_not_installed_nor_recorded(
+    tmp_path: Path, keys: Keys
+) -> None:
+    unsigned = placeholder_bundle(tmp_path / "shipped", version="1.0.0")
+    registry = ModelRegistry(node_config(tmp_path / "node", unsigned, [keys["federation"][1]]))
+    active = registry.active()
+    assert (active.path, active.event) == (unsigned.resolve(), None)
+    assert registry.history() == []
+    assert not (registry.root / "tiny@1.0.0").exists()
+    with pytest.raises(SignatureError, match="not signed"):
+        registry.load(active.path)  # what the service does: it says why it cannot start
+
+
+def test_the_listing_says_signed_only_for_a_trusted_signature(
+    tmp_path: Path, registry: ModelRegistry, keys: Keys, signed: dict[str, Path]
+) -> None:
+    registry.install(signed["1.1.0"], "alice")
+    stranger = placeholder_bundle(tmp_path / "s", version="2.0.0")
+    sign_bundle(stranger, keys["stranger"][0])
+    forged = copy_bundle(signed["1.2.0"], tmp_path / "forged")
+    unsigned = placeholder_bundle(tmp_path / "u", version="4.0.0")
+    # placed straight into the models folder (by hand, or a copy tool): the registry never
+    # installs them, but the listing must not call them signed
+    for src, label in ((stranger, "tiny@2.0.0"), (forged, "tiny@1.2.0"), (unsigned, "tiny@4.0.0")):
+        shutil.copytree(src, registry.root / label)
+    manifest = registry.root / "tiny@1.2.0" / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"dice": 0.5', '"dice": 0.99'))
+    listed = {m.label: m for m in registry.installed()}
+    stranger_fp = fingerprint(load_private_key(keys["stranger"][0]).public_key())
+    federation_fp = fingerprint(load_private_key(keys["federation"][0]).public_key())
+    assert listed["tiny@1.1.0"].signed
+    assert listed["tiny@1.1.0"].signature == f"signed (trusted key {federation_fp})"
+    assert not listed["tiny@2.0.0"].signed
+    assert listed["tiny@2.0.0"].signature == f"signed by an untrusted key {stranger_fp}"
+    assert not listed["tiny@1.2.0"].signed
+    assert listed["tiny@1.2.0"].signature.startswith("bad signature")
+    assert (listed["tiny@4.0.0"].signed, listed["tiny@4.0.0"].signature) == (False, "unsigned")
 
 
 def test_install_copies_a_verified_bundle_and_is_idempotent(
@@ -55,9 +109,10 @@ def test_install_copies_a_verified_bundle_and_is_idempotent(
     assert bundle.signature is not None and bundle.signature.trusted
     again = registry.install(signed["1.1.0"], "alice")
     assert again.path == bundle.path
-    assert _actions(registry) == [("installed", "tiny@1.1.0")]
+    assert _actions(registry)[0] == ("installed", "tiny@1.1.0")
     assert registry.active_label() == "tiny@1.0.0"  # installing does not activate
     assert [m.label for m in registry.installed()] == ["tiny@1.0.0", "tiny@1.1.0"]
+    assert [m.active for m in registry.installed()] == [True, False]
 
 
 def test_a_version_installed_with_other_contents_is_refused(
@@ -165,7 +220,7 @@ def test_rollback_goes_back_one_activation_at_a_time(
     assert registry.active_label() == "tiny@1.1.0"
     registry.rollback("bob", "again")
     assert registry.active_label() == "tiny@1.0.0"
-    assert registry.active().path == signed["1.0.0"].resolve()
+    assert registry.active().path == (registry.root / "tiny@1.0.0").resolve()
     with pytest.raises(ModelRegistryError, match="nothing to roll back to"):
         registry.rollback("bob", "once more")
     history = registry.history()

@@ -34,6 +34,7 @@ is used if present and positive, with no crop; otherwise the spacing is None.
 from __future__ import annotations
 
 import dataclasses
+import re
 import struct
 import zlib
 from pathlib import Path
@@ -53,6 +54,7 @@ from pydicom.uid import (
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
+    UID_dictionary,
 )
 
 from appliance.errors import (
@@ -61,14 +63,13 @@ from appliance.errors import (
     NotUltrasoundError,
     UnsupportedFormatError,
 )
+from appliance.io.bounds import describe_content, resolve_limits
+from appliance.io.dicom_deflate import read_deflated, transfer_syntax_of
+from appliance.io.dicom_frames import check_decoded, check_encapsulated, safe_uid
 from appliance.io.dicom_pixels import pixel_spacing, select_frames, to_grey, ultrasound_region
-from appliance.io.images import (
-    check_dimensions,
-    describe_head,
-    open_input,
-    read_head,
-)
-from appliance.io.types import ImageMeta, LoadedImage
+from appliance.io.files import open_input, read_head
+from appliance.io.images import check_dimensions
+from appliance.io.types import ImageMeta, LoadedImage, ReadLimits
 
 MODALITY_NAMES = {
     "US": "Ultrasound", "CT": "Computed Tomography", "MR": "Magnetic Resonance",
@@ -100,6 +101,7 @@ _PARSE_ERRORS = (
 _JPEG = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57",
          "1.2.840.10008.1.2.4.70")  # fmt: skip
 _JPEG_LS = ("1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81")
+_CODE_STRING = re.compile(r"[A-Z0-9_ ]{1,16}")  # DICOM CS (PS3.5 6.2)
 
 
 def is_dicom_head(head: bytes) -> bool:
@@ -113,12 +115,15 @@ def is_dicom_head(head: bytes) -> bool:
 
 
 def modality_name(code: str) -> str:
-    """'CT (Computed Tomography)'; an unknown code is given as it is."""
+    """'CT (Computed Tomography)'; an unknown code is given as it is when it is a valid code
+    string (upper case, digits, space, underscore; at most 16), else in words."""
     name = MODALITY_NAMES.get(code)
-    return f"{code} ({name})" if name else code
+    if name:
+        return f"{code} ({name})"
+    return code if _CODE_STRING.fullmatch(code) else "not a valid modality code"
 
 
-def missing_decoder_reason(name: str, tsyntax: UID, missing: list[str]) -> str:
+def missing_decoder_reason(tsyntax: UID, missing: list[str]) -> str:
     """Why an installed-but-incomplete decoder cannot read `tsyntax`, and what to install."""
     if tsyntax in _JPEG:
         fix = (
@@ -132,21 +137,32 @@ def missing_decoder_reason(name: str, tsyntax: UID, missing: list[str]) -> str:
     else:
         fix = "install one of: " + "; ".join(missing)
     return (
-        f"{name}: the pixel data is compressed as {tsyntax.name} ({tsyntax}) and no decoder "
+        f"the pixel data is compressed as {safe_uid(tsyntax)} and no decoder "
         f"for it is installed on this node: {fix}, or export the image uncompressed"
     )
 
 
 def _fail(path: Path, what: str, exc: BaseException | None = None) -> CorruptFileError:
-    detail = ""
-    if exc is not None:  # the original message, on one line and of bounded length
-        message = " ".join(str(exc).split())
-        detail = f" ({type(exc).__name__}: {message[:300]}{'...' if len(message) > 300 else ''})"
-    return CorruptFileError(f"{path.name}: {what}{detail}: export the image again", path=path)
+    # The exception's type only: pydicom's and the decoders' messages may quote values
+    # read from the file (a name, a private tag's text), and reasons are shown and logged.
+    detail = f" ({type(exc).__name__})" if exc is not None else ""
+    return CorruptFileError(f"{what}{detail}: export the image again", path=path)
 
 
-def _read_header(fh: IO[bytes], path: Path, head: bytes, size: int) -> Dataset:
+def _read_header(fh: IO[bytes], path: Path, head: bytes, size: int, max_bytes: int) -> Dataset:
     forced = head[128:132] != b"DICM"
+    try:
+        tsyntax, preamble, file_meta, _ = transfer_syntax_of(fh)
+    except _PARSE_ERRORS:
+        tsyntax = None  # dcmread below meets the same damage and words it
+    if tsyntax == DeflatedExplicitVRLittleEndian:
+        # never pydicom's own inflation: it inflates everything at once (a bomb's 1 GiB)
+        try:
+            ds: Dataset = read_deflated(fh, path, preamble, file_meta, max_bytes)
+        except _PARSE_ERRORS as exc:
+            raise _fail(path, "the deflated DICOM dataset cannot be parsed", exc) from exc
+        return ds
+    fh.seek(0)
     try:
         ds = pydicom.dcmread(fh, force=forced, defer_size=_DEFER)
     except _PARSE_ERRORS as exc:
@@ -197,9 +213,9 @@ def _check_complete(ds: Dataset, path: Path, size: int, *, pixel_data: bool) -> 
 
 def _not_dicom(path: Path, head: bytes) -> UnsupportedFormatError:
     return UnsupportedFormatError(
-        f"{path.name}: the content is not a DICOM file (no 'DICM' marker after the 128-byte "
-        f"preamble, and no SOP Class UID or Pixel Data when read without it; it begins with "
-        f"{describe_head(head)}): export the image again as DICOM, PNG, JPEG or BMP",
+        "the content is not a DICOM file (no 'DICM' marker after the 128-byte "
+        "preamble, and no SOP Class UID or Pixel Data when read without it; it looks like "
+        f"{describe_content(head)}): export the image again as DICOM, PNG, JPEG or BMP",
         path=path,
     )
 
@@ -220,46 +236,47 @@ def _check_modality(ds: Dataset, path: Path) -> str:
         return code
     if not code:
         raise NotUltrasoundError(
-            f"{path.name}: the DICOM file has no Modality (0008,0060), so it cannot be "
+            "the DICOM file has no Modality (0008,0060), so it cannot be "
             "confirmed as ultrasound; FAME Node analyses ultrasound (US) images only: export "
             "the image from the ultrasound system with its modality",
             modality="missing",
             path=path,
         )
     raise NotUltrasoundError(
-        f"{path.name}: DICOM modality is {modality_name(code)}; FAME Node analyses ultrasound "
+        f"DICOM modality is {modality_name(code)}; FAME Node analyses ultrasound "
         "(US) images only: send only the breast ultrasound images to this node",
-        modality=code,
+        modality=code if _CODE_STRING.fullmatch(code) else "invalid",
         path=path,
     )
 
 
-def _decode(
-    fh: IO[bytes], path: Path, tsyntax: UID, indices: tuple[int, ...]
-) -> list[NDArray[Any]]:
+def _decode(src: Any, path: Path, tsyntax: UID, indices: tuple[int, ...]) -> list[NDArray[Any]]:
     try:
         decoder = get_decoder(tsyntax)
     except NotImplementedError as exc:
         raise CorruptFileError(
-            f"{path.name}: the pixel data is encoded as {tsyntax.name} ({tsyntax}), which no "
+            f"the pixel data is encoded as {safe_uid(tsyntax)}, which no "
             "decoder installed on this node reads: export the image uncompressed, or as JPEG, "
             "JPEG 2000 or RLE",
             path=path,
         ) from exc
     if not decoder.is_available:
         raise CorruptFileError(
-            missing_decoder_reason(path.name, tsyntax, list(decoder.missing_dependencies)),
-            path=path,
+            missing_decoder_reason(tsyntax, list(decoder.missing_dependencies)), path=path
         )
     try:
-        fh.seek(0)
-        if tsyntax == DeflatedExplicitVRLittleEndian:  # the dataset itself is zlib-compressed
-            src: Any = pydicom.dcmread(fh)
-        else:
-            src = fh
+        if not isinstance(src, Dataset):
+            src.seek(0)
         return list(iter_pixels(src, indices=indices, transfer_syntax_uid=tsyntax))
     except _PARSE_ERRORS as exc:
-        raise _fail(path, f"the {tsyntax.name} pixel data cannot be decoded", exc) from exc
+        raise _fail(path, f"the {safe_uid(tsyntax)} pixel data cannot be decoded", exc) from exc
+
+
+def _sop_class(ds: Dataset) -> str:
+    uid = str(ds.get("SOPClassUID") or "")
+    if uid in UID_dictionary:
+        return f"{UID(uid).name}, {uid}"
+    return uid if uid and UID(uid).is_valid else "unknown"
 
 
 def _text(ds: Dataset, keyword: str) -> str | None:
@@ -283,8 +300,8 @@ def _plan(ds: Dataset, path: Path, size: int, max_frames: int, max_pixels: int) 
     modality = _check_modality(ds, path)
     if "PixelData" not in ds:
         raise NoPixelDataError(
-            f"{path.name}: this ultrasound DICOM file has no Pixel Data (7FE0,0010) (SOP Class "
-            f"{ds.get('SOPClassUID', 'unknown')}): it holds no image; send the image itself",
+            "this ultrasound DICOM file has no Pixel Data (7FE0,0010) (SOP Class "
+            f"{_sop_class(ds)}): it holds no image; send the image itself",
             path=path,
         )
     _check_complete(ds, path, size, pixel_data=True)
@@ -331,29 +348,45 @@ def _plan(ds: Dataset, path: Path, size: int, max_frames: int, max_pixels: int) 
     return _Plan(photometric, indices, _transfer_syntax(ds), crop, meta)
 
 
-def read_dicom(path: Path, *, max_frames: int, max_pixels: int) -> LoadedImage:
+def read_dicom(
+    path: Path,
+    *,
+    max_frames: int | None = None,
+    max_pixels: int | None = None,
+    limits: ReadLimits | None = None,
+) -> LoadedImage:
     """Read an ultrasound DICOM file as greyscale uint8 frames (see the module docstring).
+
+    `limits` bounds the work (`ReadLimits`); `max_frames` / `max_pixels` alone are the
+    older form, with the other limits at their defaults.
 
     Raises
     ------
-    EmptyFileError, UnreadableFileError, UnsupportedFormatError, NotUltrasoundError,
-    NoPixelDataError, ImageTooLargeError, CorruptFileError
+    EmptyFileError, UnreadableFileError, NotRegularFileError, UnsupportedFormatError,
+    NotUltrasoundError, NoPixelDataError, ImageTooLargeError, InputTooCostlyError,
+    CorruptFileError
         With a `reason` saying what was received, what was expected and what to do.
     """
-    if max_frames < 1 or max_pixels < 1:
-        raise ValueError(f"max_frames and max_pixels must be >= 1, got {max_frames}, {max_pixels}")
-    with open_input(path) as fh:
+    limits = resolve_limits(limits, max_frames, max_pixels)
+    with open_input(path, max_bytes=limits.max_bytes) as fh:
         head = read_head(fh, path)
         if not is_dicom_head(head):
             raise _not_dicom(path, head)
         size = fh.seek(0, 2)
         fh.seek(0)
-        ds = _read_header(fh, path, head, size)
+        ds = _read_header(fh, path, head, size, limits.max_bytes)
         try:
-            plan = _plan(ds, path, size, max_frames, max_pixels)
+            plan = _plan(ds, path, size, limits.max_frames, limits.max_pixels)
+            if plan.tsyntax.is_encapsulated:
+                check_encapsulated(
+                    fh, ds, path, plan.tsyntax, plan.indices, plan.meta.n_frames_total, limits
+                )
         except _PARSE_ERRORS as exc:
             raise _fail(path, "the DICOM header has invalid values", exc) from exc
-        raw = _decode(fh, path, plan.tsyntax, plan.indices)
+        deflated = plan.tsyntax == DeflatedExplicitVRLittleEndian  # already inflated: ds
+        raw = _decode(ds if deflated else fh, path, plan.tsyntax, plan.indices)
+    samples = 3 if raw and raw[0].ndim == 3 else 1  # YBR/RGB come back as 3 samples
+    check_decoded(raw, path, int(ds.Rows), int(ds.Columns), samples)
     if plan.crop is not None:
         x0, y0, x1, y1 = plan.crop
         raw = [a[y0:y1, x0:x1] for a in raw]

@@ -9,10 +9,13 @@ their RGB colours; 1-bit becomes 0/255). 16- and 32-bit greyscale is rescaled ov
 range (min-max) to 0..255. EXIF orientation is applied. Plain images carry no calibration:
 `pixel_spacing_mm` is None (PNG pHYs is a print resolution, not a physical scale).
 
-Shared helpers, used by the DICOM reader as well:
+JPEG files are refused before decoding when they hold more than `max_jpeg_scans` scans
+(`appliance.io.bounds.jpeg_scan_count`): each scan of a progressive JPEG is a full pass
+over the image, and a few thousand make a small file decode for minutes.
 
-* `open_input` opens the file for reading and turns OS errors and empty files into
-  `UnreadableFileError` / `EmptyFileError` with a reason a person can act on;
+Shared helpers, used by the DICOM reader as well (files are opened by
+`appliance.io.files.open_input`):
+
 * `rgb_to_grey` is Pillow's exact luma (ITU-R 601-2 weights 299/587/114 in 16.16 fixed
   point, rounded), so a DICOM and a PNG of the same picture give the same grey;
 * `rescale_to_uint8` maps any range to 0..255 (min-max, jointly over several frames).
@@ -20,13 +23,11 @@ Shared helpers, used by the DICOM reader as well:
 
 from __future__ import annotations
 
-import getpass
-import os
+import io
 import struct
 import warnings
 import zlib
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -36,12 +37,13 @@ from PIL import ExifTags, Image, ImageOps
 
 from appliance.errors import (
     CorruptFileError,
-    EmptyFileError,
     ImageTooLargeError,
-    UnreadableFileError,
+    InputTooCostlyError,
     UnsupportedFormatError,
 )
-from appliance.io.types import Frame, ImageMeta, LoadedImage
+from appliance.io.bounds import describe_content, jpeg_scan_count, resolve_limits, scan_refusal
+from appliance.io.files import open_input, read_all, read_head
+from appliance.io.types import Frame, ImageMeta, LoadedImage, ReadLimits
 
 MAX_SIDE = 32768
 """Largest accepted number of rows or columns, whatever `max_pixels` allows."""
@@ -55,76 +57,7 @@ _WIDE_MODES = {"I", "F", "I;16", "I;16L", "I;16B", "I;16N"}
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, zlib.error, struct.error)
 
 
-# --- shared file helpers ------------------------------------------------------------------
-
-
-def _node_user() -> str:
-    try:
-        return getpass.getuser()
-    except (OSError, KeyError):  # no login name in the environment or the password database
-        return f"uid {os.getuid()}"
-
-
-def unreadable_error(path: Path, exc: OSError) -> UnreadableFileError:
-    """The `UnreadableFileError` for an OS error raised while opening or reading `path`."""
-    name = path.name
-    if isinstance(exc, FileNotFoundError):
-        reason = (
-            f"{name}: the file no longer exists (it was moved or deleted before FAME Node could "
-            "read it); if it was still being copied, drop it again once the copy is complete"
-        )
-    elif isinstance(exc, PermissionError):
-        reason = (
-            f"{name}: permission denied: FAME Node runs as user '{_node_user()}', which may "
-            "not read this file; grant that user read access (for example chmod o+r, or add it "
-            "to the file's group) and drop the file again"
-        )
-    elif isinstance(exc, IsADirectoryError):
-        reason = f"{name}: this is a folder, not a file; drop the image files themselves"
-    else:
-        detail = exc.strerror or str(exc) or type(exc).__name__
-        reason = (
-            f"{name}: the file could not be read ({detail}); check the disk or network share "
-            "and drop the file again"
-        )
-    return UnreadableFileError(reason, path=path)
-
-
-@contextmanager
-def open_input(path: Path) -> Iterator[IO[bytes]]:
-    """Open `path` for binary reading; OS errors and a 0-byte file become `InputError`s.
-
-    Only OS errors raised while opening and measuring the file are translated; errors
-    raised by the caller's own code inside the block pass through unchanged.
-    """
-    try:
-        fh = path.open("rb")
-        size = os.fstat(fh.fileno()).st_size
-    except OSError as exc:
-        raise unreadable_error(path, exc) from exc
-    with fh:
-        if size == 0:
-            raise EmptyFileError(
-                f"{path.name}: the file is empty (0 bytes); the export probably failed: "
-                "export it again",
-                path=path,
-            )
-        yield fh
-
-
-def read_head(fh: IO[bytes], path: Path, n: int = 132) -> bytes:
-    """The first `n` bytes of an open file (fewer if it is shorter); rewinds to the start."""
-    try:
-        head = fh.read(n)
-        fh.seek(0)
-    except OSError as exc:
-        raise unreadable_error(path, exc) from exc
-    return head
-
-
-def describe_head(head: bytes) -> str:
-    """The first bytes of a file, printable whatever they are (Python bytes repr)."""
-    return repr(head[:16]) + ("..." if len(head) > 16 else "")
+# --- shared helpers -----------------------------------------------------------------------
 
 
 def sniff_image_format(head: bytes) -> str | None:
@@ -180,14 +113,14 @@ def check_dimensions(path: Path, rows: int, cols: int, n_frames: int, max_pixels
     what = f"{cols} x {rows} pixels" + (f" x {n_frames} frames" if n_frames > 1 else "")
     if rows > MAX_SIDE or cols > MAX_SIDE:
         raise ImageTooLargeError(
-            f"{path.name}: the image is {what}; FAME Node accepts at most {MAX_SIDE} pixels "
+            f"the image is {what}; FAME Node accepts at most {MAX_SIDE} pixels "
             "per side: export it at a lower resolution",
             path=path,
         )
     total = rows * cols * n_frames
     if total > max_pixels:
         raise ImageTooLargeError(
-            f"{path.name}: the image is {what} = {total:,} pixels to decode, more than the "
+            f"the image is {what} = {total:,} pixels to decode, more than the "
             f"configured limit of {max_pixels:,} (max_image_pixels): export it at a lower "
             "resolution or with fewer frames, or raise the limit",
             path=path,
@@ -217,7 +150,7 @@ def _bomb_error(path: Path, fh: IO[bytes], fmt: str, max_pixels: int) -> ImageTo
         check_dimensions(path, size[1], size[0], 1, max_pixels)  # raises if over our limit
     dims = f"{size[0]} x {size[1]} pixels" if size else "more pixels"
     return ImageTooLargeError(
-        f"{path.name}: the {fmt.upper()} header announces {dims}, beyond Pillow's "
+        f"the {fmt.upper()} header announces {dims}, beyond Pillow's "
         f"decompression-bomb limit of {Image.MAX_IMAGE_PIXELS or 0:,} pixels "
         "(PIL.Image.MAX_IMAGE_PIXELS): export it at a lower resolution",
         path=path,
@@ -237,40 +170,57 @@ def _to_grey(im: Image.Image) -> tuple[Frame, int]:
     return np.array(grey, dtype=np.uint8), 1 if im.mode == "1" else 8
 
 
-def read_image(path: Path, *, max_pixels: int) -> LoadedImage:
+def read_image(
+    path: Path, *, max_pixels: int | None = None, limits: ReadLimits | None = None
+) -> LoadedImage:
     """Read a PNG, JPEG or BMP file as one greyscale uint8 frame.
+
+    `limits` bounds the work (file size, pixels, JPEG scans); `max_pixels` alone is the
+    older form, with the other limits at their defaults.
 
     Raises
     ------
-    EmptyFileError, UnreadableFileError
-        The file is empty, vanished, or may not be read.
+    EmptyFileError, UnreadableFileError, NotRegularFileError
+        The file is empty, vanished, may not be read, or is not a regular file.
     UnsupportedFormatError
         The content is not PNG, JPEG or BMP (whatever the file is named).
     ImageTooLargeError
-        The header announces more than `max_pixels` pixels or a side over 32768.
+        The file is over `max_bytes`, or the header announces more than `max_pixels`
+        pixels or a side over 32768.
+    InputTooCostlyError
+        A JPEG with more than `max_jpeg_scans` scans.
     CorruptFileError
         The content cannot be decoded (truncated, damaged).
     """
-    with open_input(path) as fh:
-        head = read_head(fh, path, 32)
+    limits = resolve_limits(limits, None, max_pixels)
+    max_pixels = limits.max_pixels
+    with open_input(path, max_bytes=limits.max_bytes) as fh:
+        head = read_head(fh, path, 512)
         fmt = sniff_image_format(head)
         if fmt is None:
             raise UnsupportedFormatError(
-                f"{path.name}: the content is not a PNG, JPEG or BMP image (it begins with "
-                f"{describe_head(head)}): export the image again as PNG, JPEG, BMP or DICOM",
+                "the content is not a PNG, JPEG or BMP image (it looks like "
+                f"{describe_content(head)}): export the image again as PNG, JPEG, BMP or DICOM",
                 path=path,
             )
+        src: IO[bytes] = fh
+        if fmt == "jpeg":  # count the scans before Pillow decodes any of them
+            data = read_all(fh, path)
+            scans = jpeg_scan_count(data, stop_after=limits.max_jpeg_scans)
+            if scans > limits.max_jpeg_scans:
+                raise InputTooCostlyError(scan_refusal(scans, limits.max_jpeg_scans), path=path)
+            src = io.BytesIO(data)
         try:
             # Pillow warns, then refuses, past Image.MAX_IMAGE_PIXELS: both become refusals
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
-                im = Image.open(fh, formats=[_PIL_FORMATS[fmt]])
+                im = Image.open(src, formats=[_PIL_FORMATS[fmt]])
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise _bomb_error(path, fh, fmt, max_pixels) from exc
+            raise _bomb_error(path, src, fmt, max_pixels) from exc
         except _DECODE_ERRORS as exc:
             raise CorruptFileError(
-                f"{path.name}: the {fmt.upper()} header cannot be read ({exc}); the file is "
-                "damaged: export it again",
+                f"the {fmt.upper()} header cannot be read (Pillow: {type(exc).__name__}); "
+                "the file is damaged: export it again",
                 path=path,
             ) from exc
         with im:
@@ -285,8 +235,8 @@ def read_image(path: Path, *, max_pixels: int) -> LoadedImage:
                 frame, bits = _to_grey(upright)
             except _DECODE_ERRORS as exc:
                 raise CorruptFileError(
-                    f"{path.name}: the {fmt.upper()} pixel data cannot be decoded ({exc}); "
-                    "the file is truncated or damaged: export it again",
+                    f"the {fmt.upper()} pixel data cannot be decoded (Pillow: "
+                    f"{type(exc).__name__}); the file is truncated or damaged: export it again",
                     path=path,
                 ) from exc
     notes: list[str] = []

@@ -67,3 +67,51 @@ def write(ds: Dataset, path: Path) -> Path:
     """Save `ds` as a DICOM file (preamble, file meta) and return its path."""
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def runaway_jpeg(side: int, repeats: int) -> bytes:
+    """A progressive JPEG of a smooth side x side image whose last scan is repeated.
+
+    Every extra scan is another full decoding pass: 1024 x 1024 with 2000 repeats is a
+    30 KB file that Pillow decodes for seconds (the review's 7000 x 7000 took 61 s).
+    """
+    import io
+
+    from PIL import Image
+
+    y, x = np.mgrid[0:side, 0:side]
+    image = Image.fromarray(((x + y) * 255 // (2 * side)).astype(np.uint8))
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", progressive=True, quality=75)
+    data = buf.getvalue()
+    last, eoi = data.rfind(b"\xff\xda"), data.rfind(b"\xff\xd9")
+    return data[:eoi] + data[last:eoi] * repeats + data[eoi:]
+
+
+def deflate_bomb(path: Path, inflated_bytes: int, rows: int = 64, cols: int = 64) -> Path:
+    """A deflated ultrasound DICOM whose header says rows x cols but whose Pixel Data
+    inflates to `inflated_bytes` zeros (built incrementally: never held in memory)."""
+    import zlib
+
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset, write_file_meta_info
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    ds = small_us_dataset(rows, cols, PixelData=None)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    meta = DicomBytesIO()
+    meta.is_little_endian, meta.is_implicit_VR = True, False
+    write_file_meta_info(meta, ds.file_meta, enforce_standard=True)
+    body = DicomBytesIO()
+    body.is_little_endian, body.is_implicit_VR = True, False
+    write_dataset(body, ds)
+    pixel_header = b"\xe0\x7f\x10\x00OB\x00\x00" + int(inflated_bytes).to_bytes(4, "little")
+    z = zlib.compressobj(1, zlib.DEFLATED, -zlib.MAX_WBITS)  # fast; still ~1000:1
+    with path.open("wb") as fh:
+        fh.write(bytes(128) + b"DICM" + meta.getvalue())
+        fh.write(z.compress(body.getvalue() + pixel_header))
+        chunk = bytes(1 << 20)
+        for _ in range(inflated_bytes >> 20):
+            fh.write(z.compress(chunk))
+        fh.write(z.compress(bytes(inflated_bytes % (1 << 20))) + z.flush())
+    return path

@@ -44,7 +44,7 @@ def test_the_content_decides_not_the_name(tmp_path: Path) -> None:
     assert loaded.meta.notes[-1] == "named .png but the content is DICOM"
 
     png_as_dcm = tmp_path / "export.dcm"
-    grey = np.arange(64, dtype=np.uint8).reshape(8, 8)
+    grey = np.arange(48 * 40, dtype=np.uint8).reshape(48, 40)  # wraps: a real image
     Image.fromarray(grey).save(png_as_dcm, format="PNG")
     loaded = read_file(png_as_dcm)
     assert loaded.meta.source_format == "png"
@@ -111,9 +111,10 @@ def test_random_bytes_named_dcm(tmp_path: Path) -> None:
         read_file(path)
     reason = info.value.reason
     assert reason.startswith(
-        "named random_bytes.dcm but the content is not a DICOM, PNG, JPEG or BMP image "
-        "(it begins with b'"
+        "the content is not a DICOM, PNG, JPEG or BMP image (it looks like unrecognised "
+        "binary data): export"
     )
+    assert "random_bytes" not in reason
     assert info.value.code == "unsupported_format"
 
 
@@ -123,9 +124,9 @@ def test_text_named_png(tmp_path: Path) -> None:
     with pytest.raises(UnsupportedFormatError) as info:
         read_file(path)
     assert info.value.reason.startswith(
-        "named notes.png but the content is not a DICOM, PNG, JPEG or BMP image "
-        "(it begins with b'Patient called, '...)"
+        "the content is not a DICOM, PNG, JPEG or BMP image (it looks like text)"
     )
+    assert "Patient" not in info.value.reason and "notes" not in info.value.reason
 
 
 def test_zero_byte_file(tmp_path: Path) -> None:
@@ -151,7 +152,7 @@ def test_first_half_of_a_real_ultrasound_file(tmp_path: Path) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(UnreadableFileError) as info:
         read_file(tmp_path / "vanished.dcm")
-    assert "vanished.dcm: the file no longer exists" in info.value.reason
+    assert info.value.reason.startswith("the file no longer exists")
     assert info.value.code == "unreadable"
 
 

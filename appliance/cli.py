@@ -1,13 +1,22 @@
-"""The `fame-node` command line: run, process, status, results, evaluate, demo, config."""
+"""The `fame-node` command line: run, process, status, results, evaluate, demo, config.
+
+Every command runs with a umask of at least 0o027 (`_node_umask`): the database, its WAL,
+results, quarantine copies, logs and work files it creates are readable by the node's
+user and group only, whoever starts it, as the service unit's ``UMask=0027`` does. JSON
+output is strict (`appliance.results.strict_json`); names are shown safely
+(`appliance.privacy.shown_name`), never with raw control characters.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
+import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -16,6 +25,12 @@ from appliance import __version__
 from appliance.config import NodeConfig, check_config, load_config
 from appliance.errors import ConfigError, FameNodeError
 from appliance.logs import setup_logging
+from appliance.privacy import shown_name
+from appliance.results import strict_json
+
+# Files the node creates (database, results, logs, quarantine copies, work) hold patient
+# data: no permission bit for "other". The node's group is the GUI's (packaging/install.sh).
+NODE_UMASK = 0o027
 
 # Commands contributed by other modules, registered explicitly here. Each module has
 # `register(subparsers)`, which adds its parser(s) with `set_defaults(handler=fn)`, where
@@ -72,8 +87,25 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+@contextlib.contextmanager
+def _node_umask() -> Iterator[None]:
+    """Run with `NODE_UMASK` added to the process umask (a stricter one is kept), and put
+    the umask back afterwards, so a caller of `main` in the same process is not changed."""
+    previous = os.umask(NODE_UMASK)
+    os.umask(previous | NODE_UMASK)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    with _node_umask():
+        return _main(args)
+
+
+def _main(args: argparse.Namespace) -> int:
     try:
         if args.command == "demo":
             from appliance.demo import run_demo
@@ -115,7 +147,8 @@ def _config(config: NodeConfig, action: str) -> int:
         for line in problems:
             print(f"  - {line}")
         return 1
-    print(f"configuration OK (inbox {config.folder('inbox')}, model {config.models.bundle})")
+    inbox, bundle = shown_name(config.folder("inbox")), shown_name(config.models.bundle)
+    print(f"configuration OK (inbox {inbox}, model {bundle})")
     return 0
 
 
@@ -143,7 +176,7 @@ def _process(config: NodeConfig, args: argparse.Namespace) -> int:
     outcomes = process_paths(parts, args.paths)
     for o in outcomes:
         if args.json:
-            print(json.dumps(o.to_dict()), flush=True)
+            print(strict_json.dumps(o.to_dict()), flush=True)
         else:
             print(_outcome_line(o.to_dict()))
     return 0 if all(o.status == "done" for o in outcomes) else 3
@@ -169,7 +202,7 @@ def _status(config: NodeConfig, args: argparse.Namespace) -> int:
     from appliance.status import format_status, gather_status
 
     data = gather_status(config)
-    print(json.dumps(data, indent=2) if args.json else format_status(data))
+    print(strict_json.dumps(data, indent=2) if args.json else format_status(data))
     return 0
 
 
@@ -179,7 +212,7 @@ def _results(config: NodeConfig, args: argparse.Namespace) -> int:
     rows = gather_results(config, args.limit)
     if args.json:
         for r in rows:
-            print(json.dumps(r))
+            print(strict_json.dumps(r))
     else:
         print(format_results(rows))
     return 0

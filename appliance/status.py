@@ -1,5 +1,9 @@
 """What `fame-node status` and `fame-node results` report, gathered from the store and
-the running service's status file (the service may be another process)."""
+the running service's status file (the service may be another process).
+
+File names and folders are shown with `appliance.privacy.shown_name` (the results rows
+through `Outcome.to_dict`): a name with a newline or an escape sequence in it cannot
+break a line or rewrite the terminal."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from appliance.config import NodeConfig
 from appliance.errors import FameNodeError
 from appliance.models.registry import ModelRegistry
 from appliance.oneshot import describe
+from appliance.privacy import shown, shown_name
 from appliance.runtime import create_backend
 from appliance.runtime.factory import available_providers, describe_sharing
 from appliance.service import read_service_status
@@ -25,8 +30,8 @@ def gather_status(config: NodeConfig) -> dict[str, Any]:
     service = read_service_status(config)
     data: dict[str, Any] = {
         "node_name": config.node_name,
-        "database": str(config.database_path),
-        "inbox": str(config.folder("inbox")),
+        "database": shown_name(config.database_path),
+        "inbox": shown_name(config.folder("inbox")),
         "queue": {str(k): v for k, v in counts.items()},
         "service": service,
         "available_providers": available_providers(),
@@ -78,7 +83,7 @@ def format_status(d: dict[str, Any]) -> str:
     ]
     lines += [f"  skipped {reason}" for reason in d.get("backend_skipped") or []]
     if d.get("problem"):
-        lines.append(f"problem   {d['problem']}")
+        lines.append(f"problem   {shown(d['problem'])}")
     return "\n".join(lines)
 
 

@@ -6,9 +6,10 @@ four (plus the ONNX file's sha256 and the largest batch), and `engine_filename` 
 into the file name the cache uses, so a node with another GPU or another TensorRT never
 picks up a foreign engine: it finds no file and builds its own (DESIGN.md, "Model bundle").
 
-`build_engine` parses the ONNX, adds one optimisation profile for batch 1..max_batch on the
-(dynamic) batch axis, reuses and updates a timing cache file (so a rebuild after an upgrade
-takes seconds instead of minutes), and writes the serialized plan atomically.
+`build_plan` parses the (verified) ONNX bytes, adds one optimisation profile for batch
+1..max_batch on the (dynamic) batch axis, reuses and updates a timing cache (so a rebuild
+after an upgrade takes seconds instead of minutes), and returns the serialized plan; the
+engine cache writes it with a record of its checksum (`exporters.engines`).
 
 Precision, by TensorRT major version:
 
@@ -32,7 +33,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 log = logging.getLogger("fame_node.tensorrt")
 
@@ -217,19 +218,19 @@ class BuildSettings:
     workspace_bytes: int = DEFAULT_WORKSPACE_BYTES
 
 
-def build_engine(
-    onnx_path: Path,
-    out_path: Path,
+def build_plan(
+    onnx_model: bytes,
     key: EngineKey,
     settings: BuildSettings,
     *,
-    timing_cache: Path | None = None,
-) -> Path:
-    """Build a TensorRT engine for `key` from `onnx_path` and write it to `out_path`.
+    timing_cache: bytes | None = None,
+) -> tuple[bytes, bytes]:
+    """Build a TensorRT engine for `key` from the (verified) ONNX bytes `onnx_model`.
 
     The engine has one optimisation profile: batch 1 (min), `opt_batch` (opt) and
-    `max_batch` (max). `timing_cache`, when given, is read if it exists and written back
-    after the build with what this build measured.
+    `max_batch` (max). `timing_cache` (verified bytes, or None to start empty) speeds the
+    build up. Returns the serialized plan and the updated timing cache; writing them, with
+    their records, is the engine cache's job (`appliance.runtime.engine_cache`).
 
     Raises
     ------
@@ -253,9 +254,11 @@ def build_engine(
     # TensorRT 10: explicit batch is the only mode, flags 0; TensorRT 11: strongly typed always.
     network = builder.create_network(0)
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse(onnx_path.read_bytes()):
+    if not parser.parse(onnx_model):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise EngineBuildError(f"TensorRT cannot parse {onnx_path}: {errors}")
+        raise EngineBuildError(
+            f"TensorRT cannot parse the ONNX for {engine_filename(key)}: {errors}"
+        )
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings.workspace_bytes)
     if key.precision == "fp16" and not key.strongly_typed:
@@ -268,54 +271,29 @@ def build_engine(
         (settings.max_batch, *shape),
     )  # fmt: skip
     config.add_optimization_profile(profile)
-    cache = _load_timing_cache(config, timing_cache)
+    cache = config.create_timing_cache(timing_cache or b"")
+    # A cache from another GPU / TensorRT is ignored entry by entry, never trusted.
+    config.set_timing_cache(cache, ignore_mismatch=False)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise EngineBuildError(
-            f"TensorRT could not build an engine from {onnx_path} (see the TensorRT log above)"
+            f"TensorRT could not build {engine_filename(key)} (see the TensorRT log above)"
         )
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    tmp.write_bytes(bytes(serialized))
-    tmp.replace(out_path)
-    if timing_cache is not None and cache is not None:
-        data = bytes(cache.serialize())
-        tmp_cache = timing_cache.with_name(timing_cache.name + ".tmp")
-        tmp_cache.write_bytes(data)
-        tmp_cache.replace(timing_cache)
-    log.info("TensorRT engine built: %s (%s)", out_path, engine_filename(key))
-    return out_path
+    log.info("TensorRT engine built: %s", engine_filename(key))
+    return bytes(serialized), bytes(cache.serialize())
 
 
-def _load_timing_cache(config: Any, path: Path | None) -> Any:
-    if path is None:
-        return None
-    data = b""
-    if path.is_file():
-        data = path.read_bytes()
-    cache = config.create_timing_cache(data)
-    # A cache from another GPU / TensorRT is ignored entry by entry, never trusted.
-    config.set_timing_cache(cache, ignore_mismatch=False)
-    return cache
-
-
-def find_or_build_engine(
-    fp32_onnx: Path,
-    fp16_onnx: Path | None,
+def build_engine(
+    onnx_path: Path,
+    out_path: Path,
     key: EngineKey,
     settings: BuildSettings,
-    *,
-    search_dirs: tuple[Path, ...],
-    cache_dir: Path,
-) -> tuple[Path, bool]:
-    """An engine for `key`: found in `search_dirs` or `cache_dir`, else built into
-    `cache_dir` (with its timing cache). Returns (path, built_now)."""
-    name = engine_filename(key)
-    for folder in (*search_dirs, cache_dir):
-        candidate = folder / name
-        if candidate.is_file():
-            return candidate, False
-    source = onnx_for_precision(fp32_onnx, fp16_onnx, key)
-    out = cache_dir / name
-    build_engine(source, out, key, settings, timing_cache=cache_dir / TIMING_CACHE_NAME)
-    return out, True
+) -> Path:
+    """`build_plan` from a file into a file (for the benchmarks, which build and run their
+    own engine at once; the node goes through `exporters.engines.engine_for`)."""
+    plan, _ = build_plan(onnx_path.read_bytes(), key, settings)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(out_path.name + ".tmp")
+    tmp.write_bytes(plan)
+    tmp.replace(out_path)
+    return out_path

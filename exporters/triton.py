@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Union
 
 from appliance.bundle import Bundle, TensorSpec
+from appliance.runtime.engine_cache import EngineCache
 from appliance.runtime.variants import ENGINES_DIR, fp16_model
 
 DEFAULT_PREFIX = "fame_node"
@@ -188,23 +189,27 @@ def _check_name(name: str) -> None:
 # --------------------------------------------------------------------------- repository
 
 
-def bundle_engines(bundle: Bundle, extra_dirs: Sequence[Path] = ()) -> list[Path]:
-    """The TensorRT plans for this bundle's model: listed in the bundle, or in `extra_dirs`
-    (an engine cache), recognised by the model sha256 prefix in their names."""
-    prefix = bundle.manifest.files[bundle.manifest.model_file][:16]
-    found = [
-        bundle.path / rel
+Engine = tuple[str, bytes]  # file name, verified bytes
+
+
+def bundle_engines(bundle: Bundle, caches: Sequence[EngineCache] = ()) -> list[Engine]:
+    """The TensorRT plans for this bundle's model, as verified bytes: listed in the bundle
+    (checked with it), or in an engine cache with the record the node wrote when it built
+    them (`EngineCache.recorded`); a plan without such a record is left out."""
+    sha = bundle.manifest.files[bundle.manifest.model_file]
+    found: list[Engine] = [
+        (rel.split("/", 1)[1], bundle.data(rel))
         for rel in bundle.manifest.files
         if rel.startswith(f"{ENGINES_DIR}/") and rel.endswith(".plan")
     ]
-    for folder in extra_dirs:
-        found += sorted(folder.glob(f"{prefix}_*.plan")) if folder.is_dir() else []
-    return [p for p in found if p.name.startswith(prefix)]
+    for cache in caches:
+        found += cache.recorded("tensorrt-plan", sha)
+    return [(name, data) for name, data in found if name.startswith(sha[:16])]
 
 
-def _cc_of(plan: Path) -> str | None:
+def _cc_of(plan: str) -> str | None:
     """``..._sm90_...`` in an engine file name -> "9.0"."""
-    match = re.search(r"_sm(\d+?)(\d)_", plan.name)
+    match = re.search(r"_sm(\d+?)(\d)_", plan)
     return f"{match.group(1)}.{match.group(2)}" if match else None
 
 
@@ -215,7 +220,7 @@ def write_triton_repository(
     prefix: str = DEFAULT_PREFIX,
     max_batch: int = 8,
     queue_delay_us: int = 2000,
-    engines: Sequence[Path] = (),
+    engines: Sequence[Engine] = (),
     overwrite: bool = False,
 ) -> RepositoryReport:
     """Write the repository for `bundle` to `out` (see the module docstring)."""
@@ -226,11 +231,11 @@ def write_triton_repository(
     m = bundle.manifest
     report = RepositoryReport(path=out)
 
-    def add(name: str, platform: str, files: dict[str, Path], **kw: object) -> None:
+    def add(name: str, platform: str, files: dict[str, bytes], **kw: object) -> None:
         folder = out / name / "1"
         folder.mkdir(parents=True, exist_ok=True)
-        for rel, src in files.items():
-            shutil.copyfile(src, folder / rel)
+        for rel, data in files.items():
+            (folder / rel).write_bytes(data)
         text = model_config(
             name, platform, m.inputs, m.outputs, max_batch=max_batch,
             queue_delay_us=queue_delay_us, **kw,  # type: ignore[arg-type]
@@ -239,14 +244,14 @@ def write_triton_repository(
         report.models.append(name)
 
     onnx_name = f"{prefix}_onnx"
-    add(onnx_name, ONNX_PLATFORM, {"model.onnx": bundle.model_path})
+    add(onnx_name, ONNX_PLATFORM, {"model.onnx": bundle.model_bytes})
     half = fp16_model(bundle)
     if half is not None:
         add(f"{prefix}_onnx_fp16", ONNX_PLATFORM, {"model.onnx": half})
     target = onnx_name
-    by_cc: dict[str, Path] = {}
-    for plan in sorted(engines, key=lambda p: ("_fp16_" not in p.name, p.name)):
-        cc = _cc_of(plan)
+    by_cc: dict[str, Engine] = {}
+    for plan in sorted(engines, key=lambda p: ("_fp16_" not in p[0], p[0])):
+        cc = _cc_of(plan[0])
         if cc is not None and cc not in by_cc:
             by_cc[cc] = plan
     if by_cc:
@@ -255,9 +260,9 @@ def write_triton_repository(
         add(
             trt_name,
             TRT_PLATFORM,
-            {p.name: p for p in by_cc.values()},
-            default_filename=first.name,
-            cc_filenames={cc: p.name for cc, p in by_cc.items()},
+            dict(by_cc.values()),
+            default_filename=first[0],
+            cc_filenames={cc: p[0] for cc, p in by_cc.items()},
         )
         target = trt_name
     step = Step(

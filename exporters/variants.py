@@ -2,8 +2,10 @@
 
 What ``fame-node export onnx`` and ``fame-node export engines`` write (the names are in
 `appliance.runtime.variants`). The bundle's ``model.onnx`` is never replaced: every added
-file is derived from it or checked against it, and the manifest is rewritten with the new
-files' sha256 and read back with `load_bundle` before returning.
+file is derived from its verified bytes or checked against them. The bundle is verified
+first; the new files are then written from bytes in memory and their sha256 taken of
+those same bytes (so a file that changes on disk meanwhile can never be recorded), the
+manifest is rewritten, and the bundle is read back with `load_bundle` before returning.
 
 A signed bundle is refused (the signature covers the manifest, which changes): add the
 variants before signing, or write a copy with `copy_bundle` and sign that.
@@ -13,17 +15,19 @@ Only `add_torch_weights` needs torch; the others run on a node without it.
 
 from __future__ import annotations
 
-import shutil
+import dataclasses
+import io
+import tempfile
 from collections.abc import Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from appliance.bundle import MANIFEST_NAME, Bundle, load_bundle, sha256_file
+from appliance.bundle import MANIFEST_NAME, Bundle, load_bundle, sha256_bytes
 from appliance.errors import BundleError
 from appliance.models.signing import SIGNATURE_NAME
-from appliance.runtime.variants import ENGINES_DIR, FP16_FILE, TORCH_FILE, TORCH_FORMAT
+from appliance.runtime.variants import FP16_FILE, TORCH_FILE, TORCH_FORMAT, engine_file
 from exporters.fp16 import DEFAULT_KEEP_FP32, Fp16Report, export_fp16
 
 if TYPE_CHECKING:
@@ -33,24 +37,38 @@ if TYPE_CHECKING:
 
 
 def copy_bundle(src: Path, dst: Path) -> Path:
-    """Copy a bundle (without its signature) to `dst`, which must not exist."""
+    """Copy a bundle's verified bytes (without its signature) to `dst`, which must not
+    exist."""
     if dst.exists():
         raise BundleError(f"{dst} already exists; choose a new folder for the copy")
-    load_bundle(src)
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(SIGNATURE_NAME, "*.tmp"))
+    bundle = load_bundle(src)
+    dst.mkdir(parents=True)
+    for rel, data in [(MANIFEST_NAME, bundle.manifest_bytes), *bundle.contents.items()]:
+        _write(dst / rel, data)
     return dst
 
 
+def _write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def add_files(
-    bundle_dir: Path, files: Mapping[str, Path], *, evaluation: Mapping[str, Any] | None = None
+    bundle_dir: Path, files: Mapping[str, bytes], *, evaluation: Mapping[str, Any] | None = None
 ) -> Bundle:
-    """Record `files` (bundle-relative name -> file already inside the bundle) in the
-    manifest with their sha256, and merge `evaluation` into its ``evaluation``.
+    """Write `files` (bundle-relative name -> content) into the verified bundle, record them
+    in the manifest with the sha256 of those bytes, and merge `evaluation` into its
+    ``evaluation``.
 
     Raises
     ------
     BundleError
-        the bundle does not verify, is signed, or a file is outside it or missing.
+        the bundle does not verify, is signed, or a name leaves the bundle.
     """
     bundle = load_bundle(bundle_dir)
     if (bundle_dir / SIGNATURE_NAME).exists():
@@ -58,15 +76,19 @@ def add_files(
             f"bundle {bundle_dir} is signed: adding files would invalidate its signature. Add "
             "them before signing (or write a copy with --out) and sign again."
         )
-    root = bundle_dir.resolve()
     checksums = dict(bundle.manifest.files)
-    for rel, path in files.items():
-        resolved = path.resolve()
-        if root not in resolved.parents or resolved.relative_to(root).as_posix() != rel:
-            raise BundleError(f"{path} is not {rel!r} inside bundle {bundle_dir}")
-        if not path.is_file():
-            raise BundleError(f"bundle {bundle_dir}: {rel} does not exist")
-        checksums[rel] = sha256_file(path)
+    for rel in files:
+        parts = PurePosixPath(rel).parts
+        if (
+            not parts
+            or PurePosixPath(rel).is_absolute()
+            or ".." in parts
+            or rel in (MANIFEST_NAME, SIGNATURE_NAME)
+        ):
+            raise BundleError(f"{rel!r} is not a file name inside bundle {bundle_dir}")
+    for rel, data in files.items():
+        _write(bundle_dir / rel, data)
+        checksums[rel] = sha256_bytes(data)
     manifest = bundle.manifest.model_copy(
         update={
             "files": checksums,
@@ -81,19 +103,22 @@ def add_files(
 
 
 def add_fp16(bundle_dir: Path, *, keep_fp32: tuple[str, ...] = DEFAULT_KEEP_FP32) -> Fp16Report:
-    """Write ``model.fp16.onnx`` from the bundle's model, check it, record it."""
+    """Write ``model.fp16.onnx`` from the bundle's verified model, check it, record it."""
     bundle = load_bundle(bundle_dir)
     _refuse_signed(bundle_dir)
     size = bundle.manifest.preprocess_params().size
     rng = np.random.default_rng(0)
     inputs = [rng.standard_normal((b, 1, size, size)).astype(np.float32) for b in (1, 4)]
-    report = export_fp16(
-        bundle.model_path, bundle_dir / FP16_FILE, keep_fp32=keep_fp32, inputs=inputs
-    )
+    with tempfile.TemporaryDirectory() as tmp:  # private to this process
+        src = Path(tmp) / bundle.manifest.model_file
+        src.write_bytes(bundle.model_bytes)
+        report = export_fp16(src, Path(tmp) / FP16_FILE, keep_fp32=keep_fp32, inputs=inputs)
+        half = report.path.read_bytes()
+    report = dataclasses.replace(report, path=bundle_dir / FP16_FILE)
     diffs = {k: float(f"{v:.3g}") for k, v in report.max_abs_diff.items()}
     add_files(
         bundle_dir,
-        {FP16_FILE: report.path},
+        {FP16_FILE: half},
         evaluation={
             "onnx_fp16": {
                 "max_abs_diff_vs_fp32": diffs,
@@ -160,6 +185,12 @@ def load_trainer_checkpoint(path: Path) -> FameNodeNet:
 
 def save_torch_weights(net: FameNodeNet, path: Path) -> Path:
     """Write `net`'s weights and architecture in the torch backend's format."""
+    _write(path, torch_weights_bytes(net))
+    return path
+
+
+def torch_weights_bytes(net: FameNodeNet) -> bytes:
+    """`net`'s weights and architecture in the torch backend's format (``model.pt``)."""
     import torch
 
     seg, cls = net.segmenter, net.classifier
@@ -182,10 +213,9 @@ def save_torch_weights(net: FameNodeNet, path: Path) -> Path:
         "segmenter": seg.state_dict(),
         "classifier": cls.state_dict(),
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
-    return path
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return buffer.getvalue()
 
 
 def _conv(module: nn.Module, name: str) -> nn.Conv2d:
@@ -223,7 +253,7 @@ def add_torch_weights(bundle_dir: Path, net: FameNodeNet, *, tolerance: float = 
     x = x.float()
     with torch.inference_mode():
         eager = [t.numpy() for t in net.eval()(x)]
-    session = ort.InferenceSession(str(bundle.model_path), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(bundle.model_bytes, providers=["CPUExecutionProvider"])
     names = [o.name for o in bundle.manifest.outputs]
     got = session.run(names, {bundle.manifest.inputs[0].name: x.numpy()})
     diff = max(float(np.max(np.abs(e - g))) for e, g in zip(eager, got, strict=True))
@@ -233,19 +263,17 @@ def add_torch_weights(bundle_dir: Path, net: FameNodeNet, *, tolerance: float = 
             f"differ by up to {diff:.3g}, tolerance {tolerance:.0e}): use the checkpoint the "
             "bundle was exported from"
         )
-    path = save_torch_weights(net, bundle_dir / TORCH_FILE)
-    add_files(bundle_dir, {TORCH_FILE: path})
+    add_files(bundle_dir, {TORCH_FILE: torch_weights_bytes(net)})
     return diff
 
 
-def add_engine(bundle_dir: Path, engine: Path) -> Bundle:
-    """Copy a built engine into ``engines/`` of the bundle and record it."""
+def add_engine(bundle_dir: Path, name: str, data: bytes) -> Bundle:
+    """Add a verified engine (`exporters.engines.VerifiedEngine`'s name and bytes, never a
+    file from the cache by path) to ``engines/`` of the bundle and record it."""
     _refuse_signed(bundle_dir)
-    dst = bundle_dir / ENGINES_DIR / engine.name
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if engine.resolve() != dst.resolve():
-        shutil.copyfile(engine, dst)
-    return add_files(bundle_dir, {f"{ENGINES_DIR}/{engine.name}": dst})
+    if "/" in name or not name.endswith(".plan"):
+        raise BundleError(f"{name!r} is not an engine file name (NAME.plan)")
+    return add_files(bundle_dir, {engine_file(name): data})
 
 
 def _refuse_signed(bundle_dir: Path) -> None:

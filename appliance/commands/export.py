@@ -12,9 +12,11 @@
 
 ``export engines --bundle DIR [--precision fp16|fp32|both] [--max-batch N] [--into-bundle]``
     Builds the TensorRT engines for this machine's GPU and TensorRT into the engine cache
-    (``runtime.engine_cache_dir``), where the node finds them, and with ``--into-bundle``
-    also into the bundle's ``engines/`` (for sites with the same GPU and TensorRT). Exits 1
-    with the reason where that cannot be done (no GPU, no TensorRT).
+    (``runtime.engine_cache_dir``, each with the record the node trusts it by), where the
+    node finds them, and with ``--into-bundle`` also into the bundle's ``engines/`` (for
+    sites with the same GPU and TensorRT). Only verified bytes go into the bundle: a cache
+    entry whose record does not match is rebuilt, never copied (`exporters.engines`).
+    Exits 1 with the reason where that cannot be done (no GPU, no TensorRT).
 
 ``export triton --bundle DIR --out REPO [--prefix NAME] [--max-batch N]``
     Writes a Triton Inference Server model repository (`exporters.triton`), with the
@@ -117,7 +119,9 @@ def _add_checkpoint(bundle_dir: Path, checkpoint: Path) -> float:
 
 
 def _engines(config: NodeConfig, args: argparse.Namespace) -> int:
-    from exporters.tensorrt import EngineBuildError, Precision, file_sha256, machine_key
+    from appliance.runtime.engine_cache import EngineCache
+    from exporters.engines import engine_for
+    from exporters.tensorrt import EngineBuildError, Precision, machine_key
     from exporters.variants import add_engine
 
     rt = config.runtime
@@ -127,14 +131,16 @@ def _engines(config: NodeConfig, args: argparse.Namespace) -> int:
     max_batch = args.max_batch or max(rt.batch_size, rt.micro_batch_max)
     try:
         bundle = load_bundle(args.bundle)
-        sha = file_sha256(bundle.model_path)
+        sha = bundle.manifest.files[bundle.manifest.model_file]  # verified just now
+        cache = EngineCache(rt.engine_dir())
         for precision in precisions:
             key = machine_key(sha, precision, max_batch)
-            path, built = _build_for(bundle, key, rt.engine_dir())
-            print(f"{'built' if built else 'found'} {path}")
-            if args.into_bundle:
-                add_engine(args.bundle, path)
-                print(f"added to bundle: engines/{path.name}")
+            engine = engine_for(bundle, key, cache)
+            where = {"bundle": "in the bundle", "cache": "in the cache", "built": "built"}
+            print(f"{engine.name}: {where[engine.origin]} (verified, {len(engine.data)} bytes)")
+            if args.into_bundle and engine.origin != "bundle":
+                add_engine(args.bundle, engine.name, engine.data)
+                print(f"added to bundle: engines/{engine.name}")
     except EngineBuildError as exc:
         return _fail(f"cannot build TensorRT engines on this machine: {exc}")
     except FameNodeError as exc:
@@ -142,33 +148,13 @@ def _engines(config: NodeConfig, args: argparse.Namespace) -> int:
     return 0
 
 
-def _build_for(bundle: Any, key: Any, cache: Path) -> tuple[Path, bool]:
-    from appliance.runtime.variants import batch_dims, fp16_model
-    from exporters.fp16 import export_fp16
-    from exporters.tensorrt import BuildSettings, find_or_build_engine
-
-    fp16 = fp16_model(bundle)
-    if fp16 is None and key.precision == "fp16" and key.strongly_typed:
-        fp16 = cache / f"{key.model_sha256[:16]}.fp16.onnx"
-        if not fp16.is_file():
-            export_fp16(bundle.model_path, fp16)
-    name, dims = batch_dims(bundle)
-    return find_or_build_engine(
-        bundle.model_path,
-        fp16,
-        key,
-        BuildSettings(name, dims, key.max_batch),
-        search_dirs=(),  # the node reads shipped engines only when the manifest lists them
-        cache_dir=cache,
-    )
-
-
 def _triton(config: NodeConfig, args: argparse.Namespace) -> int:
+    from appliance.runtime.engine_cache import EngineCache
     from exporters.triton import TritonExportError, bundle_engines, write_triton_repository
 
     try:
         bundle = load_bundle(args.bundle)
-        engines = bundle_engines(bundle, [config.runtime.engine_dir()])
+        engines = bundle_engines(bundle, [EngineCache(config.runtime.engine_dir())])
         report = write_triton_repository(
             bundle,
             args.out,

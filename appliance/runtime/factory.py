@@ -3,16 +3,22 @@
 Order (DESIGN.md, "Runtime"), each tried only if the previous one does not really run:
 
 1. **tensorrt**: TensorRT and a CUDA GPU; the engine for this GPU / TensorRT / precision is
-   taken from the bundle's ``engines/`` or the engine cache, or built there from the ONNX
-   (an engine that no longer deserializes, e.g. after a driver or TensorRT change, is rebuilt);
+   taken from the bundle's ``engines/`` (verified with the bundle) or the engine cache (only
+   with the record the node wrote when it built it), or built there from the ONNX
+   (`exporters.engines`; an engine that no longer deserializes is rebuilt);
 2. **onnxruntime-cuda**: ONNX Runtime with the CUDA provider, *checked to be the provider the
    session really uses* (ONNX Runtime silently falls back to the CPU);
 3. **torch-cuda**: torch with CUDA and the bundle's ``model.pt`` (FP16, compiled);
 4. **onnxruntime-cpu**: always there.
 
-With ``runtime.backend = "auto"`` the first that loads wins and every skipped one is logged
-with its reason and kept on the backend (`skipped`) for ``fame-node status``. Naming one
-backend makes it mandatory: if it cannot run, `BackendError` says why.
+A backend is taken only once it has loaded *and* run a first (warm-up) batch of zeros with
+outputs of the right shapes and finite values: ``torch.compile`` compiles then, not on the
+first job (`TorchBackend.warm_up`, which falls back to eager if compiling fails), and a
+backend that loads but cannot run is found before any job depends on it. With
+``runtime.backend = "auto"`` the first that passes wins; every one that fails, *whatever*
+it raises, is logged with its reason and kept on the backend (`skipped`) for ``fame-node
+status``, and the next one is tried. Naming one backend makes it mandatory: if it cannot
+run, `BackendError` says why. The loaders are registered in `LOADERS`, tried in `ORDER`.
 
 How the workers share it (`create_backend`): on a GPU their concurrent calls are merged
 into one batch by a `MicroBatcher` (a batch of 8 costs little more than a batch of 1);
@@ -26,9 +32,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING
 
+import numpy as np
 import onnxruntime as ort
 
 from appliance.bundle import Bundle
@@ -38,10 +43,7 @@ from appliance.errors import BackendError
 from appliance.runtime.base import InferenceBackend
 from appliance.runtime.batcher import MicroBatcher
 from appliance.runtime.onnx_backend import OnnxRuntimeBackend
-from appliance.runtime.variants import batch_dims, bundle_file, fp16_model, torch_weights
-
-if TYPE_CHECKING:
-    from exporters.tensorrt import EngineKey
+from appliance.runtime.variants import FP16_FILE, batch_dims, fp16_model, torch_weights
 
 log = logging.getLogger("fame_node.runtime")
 
@@ -113,39 +115,87 @@ def describe_sharing(backend: InferenceBackend, workers: int) -> str:
     return f"{workers} worker(s), each running its own frames{each}"
 
 
+Loader = Callable[[Bundle, RuntimeConfig], InferenceBackend]
+
+
 def select_backend(
     bundle: Bundle, config: RuntimeConfig
 ) -> tuple[InferenceBackend, tuple[Skipped, ...]]:
-    """The first backend of `ORDER` (or the configured one) that really runs here."""
-    loaders: dict[str, Callable[[Bundle, RuntimeConfig], InferenceBackend]] = {
-        "tensorrt": _tensorrt,
-        "onnxruntime-cuda": _onnxruntime_cuda,
-        "torch-cuda": _torch_cuda,
-        "onnxruntime-cpu": _onnxruntime_cpu,
-    }
+    """The first backend of `ORDER` (or the configured one) that loads and runs here."""
     if config.backend != "auto":
         try:
-            return loaders[config.backend](bundle, config), ()
-        except BackendError as exc:
+            return _ready(config.backend, bundle, config), ()
+        except Exception as exc:  # whatever a backend raises, it cannot run here
             raise BackendError(
-                f"runtime.backend = {config.backend!r} cannot run here: {exc}. Set "
+                f"runtime.backend = {config.backend!r} cannot run here: {_reason(exc)}. Set "
                 "runtime.backend = 'auto' to take the best backend this machine has."
             ) from exc
     skipped: list[Skipped] = []
     for name in ORDER:
         try:
-            return loaders[name](bundle, config), tuple(skipped)
-        except BackendError as exc:
-            skipped.append(Skipped(name, str(exc)))
+            return _ready(name, bundle, config), tuple(skipped)
+        except Exception as exc:  # a broken driver or compiler must not stop the node
+            if not isinstance(exc, BackendError):
+                log.warning("inference backend %s failed: %s", name, _reason(exc))
+            skipped.append(Skipped(name, _reason(exc)))
     raise BackendError("no inference backend runs here: " + "; ".join(str(s) for s in skipped))
+
+
+class _FirstBatchError(Exception):
+    """The backend loaded but failed its warm-up batch."""
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, BackendError):
+        return str(exc)
+    if isinstance(exc, _FirstBatchError):
+        return str(exc)
+    return f"failed to load: {type(exc).__name__}: {str(exc).strip()[:500]}"
+
+
+def _ready(name: str, bundle: Bundle, config: RuntimeConfig) -> InferenceBackend:
+    """Load backend `name` and run its warm-up batch; raises whatever stops it."""
+    backend = LOADERS[name](bundle, config)
+    try:
+        warm_up(backend, bundle)
+    except Exception as exc:
+        raise _FirstBatchError(
+            f"failed its first batch: {type(exc).__name__}: {str(exc).strip()[:500]}"
+        ) from exc
+    return backend
+
+
+def warm_up(backend: InferenceBackend, bundle: Bundle) -> None:
+    """Run a batch of zeros (every batch shape, for a backend with ``warm_up``) and check
+    what comes back: one lesion map of the input's size and one probability per class."""
+    _, dims = batch_dims(bundle)
+    warm = getattr(backend, "warm_up", None)
+    if callable(warm):
+        warm(dims)
+    out = backend.infer(np.zeros((1, *dims), np.float32))
+    want_lesion = (1, *dims[1:])
+    want_class = (1, len(bundle.manifest.classes))
+    lesion, cls = np.asarray(out.lesion_prob), np.asarray(out.class_prob)
+    if lesion.shape != want_lesion or cls.shape != want_class:
+        raise BackendError(
+            f"the first batch gave lesion_prob {lesion.shape} and class_prob {cls.shape}; "
+            f"expected {want_lesion} and {want_class} from the bundle's manifest"
+        )
+    if not (np.isfinite(lesion).all() and np.isfinite(cls).all()):
+        raise BackendError("the first batch gave NaN or infinite outputs")
 
 
 # --------------------------------------------------------------------------- loaders
 
 
+def _label(bundle: Bundle, rel: str) -> str:
+    return f"{rel} of {bundle.version_label}"
+
+
 def _onnxruntime_cpu(bundle: Bundle, config: RuntimeConfig) -> InferenceBackend:
     return OnnxRuntimeBackend(
-        bundle.model_path,
+        bundle.model_bytes,
+        label=_label(bundle, bundle.manifest.model_file),
         providers=[CPU],
         intra_op_threads=config.intra_op_threads,
         spinning=config.intra_op_spinning,
@@ -159,11 +209,15 @@ def _onnxruntime_cuda(bundle: Bundle, config: RuntimeConfig) -> InferenceBackend
             f"this ONNX Runtime has no CUDA provider (available: {available}); install the "
             "'gpu' extra (onnxruntime-gpu)"
         )
-    model = bundle.model_path
-    if config.precision == "fp16":
-        model = fp16_model(bundle) or model
+    model, rel = bundle.model_bytes, bundle.manifest.model_file
+    half = fp16_model(bundle) if config.precision == "fp16" else None
+    if half is not None:
+        model, rel = half, FP16_FILE
     backend = OnnxRuntimeBackend(
-        model, providers=[CUDA, CPU], intra_op_threads=config.intra_op_threads
+        model,
+        label=_label(bundle, rel),
+        providers=[CUDA, CPU],
+        intra_op_threads=config.intra_op_threads,
     )
     if backend.device != CUDA:
         raise BackendError(
@@ -194,15 +248,10 @@ def _torch_cuda(bundle: Bundle, config: RuntimeConfig) -> InferenceBackend:
 
 
 def _tensorrt(bundle: Bundle, config: RuntimeConfig) -> InferenceBackend:
+    from appliance.runtime.engine_cache import EngineCache
     from appliance.runtime.tensorrt_backend import StaleEngineError, TensorRTBackend
-    from exporters.tensorrt import (
-        BuildSettings,
-        EngineBuildError,
-        build_engine,
-        engine_filename,
-        machine_key,
-        onnx_for_precision,
-    )
+    from exporters.engines import engine_for
+    from exporters.tensorrt import EngineBuildError, machine_key
 
     try:
         key = machine_key(
@@ -210,43 +259,27 @@ def _tensorrt(bundle: Bundle, config: RuntimeConfig) -> InferenceBackend:
             config.precision,
             max(config.batch_size, config.micro_batch_max),
         )
-    except EngineBuildError as exc:
-        raise BackendError(str(exc)) from exc
-    name = engine_filename(key)
-    cache = config.engine_dir()
-    shipped = bundle_file(bundle, f"engines/{name}")
-    candidates = [p for p in (shipped, cache / name) if p is not None and p.is_file()]
-    for path in candidates:
+        cache = EngineCache(config.engine_dir())
+        engine = engine_for(bundle, key, cache)
         try:
-            return TensorRTBackend(path, precision=key.precision, gpu_name=key.gpu.name)
+            return TensorRTBackend(
+                engine.data, label=engine.name, precision=key.precision, gpu_name=key.gpu.name
+            )
         except StaleEngineError as exc:
+            if engine.origin == "built":
+                raise
             log.warning("%s; rebuilding it from the ONNX", exc)
-    input_name, dims = batch_dims(bundle)
-    try:
-        source = onnx_for_precision(bundle.model_path, _fp16_source(bundle, key, cache), key)
-        out = build_engine(
-            source,
-            cache / name,
-            key,
-            BuildSettings(input_name, dims, key.max_batch),
-            timing_cache=cache / "timing.cache",
-        )
-    except (EngineBuildError, OSError) as exc:
+        engine = engine_for(bundle, key, cache, skip=frozenset({"bundle", "cache"}))
+    except EngineBuildError as exc:
         raise BackendError(f"no engine for this GPU and it could not be built: {exc}") from exc
-    return TensorRTBackend(out, precision=key.precision, gpu_name=key.gpu.name)
+    return TensorRTBackend(
+        engine.data, label=engine.name, precision=key.precision, gpu_name=key.gpu.name
+    )
 
 
-def _fp16_source(bundle: Bundle, key: EngineKey, cache: Path) -> Path | None:
-    """The bundle's FP16 ONNX, or one converted now into the cache (TensorRT 11 needs it)."""
-    from exporters.fp16 import Fp16Error, export_fp16
-
-    shipped = fp16_model(bundle)
-    if shipped is not None or key.precision != "fp16" or not key.strongly_typed:
-        return shipped
-    out = cache / f"{key.model_sha256[:16]}.fp16.onnx"
-    if not out.is_file():
-        try:
-            export_fp16(bundle.model_path, out)
-        except Fp16Error as exc:
-            raise BackendError(f"the FP16 ONNX TensorRT 11 needs cannot be made: {exc}") from exc
-    return out
+LOADERS: dict[str, Loader] = {
+    "tensorrt": _tensorrt,
+    "onnxruntime-cuda": _onnxruntime_cuda,
+    "torch-cuda": _torch_cuda,
+    "onnxruntime-cpu": _onnxruntime_cpu,
+}

@@ -1,5 +1,9 @@
 """ONNX Runtime backend (CUDA or CPU execution provider).
 
+The session is built from the model's verified bytes in memory (`Bundle.data`), never from
+a path: nothing is reread after verification, and nothing outside those bytes (external
+data, which the bundle verifier refuses anyway) can be pulled in.
+
 ONNX Runtime silently falls back to the CPU when a requested GPU provider cannot be
 loaded, so the providers that the session really uses are read back from the session
 and reported, never assumed.
@@ -8,7 +12,6 @@ and reported, never assumed.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -25,14 +28,18 @@ CLASS_OUTPUT = "class_prob"
 
 
 class OnnxRuntimeBackend:
-    """One ONNX Runtime session over the bundle's combined segmentation + classification model."""
+    """One ONNX Runtime session over the bundle's combined segmentation + classification model.
+
+    `model` is the ONNX file's verified bytes; `label` names it in messages (e.g. the
+    bundle's ``name@version`` and file)."""
 
     name = "onnxruntime"
 
     def __init__(
         self,
-        model_path: Path,
+        model: bytes,
         *,
+        label: str,
         providers: list[str],
         intra_op_threads: int = 0,
         spinning: bool = True,
@@ -48,9 +55,9 @@ class OnnxRuntimeBackend:
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.log_severity_level = 3  # errors only; fallbacks are reported below
         try:
-            self._session = ort.InferenceSession(str(model_path), opts, providers=providers)
+            self._session = ort.InferenceSession(model, opts, providers=providers)
         except Exception as exc:  # onnxruntime raises its own, untyped, exception classes
-            raise BackendError(f"ONNX Runtime cannot load {model_path}: {exc}") from exc
+            raise BackendError(f"ONNX Runtime cannot load {label}: {exc}") from exc
         self.requested = list(providers)
         self.active = list(self._session.get_providers())
         if self.requested and self.active[0] != self.requested[0]:
@@ -61,12 +68,12 @@ class OnnxRuntimeBackend:
             )
         inputs = self._session.get_inputs()
         if len(inputs) != 1:
-            raise BackendError(f"{model_path}: expected one input, found {len(inputs)}")
+            raise BackendError(f"{label}: expected one input, found {len(inputs)}")
         self._input = inputs[0].name
         outputs = {o.name for o in self._session.get_outputs()}
         missing = {LESION_OUTPUT, CLASS_OUTPUT} - outputs
         if missing:
-            raise BackendError(f"{model_path}: outputs {sorted(missing)} missing (has {outputs})")
+            raise BackendError(f"{label}: outputs {sorted(missing)} missing (has {outputs})")
 
     @property
     def device(self) -> str:

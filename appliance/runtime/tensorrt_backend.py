@@ -1,7 +1,10 @@
 """TensorRT backend: a deserialized engine, CUDA buffers, ``execute_async_v3``.
 
-The engine comes from `exporters.tensorrt` (found in the bundle's ``engines/`` or the
-engine cache, or built there from the ONNX; see `appliance.runtime.factory`). Device
+The engine comes as bytes that were verified before they got here: a shipped engine's
+bytes checked against the bundle's manifest, or a cache entry's checked against the record
+the node wrote when it built it (`appliance.runtime.engine_cache`; see
+`appliance.runtime.factory`). Deserialising an engine runs native code, so it is never
+given a file by path. Device
 buffers are torch CUDA tensors: torch owns the allocations and the stream, and their
 addresses are handed to TensorRT with ``set_tensor_address``. Input and output types are
 read from the engine (an engine built from the FP16 ONNX still has FP32 I/O).
@@ -15,7 +18,6 @@ from __future__ import annotations
 
 import importlib
 import threading
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,8 +45,8 @@ def _imports() -> tuple[Any, Any]:
     return trt, torch
 
 
-def load_engine(path: Path) -> Any:
-    """Deserialize the engine at `path` for this GPU.
+def load_engine(data: bytes, label: str) -> Any:
+    """Deserialize the (verified) engine bytes `data` for this GPU; `label` names it.
 
     Raises
     ------
@@ -54,10 +56,10 @@ def load_engine(path: Path) -> Any:
     trt, _ = _imports()
     logger = trt.Logger(trt.Logger.ERROR)
     runtime = trt.Runtime(logger)
-    engine = runtime.deserialize_cuda_engine(path.read_bytes())
+    engine = runtime.deserialize_cuda_engine(data)
     if engine is None:
         raise StaleEngineError(
-            f"TensorRT {trt.__version__} cannot load engine {path.name}: it was built for "
+            f"TensorRT {trt.__version__} cannot load engine {label}: it was built for "
             "another GPU or TensorRT version, or is damaged"
         )
     return engine
@@ -68,15 +70,15 @@ class TensorRTBackend:
 
     name = "tensorrt"
 
-    def __init__(self, engine_path: Path, *, precision: str, gpu_name: str) -> None:
+    def __init__(self, engine: bytes, *, label: str, precision: str, gpu_name: str) -> None:
         trt, torch = _imports()
         self._trt = trt
         self._torch = torch
-        self.engine_path = engine_path
-        self._engine = load_engine(engine_path)
+        self.engine_label = label
+        self._engine = load_engine(engine, label)
         self._context = self._engine.create_execution_context()
         if self._context is None:
-            raise BackendError(f"TensorRT could not create an execution context for {engine_path}")
+            raise BackendError(f"TensorRT could not create an execution context for {label}")
         self._stream = torch.cuda.Stream()
         self._inputs: list[str] = []
         self._outputs: list[str] = []
@@ -88,7 +90,7 @@ class TensorRTBackend:
                 self._outputs.append(tensor)
         if len(self._inputs) != 1 or {LESION_OUTPUT, CLASS_OUTPUT} - set(self._outputs):
             raise BackendError(
-                f"engine {engine_path.name}: expected one input and outputs {LESION_OUTPUT}, "
+                f"engine {label}: expected one input and outputs {LESION_OUTPUT}, "
                 f"{CLASS_OUTPUT}; found inputs {self._inputs}, outputs {self._outputs}"
             )
         # The optimisation profile's largest batch: bigger requests are run in chunks.
@@ -135,7 +137,7 @@ class TensorRTBackend:
                 self._context.set_tensor_address(out, buf.data_ptr())
                 outputs[out] = buf
             if not self._context.execute_async_v3(self._stream.cuda_stream):
-                raise BackendError(f"TensorRT execution failed ({self.engine_path.name})")
+                raise BackendError(f"TensorRT execution failed ({self.engine_label})")
             host = {k: v.float().cpu() for k, v in outputs.items()}
         self._stream.synchronize()
         return {k: v.numpy() for k, v in host.items()}

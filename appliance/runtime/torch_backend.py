@@ -10,16 +10,24 @@ accumulate in float32 inside their kernels), channels-last, under ``torch.infere
 with ``compile`` it goes through ``torch.compile`` (Inductor), which fuses the attention
 blocks' element-wise chains. Batches are padded up to a power of two so that the compiled
 graph is specialised to a handful of shapes instead of one per batch size. On the CPU (for
-tests and benchmarks) it runs FP32 eager.
+tests and benchmarks) it runs FP32 eager unless compiling is asked for.
 
-torch is imported lazily: the node itself does not need it.
+``torch.compile`` compiles on first use, not when it is called: a compiler that fails
+(no Triton, an unsupported GPU, a compiler bug) would fail the first job, and every one
+after it. `TorchBackend.warm_up`, which the factory runs before it selects the backend,
+therefore runs every padded batch size once; if compiling fails, the backend says so in
+the log and in `device` and runs the eager model instead.
+
+The weights are the bundle's verified bytes (``torch.load`` with ``weights_only``, from
+memory). torch is imported lazily: the node itself does not need it.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import threading
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
@@ -34,19 +42,20 @@ log = logging.getLogger("fame_node.runtime")
 TorchPrecision = Literal["fp16", "fp32"]
 
 
-def load_torch_model(path: Path) -> Any:
-    """`FameNodeNet` (eval mode, on the CPU) from a ``model.pt`` of `TORCH_FORMAT`."""
+def load_torch_model(weights: bytes, label: str = "model.pt") -> Any:
+    """`FameNodeNet` (eval mode, on the CPU) from the bytes of a ``model.pt`` of
+    `TORCH_FORMAT`; `label` names the file in messages."""
     import torch
 
     from trainer.models import FameNodeNet, LesionClassifier, MAUNet
 
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises pickle / runtime errors of many kinds
-        raise BackendError(f"cannot read torch weights {path}: {exc}") from exc
+        raise BackendError(f"cannot read torch weights {label}: {exc}") from exc
     if not isinstance(payload, dict) or payload.get("format") != TORCH_FORMAT:
         raise BackendError(
-            f"{path} is not a FAME Node torch weights file (format {TORCH_FORMAT!r}); write "
+            f"{label} is not a FAME Node torch weights file (format {TORCH_FORMAT!r}); write "
             "it with `fame-node export onnx --bundle DIR --checkpoint CKPT`"
         )
     arch = payload["architecture"]
@@ -58,7 +67,7 @@ def load_torch_model(path: Path) -> Any:
         cls = LesionClassifier(**cls_arch)
         cls.load_state_dict(payload["classifier"])
     except (KeyError, TypeError, RuntimeError) as exc:
-        raise BackendError(f"{path}: the weights do not fit the architecture: {exc}") from exc
+        raise BackendError(f"{label}: the weights do not fit the architecture: {exc}") from exc
     return FameNodeNet(seg, cls).eval()
 
 
@@ -81,18 +90,23 @@ def padded_batch(n: int, max_batch: int) -> int:
 
 
 class TorchBackend:
-    """The bundle's eager model in torch (FP16 + compiled on CUDA)."""
+    """The bundle's eager model in torch (FP16 + compiled on CUDA).
+
+    `weights` are the verified bytes of ``model.pt``. `compile` compiles on CUDA, and on
+    the CPU too when `compiler` is given (``torch.compile``'s ``backend``: a name or a
+    callable); call `warm_up` before use so that compiling happens, or fails, now."""
 
     name = "torch"
 
     def __init__(
         self,
-        weights: Path,
+        weights: bytes,
         *,
         device: str = "cuda",
         precision: TorchPrecision = "fp16",
         compile: bool = True,
         max_batch: int = 8,
+        compiler: str | Callable[..., Any] | None = None,
     ) -> None:
         import torch
 
@@ -109,21 +123,52 @@ class TorchBackend:
         if self._device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
         self.compiled = False
+        self.compile_failure: str | None = None
+        self._eager: Any = model
         self._model: Any = model
-        if compile and self._device.type == "cuda":
+        if compile and (self._device.type == "cuda" or compiler is not None):
             try:
-                self._model = torch.compile(model, dynamic=False)
+                self._model = torch.compile(model, dynamic=False, backend=compiler or "inductor")
                 self.compiled = True
             except Exception as exc:  # no Triton compiler, unsupported GPU: run eager
-                log.warning("torch.compile unavailable (%s); running the eager model", exc)
+                self._fall_back(exc)
         self._lock = threading.Lock()  # one stream; the micro-batcher merges callers anyway
-        label = torch.cuda.get_device_name(self._device) if self._device.type == "cuda" else "CPU"
-        mode = "compiled" if self.compiled else "eager"
-        self._description = f"torch {torch.__version__} {precision.upper()} {mode} on {label}"
+        self._label = (
+            torch.cuda.get_device_name(self._device) if self._device.type == "cuda" else "CPU"
+        )
 
     @property
     def device(self) -> str:
-        return self._description
+        torch = self._torch
+        mode = "compiled" if self.compiled else "eager"
+        if self.compile_failure:
+            mode += f" (torch.compile failed: {self.compile_failure})"
+        return f"torch {torch.__version__} {self.precision.upper()} {mode} on {self._label}"
+
+    def _fall_back(self, exc: BaseException) -> None:
+        self.compile_failure = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        self._model = self._eager
+        self.compiled = False
+        log.warning("torch.compile failed (%s); the torch backend runs the eager model", exc)
+
+    def warm_up(self, dims: tuple[int, ...]) -> None:
+        """Run every batch shape the backend will use once, so that ``torch.compile``
+        compiles now; a compiler failure switches to the eager model (said in `device`).
+
+        Raises
+        ------
+        Exception
+            whatever the *eager* model raises on a zero batch: the backend cannot run.
+        """
+        sizes = sorted({padded_batch(n, self.max_batch) for n in range(1, self.max_batch + 1)})
+        if self.compiled:
+            try:
+                for size in sizes:
+                    self.infer(np.zeros((size, *dims), np.float32))
+                return
+            except Exception as exc:  # Dynamo / Inductor / Triton raise many kinds
+                self._fall_back(exc)
+        self.infer(np.zeros((1, *dims), np.float32))
 
     def infer(self, batch: NDArray[np.float32]) -> ModelOutputs:
         if batch.ndim != 4 or batch.shape[1] != 1:

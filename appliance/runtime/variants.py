@@ -9,12 +9,11 @@
 
 Every one of them is listed with its sha256 in the manifest's ``files`` like any other file,
 so the bundle's checksums (and signature) cover them. `fame-node export onnx` and
-`fame-node export engines` add them (`exporters.variants`).
+`fame-node export engines` add them (`exporters.variants`). What the backends get are the
+verified bytes `load_bundle` read and hashed (`Bundle.data`), never the file reopened.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 from appliance.bundle import Bundle
 
@@ -24,24 +23,24 @@ ENGINES_DIR = "engines"
 TORCH_FORMAT = "fame-node-torch/1"
 
 
-def bundle_file(bundle: Bundle, rel: str) -> Path | None:
-    """`rel` inside the bundle if the manifest lists it (so it was verified), else None."""
-    if rel not in bundle.manifest.files:
-        return None
-    path = bundle.path / rel
-    return path if path.is_file() else None
+def bundle_file(bundle: Bundle, rel: str) -> bytes | None:
+    """The verified bytes of `rel` if the manifest lists it, else None.
+
+    Raises `BundleError` for a bundle read without verification."""
+    return bundle.data(rel) if bundle.has(rel) else None
 
 
-def fp16_model(bundle: Bundle) -> Path | None:
+def fp16_model(bundle: Bundle) -> bytes | None:
     return bundle_file(bundle, FP16_FILE)
 
 
-def torch_weights(bundle: Bundle) -> Path | None:
+def torch_weights(bundle: Bundle) -> bytes | None:
     return bundle_file(bundle, TORCH_FILE)
 
 
-def shipped_engines_dir(bundle: Bundle) -> Path:
-    return bundle.path / ENGINES_DIR
+def engine_file(name: str) -> str:
+    """The bundle-relative name of a shipped engine."""
+    return f"{ENGINES_DIR}/{name}"
 
 
 def batch_dims(bundle: Bundle) -> tuple[str, tuple[int, ...]]:

@@ -8,6 +8,9 @@ from typing import Any
 import pytest
 
 from appliance.bundle import Bundle, TensorSpec, load_bundle
+from appliance.runtime.engine_cache import EngineCache
+from exporters.engines import plan_key
+from exporters.tensorrt import EngineKey, GpuInfo, engine_filename
 from exporters.triton import (
     Step,
     TritonExportError,
@@ -36,9 +39,7 @@ def test_onnx_model_and_ensemble(bundle: Bundle, tmp_path: Path) -> None:
     out = tmp_path / "repo"
     report = write_triton_repository(bundle, out, max_batch=8)
     assert report.models == ["fame_node_onnx", "fame_node"]
-    assert (out / "fame_node_onnx" / "1" / "model.onnx").read_bytes() == (
-        bundle.model_path.read_bytes()
-    )
+    assert (out / "fame_node_onnx" / "1" / "model.onnx").read_bytes() == bundle.model_bytes
     onnx_cfg = _config(out / "fame_node_onnx" / "config.pbtxt")
     assert onnx_cfg["name"] == ["fame_node_onnx"]
     assert onnx_cfg["platform"] == ["onnxruntime_onnx"]
@@ -71,19 +72,22 @@ def test_onnx_model_and_ensemble(bundle: Bundle, tmp_path: Path) -> None:
 
 
 def test_engines_become_a_tensorrt_model_the_ensemble_uses(bundle: Bundle, tmp_path: Path) -> None:
-    sha16 = bundle.manifest.files["model.onnx"][:16]
-    cache = tmp_path / "engines"
-    cache.mkdir()
-    names = [
-        f"{sha16}_nvidia-h100-80gb-hbm3_sm90_trt10.3.0_fp16_b8.plan",
-        f"{sha16}_nvidia-h100-80gb-hbm3_sm90_trt10.3.0_fp32_b8.plan",
-        f"{sha16}_nvidia-l4_sm89_trt10.3.0_fp16_b8.plan",
-        "0123456789abcdef_other-model_sm90_trt10.3.0_fp16_b8.plan",
+    sha = bundle.manifest.files["model.onnx"]
+    cache = EngineCache(tmp_path / "engines")
+    keys = [
+        EngineKey(GpuInfo("NVIDIA H100 80GB HBM3", (9, 0)), "10.3.0", "fp16", sha, 8),
+        EngineKey(GpuInfo("NVIDIA H100 80GB HBM3", (9, 0)), "10.3.0", "fp32", sha, 8),
+        EngineKey(GpuInfo("NVIDIA L4", (8, 9)), "10.3.0", "fp16", sha, 8),
+        EngineKey(GpuInfo("NVIDIA L4", (8, 9)), "10.3.0", "fp16", "0123456789abcdef" * 4, 8),
     ]
-    for name in names:
-        (cache / name).write_bytes(b"plan")
+    names = [engine_filename(k) for k in keys]
+    for key, name in zip(keys, names, strict=True):  # what the node records when it builds
+        cache.store(name, b"plan " + name.encode(), source_sha256=sha, build_key=plan_key(key))
+    unrecorded = names[0].replace("_b8", "_b4")
+    (cache.folder / unrecorded).write_bytes(b"a plan the node never built")
     engines = bundle_engines(bundle, [cache])
-    assert sorted(p.name for p in engines) == sorted(names[:3])  # not another model's
+    assert sorted(n for n, _ in engines) == sorted(names[:3])  # not another model's, nor
+    assert dict(engines)[names[0]] == b"plan " + names[0].encode()  # an unrecorded one
     report = write_triton_repository(bundle, tmp_path / "repo", engines=engines)
     assert report.ensemble_target == "fame_node_trt"
     cfg = _config(tmp_path / "repo" / "fame_node_trt" / "config.pbtxt")

@@ -12,7 +12,6 @@ from exporters.tensorrt import (
     EngineKey,
     GpuInfo,
     engine_filename,
-    find_or_build_engine,
     machine_key,
     onnx_for_precision,
     parse_nvidia_smi,
@@ -95,23 +94,6 @@ def test_nvidia_smi_output_is_parsed() -> None:
     )
     assert parse_nvidia_smi("") is None
     assert parse_nvidia_smi("No devices were found") is None
-
-
-def test_a_cached_engine_is_found_without_tensorrt(tmp_path: Path) -> None:
-    from exporters.tensorrt import BuildSettings
-
-    cached = tmp_path / "cache" / engine_filename(key())
-    cached.parent.mkdir()
-    cached.write_bytes(b"plan")
-    path, built = find_or_build_engine(
-        tmp_path / "model.onnx",
-        None,
-        key(),
-        BuildSettings("image", (1, 32, 32), 8),
-        search_dirs=(tmp_path / "shipped",),
-        cache_dir=tmp_path / "cache",
-    )
-    assert (path, built) == (cached, False)
 
 
 @pytest.mark.skipif(tensorrt_version() is not None, reason="TensorRT is installed here")

@@ -89,8 +89,8 @@ def test_fallback_goes_down_the_order(tiny_bundle: Bundle, monkeypatch: pytest.M
     def broken(bundle: Bundle, config: RuntimeConfig) -> _Fake:
         raise BackendError("simulated: engine for another GPU could not be rebuilt")
 
-    monkeypatch.setattr(factory, "_tensorrt", broken)
-    monkeypatch.setattr(factory, "_onnxruntime_cuda", lambda b, c: _Fake())
+    monkeypatch.setitem(factory.LOADERS, "tensorrt", broken)
+    monkeypatch.setitem(factory.LOADERS, "onnxruntime-cuda", lambda b, c: _Fake())
     backend, skipped = select_backend(tiny_bundle, RuntimeConfig())
     assert backend.name == "fake"
     assert [str(s) for s in skipped] == [
@@ -104,8 +104,8 @@ def test_nothing_runs_names_every_reason(
     def broken(bundle: Bundle, config: RuntimeConfig) -> _Fake:
         raise BackendError("nope")
 
-    for loader in ("_tensorrt", "_onnxruntime_cuda", "_torch_cuda", "_onnxruntime_cpu"):
-        monkeypatch.setattr(factory, loader, broken)
+    for name in ORDER:
+        monkeypatch.setitem(factory.LOADERS, name, broken)
     with pytest.raises(BackendError, match="no inference backend runs here: tensorrt: nope"):
         select_backend(tiny_bundle, RuntimeConfig())
 

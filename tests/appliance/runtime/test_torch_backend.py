@@ -45,10 +45,9 @@ def test_weights_file_is_checked(tmp_path: Path) -> None:
     bad = tmp_path / "model.pt"
     torch.save({"something": 1}, bad)
     with pytest.raises(BackendError, match="not a FAME Node torch weights file"):
-        load_torch_model(bad)
-    bad.write_bytes(b"garbage")
-    with pytest.raises(BackendError, match="cannot read"):
-        load_torch_model(bad)
+        load_torch_model(bad.read_bytes())
+    with pytest.raises(BackendError, match=r"cannot read torch weights model\.pt"):
+        load_torch_model(b"garbage")
 
 
 @pytest.mark.parametrize(("n", "padded"), [(1, 1), (2, 2), (3, 4), (5, 8), (8, 8), (7, 8)])

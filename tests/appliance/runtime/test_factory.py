@@ -164,3 +164,18 @@ def test_engine_cache_dir_default_and_override(
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert RuntimeConfig().engine_dir() == tmp_path / "fame-node" / "engines"
     assert RuntimeConfig(engine_cache_dir=tmp_path / "e").engine_dir() == tmp_path / "e"
+
+
+def test_the_session_runs_the_bytes_verified_not_the_file_now_on_disk(tmp_path: Path) -> None:
+    from appliance.bundle import load_bundle
+    from tests.exporters.tinybundle import make_tiny_bundle, tiny_net
+
+    verified = load_bundle(make_tiny_bundle(tmp_path / "a"))
+    other = make_tiny_bundle(tmp_path / "b", tiny_net(seed=1))
+    x = np.random.default_rng(0).standard_normal((2, 1, 32, 32)).astype(np.float32)
+    want = create_backend(verified, RuntimeConfig(backend="onnxruntime-cpu")).infer(x)
+    # swapped after verification (a copy tool, an attacker): the node must not pick it up
+    (verified.path / "model.onnx").write_bytes((other / "model.onnx").read_bytes())
+    got = create_backend(verified, RuntimeConfig(backend="onnxruntime-cpu")).infer(x)
+    np.testing.assert_array_equal(got.lesion_prob, want.lesion_prob)
+    np.testing.assert_array_equal(got.class_prob, want.class_prob)

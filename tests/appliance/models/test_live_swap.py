@@ -63,7 +63,7 @@ def test_a_job_in_flight_keeps_the_model_it_started_with(
     parts = build_parts(config)
     gate = Gate(parts.pipeline.analyzer.backend)
     parts.pipeline.analyzer.backend = gate
-    first = parts.intake.submit(_png(tmp_path / "in", 1))
+    first = parts.intake.submit(_png(tmp_path / "node" / "inbox", 1))
     job = parts.queue.claim(first.id)
     assert job is not None
     worker = threading.Thread(target=parts.pipeline.process, args=(job,))
@@ -82,7 +82,7 @@ def test_a_job_in_flight_keeps_the_model_it_started_with(
     result_json = json.loads((Path(str(rows[0].result_dir)) / "result.json").read_text())
     assert result_json["model"] == "tiny@1.0.0"
     # The next job runs on the new model.
-    second = parts.intake.submit(_png(tmp_path / "in", 2))
+    second = parts.intake.submit(_png(tmp_path / "node" / "inbox", 2))
     job = parts.queue.claim(second.id)
     assert job is not None
     parts.pipeline.process(job)
@@ -115,7 +115,7 @@ def test_the_service_swaps_on_activation_and_keeps_its_model_when_one_fails_to_l
         assert node.parts.bundle.version_label == "tiny@1.1.0"
         status = json.loads((config.folder("work") / STATUS_FILE).read_text())
         assert status["model"] == "tiny@1.1.0"
-        node.submit(_png(tmp_path / "in", 3))
+        node.submit(_png(tmp_path / "node" / "inbox", 3))
         _wait_idle(node)
         # A model whose files vanish between activation and loading is refused.
         cli.activate(real["1.2.0"], "alice")
@@ -129,7 +129,7 @@ def test_the_service_swaps_on_activation_and_keeps_its_model_when_one_fails_to_l
         assert cli.active_label() == "tiny@1.1.0"
         assert node.parts.bundle.version_label == "tiny@1.1.0"
         assert node.check_model() is False  # the refusal is not retried in a loop
-        node.submit(_png(tmp_path / "in", 4))
+        node.submit(_png(tmp_path / "node" / "inbox", 4))
         _wait_idle(node)
     finally:
         node.stop()

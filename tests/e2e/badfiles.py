@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import struct
 import zlib
 from pathlib import Path
@@ -40,6 +41,26 @@ def dicom_without_pixels(path: Path) -> None:
     ds.StudyInstanceUID = generate_uid()
     ds.SeriesInstanceUID = generate_uid()
     ds.save_as(path, enforce_file_format=True)
+
+
+def sparse_file(path: Path, size: int) -> None:
+    """A file of `size` bytes that occupies (almost) no disk: a hole, reading as zeros."""
+    path.touch()
+    os.truncate(path, size)
+
+
+def unix_socket_file(path: Path) -> None:
+    """A unix socket at `path` (the socket file stays after the socket is closed)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        if len(os.fsencode(path)) < 100:
+            s.bind(str(path))
+            return
+        # A socket address holds at most 108 bytes: bind through a short /proc path instead.
+        folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            s.bind(f"/proc/self/fd/{folder}/{path.name}")
+        finally:
+            os.close(folder)
 
 
 def write_bad_files(folder: Path, real_us_dicom: Path, other_modality: Path) -> dict[str, str]:

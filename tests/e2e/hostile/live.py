@@ -23,25 +23,37 @@ from tests.e2e.nodeutil import jobs, results
 TERMINAL = {"done", "rejected", "duplicate", "failed"}
 
 
-def drop_order(corpus: Corpus) -> list[Entry]:
-    """Top-level entries, good and hostile alternating; re-sends and the conflict last."""
+def drop_plan(corpus: Corpus) -> tuple[list[Entry], list[Entry], list[Entry]]:
+    """(mixed, burst, identity): top-level entries in three waves.
+
+    mixed: good and hostile alternating. burst: the pydicom-data samples (the 120-frame
+    cine among them), dropped at once so that the workers have a backlog when the file to
+    be replaced arrives right after. identity: re-sends and the UID conflict, after their
+    originals.
+    """
     top = [e for e in corpus.entries if b"/" not in e.rel]
-    last = [e for e in top if e.original is not None]
-    good = [e for e in top if e.good and e not in last]
-    bad = [e for e in top if not e.good and e not in last]
+    identity = [e for e in top if e.original is not None]
+    burst = [e for e in top if e.kind == "good_sample"]
+    rest = [e for e in top if e not in identity and e not in burst]
+    good = [e for e in rest if e.good]
+    bad = [e for e in rest if not e.good]
     mixed: list[Entry] = []
     for i in range(max(len(good), len(bad))):
         mixed += good[i : i + 1] + bad[i : i + 1]
-    return mixed + last
+    return mixed, burst, identity
 
 
-def drop(corpus: Corpus, inbox: Path) -> dict[bytes, datetime]:
+def drop(
+    corpus: Corpus, inbox: Path, entries: list[Entry], pause_s: float
+) -> dict[bytes, datetime]:
+    """Move `entries` from staging into the inbox (a folder with what it holds); returns
+    when each was dropped."""
     dropped = {}
-    for e in drop_order(corpus):
+    for e in entries:
         os.rename(os.fsencode(corpus.staging) + b"/" + e.rel, os.fsencode(inbox) + b"/" + e.rel)
         now = datetime.now(UTC)
         dropped.update({x.rel: now for x in corpus.entries if x.rel.split(b"/")[0] == e.rel})
-        time.sleep(0.02)
+        time.sleep(pause_s)
     return dropped
 
 

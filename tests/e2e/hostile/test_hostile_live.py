@@ -132,11 +132,14 @@ def test_hostile_corpus_against_a_live_node(root: Path, tmp_path: Path) -> None:
                 pytest.fail(f"the node did not start:\n{log}")
             at_rest = mem.sample()
             t_drop = time.monotonic()
-            dropped = live.drop(corpus, inbox)
+            mixed, burst, identity = live.drop_plan(corpus)
+            dropped = live.drop(corpus, inbox, mixed, pause_s=0.02)
             slow_path = os.fsencode(inbox) + b"/" + corpus.slow[0]
             slow = threading.Thread(target=live.write_slowly, args=(slow_path, corpus.slow[1]))
             slow.start()
+            dropped |= live.drop(corpus, inbox, burst, pause_s=0.0)
             queued_when_replaced = live.replace_while_queued(corpus, inbox, tmp_path / "swap", db)
+            dropped |= live.drop(corpus, inbox, identity, pause_s=0.02)
             slow.join()
             last_drop = time.monotonic()
             while time.monotonic() - last_drop < BOUNDS["answer_s"]:

@@ -65,6 +65,12 @@ class IngestConfig(_Section):
     max_attempts: int = Field(
         3, ge=1, description="a job that crashed the node this many times is set aside"
     )
+    close_settle_s: float = Field(
+        1.0,
+        ge=0,
+        description="a file closed by its writer is taken once unchanged this long (a writer "
+        "may reopen it to append)",
+    )
     max_input_bytes: int = Field(
         1 << 30,
         ge=1024,

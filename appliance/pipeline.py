@@ -1,61 +1,101 @@
 """One job through the node: read, analyse, write results, record the outcome.
 
-A thin stage: reading is `appliance.io.reader`, analysis is `appliance.analysis`, files
-are `appliance.results.writers`, state is the store. Every job ends in exactly one
-terminal state: ``done``, ``rejected`` (bad input: the reason says what and what to do),
-``duplicate`` (same content or SOP Instance UID as an earlier job) or ``failed`` (an
-unexpected internal error; logged with a traceback). The inbox file is never changed;
-a rejected one is copied to ``quarantine/``.
+A thin stage: decoding is the `Decode` callable it is given (the service passes a
+sandboxed decoder), analysis is `appliance.analysis`, files are `appliance.results.
+writers`, state is the store. The job is read from the node's spool copy, the bytes that
+were hashed when it was queued, never from the inbox file again.
+
+Every job ends in exactly one terminal state, or goes back to the queue:
+
+* ``done``: results stored. A DICOM whose SOP Instance UID another job holds for another
+  instance (`appliance.store.instances`) is analysed on its own and flagged
+  ``uid_conflict``; its results are its own.
+* ``rejected``: bad input; the reason says what and what to do. The spool copy goes to
+  ``quarantine/`` within its limits.
+* ``duplicate``: the same instance as an earlier job (same UID, patient, study, pixels).
+* ``failed``: an unexpected internal error, logged with a traceback.
+* back to ``queued`` with a backoff: a passing fault (`TransientError`, a database locked
+  or full, a results disk full or failing). The job is retried by itself once the wait is
+  over; `fame-node status` says what the node waits for.
 
 The model can be swapped while jobs run (`swap_analyzer`): each job takes one snapshot of
 the analyzer when it starts and uses it for everything (inference, the backend and the
 model version recorded with its results), so a job is never half one model, half another.
+
+Log lines name a job by its id and the file's pseudonym only.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
-import shutil
-from dataclasses import dataclass
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from appliance.analysis import Analyzer, FrameAnalysis
-from appliance.errors import InputError
-from appliance.io.reader import read_file
+from appliance.errors import CorruptFileError, InputError, TransientError
+from appliance.health import Conditions
+from appliance.ingest.snapshot import Spool
 from appliance.io.types import LoadedImage
 from appliance.privacy import Pseudonymizer
+from appliance.quarantine import Quarantine
 from appliance.results.writers import job_result_dir, write_frame_files, write_result_json
+from appliance.store.db import StoreError
+from appliance.store.instances import InstanceIdentity, InstanceVerdict, identity_digest
 from appliance.store.jobs import Job, JobQueue
 from appliance.store.results import FrameResultRow, ResultStore
 
 log = logging.getLogger("fame_node.pipeline")
+
+Decode = Callable[[Path, str | None], LoadedImage]
+"""Decode the file at the path (the spool copy); the second argument is the suffix of the
+name it arrived under (for a "named .png but the content is JPEG" note). Raises
+`InputError` for bad input, `TransientError` for a passing fault."""
+
+UID_CONFLICT_FLAG = "uid_conflict"
+# OS errors of the node's own folders that pass: space freed, a remount, a flaky disk.
+_PASSING_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.ENOMEM, errno.EAGAIN}
+)
 
 
 @dataclass(frozen=True)
 class PipelineSettings:
     results_dir: Path
     quarantine_dir: Path
-    max_frames: int
-    max_image_pixels: int
     copy_rejected: bool = True
+    quarantine_max_file_bytes: int = 64 << 20
+    quarantine_max_bytes: int = 2 << 30
+    retry_initial_s: float = 2.0
+    retry_max_s: float = 300.0
+    # Recording an outcome is retried this often while the database is locked or full.
+    record_tries: int = 30
 
 
+@dataclass
 class Pipeline:
-    def __init__(
-        self,
-        settings: PipelineSettings,
-        analyzer: Analyzer,
-        queue: JobQueue,
-        results: ResultStore,
-        pseudonym: Pseudonymizer,
-    ) -> None:
-        self.settings = settings
-        self.analyzer = analyzer
-        self.queue = queue
-        self.results = results
-        self.pseudonym = pseudonym
+    settings: PipelineSettings
+    analyzer: Analyzer
+    queue: JobQueue
+    results: ResultStore
+    pseudonym: Pseudonymizer
+    decode: Decode
+    spool: Spool
+    health: Conditions = field(default_factory=Conditions)
+    # Waits up to the given seconds; True when the node is stopping (stop retrying then).
+    wait: Callable[[float], bool] = field(default_factory=lambda: threading.Event().wait)
+
+    def __post_init__(self) -> None:
+        s = self.settings
+        self.quarantine = Quarantine(
+            s.quarantine_dir,
+            max_file_bytes=s.quarantine_max_file_bytes,
+            max_total_bytes=s.quarantine_max_bytes,
+        )
 
     @property
     def model_version(self) -> str:
@@ -71,51 +111,80 @@ class Pipeline:
         self.analyzer = analyzer
         return previous
 
+    def tag(self, job: Job) -> str:
+        return f"job {job.id} ({self.pseudonym(Path(job.path).name, 'file')})"
+
     def process(self, job: Job) -> None:
-        """Process one claimed (running) job to a terminal state. Never raises."""
+        """Process one claimed (running) job to its outcome. Never raises."""
         analyzer = self.analyzer  # the one snapshot this job uses throughout
-        tag = f"job {job.id} ({self.pseudonym(Path(job.path).name, 'file')})"
+        tag = self.tag(job)
         try:
             self._process(job, tag, analyzer)
+            self.health.ok("processing")
         except Exception as exc:  # the service must survive anything one file does
+            passing = _as_passing(exc, self.settings.results_dir)
+            if passing is not None:
+                self._defer(job, tag, passing)
+                return
             log.exception("%s failed with an internal error", tag)
-            self.queue.mark_failed(
-                job.id,
-                "internal_error",
-                f"internal error while processing ({type(exc).__name__}: {exc}). The file is "
-                "still in the inbox; report this with the node log.",
+            reason = (
+                f"internal error while processing ({type(exc).__name__}: {exc}). The node kept "
+                "its copy of the file; report this with the node log, then retry it with "
+                f"`fame-node jobs retry {job.id}`."
             )
+            self._record(lambda: self.queue.mark_failed(job.id, "internal_error", reason), tag)
+
+    # -- stages ----------------------------------------------------------------------------
 
     def _process(self, job: Job, tag: str, analyzer: Analyzer) -> None:
-        path = Path(job.path)
         try:
-            loaded = read_file(
-                path,
-                max_frames=self.settings.max_frames,
-                max_pixels=self.settings.max_image_pixels,
-            )
+            source = self._source(job)
+            loaded = self.decode(source, Path(job.path).suffix or None)
         except InputError as exc:
-            self._reject(job, path, exc, tag)
+            self._reject(job, exc, tag)
             return
-        uid = loaded.meta.sop_instance_uid
-        if uid:
-            earlier = self.queue.claim_sop_uid(job.id, uid)
-            if earlier is not None and earlier != job.id:
+        conflict_of: int | None = None
+        meta = loaded.meta
+        if meta.sop_instance_uid:
+            identity = InstanceIdentity(
+                meta.sop_instance_uid,
+                meta.patient_id,
+                meta.study_instance_uid,
+                identity_digest(loaded.frames, meta.frame_indices),
+            )
+            claim = self.queue.register_instance(job.id, identity)
+            if claim.verdict is InstanceVerdict.RESEND and claim.other is not None:
                 self.queue.mark_duplicate(
                     job.id,
-                    earlier,
-                    f"same SOP Instance UID as job {earlier}: this image was already "
-                    "received (a re-send from the PACS); not processed again",
+                    claim.other,
+                    f"the same image as job {claim.other} (same SOP Instance UID, patient, "
+                    "study and pixels): a re-send from the PACS; not processed again",
                 )
-                log.info("%s: duplicate of job %d (same SOP Instance UID)", tag, earlier)
+                log.info("%s: re-send of job %d (same instance)", tag, claim.other)
+                self._release(job)
                 return
+            if claim.verdict is InstanceVerdict.CONFLICT:
+                conflict_of = claim.other
+                log.warning(
+                    "%s: SOP Instance UID already held by job %s for another instance; "
+                    "analysed on its own and flagged",
+                    tag,
+                    conflict_of,
+                )
+                note = (
+                    f"SOP Instance UID also carried by job {conflict_of}, another image "
+                    "(other patient, study or pixels): analysed on its own"
+                )
+                loaded = replace(loaded, meta=replace(meta, notes=(*meta.notes, note)))
         analyses = analyzer.analyse(
             loaded.frames, loaded.meta.pixel_spacing_mm, loaded.meta.frame_indices
         )
-        rows = self._write_files(job, loaded, analyses, analyzer)
+        extra_flags = (UID_CONFLICT_FLAG,) if conflict_of is not None else ()
+        rows = self._write_files(job, loaded, analyses, analyzer, conflict_of)
         self.results.save_completed(
             job.id, loaded.meta, rows, analyzer.bundle.version_label, analyzer.backend.device
         )
+        self._release(job)
         first = analyses[0].diagnosis
         log.info(
             "%s done: %d frame(s), first frame %s (p=%.2f)%s",
@@ -123,37 +192,113 @@ class Pipeline:
             len(analyses),
             first.label,
             first.confidence,
-            f" flags={list(first.flags)}" if first.flags else "",
+            f" flags={[*first.flags, *extra_flags]}" if first.flags or extra_flags else "",
         )
 
-    def _reject(self, job: Job, path: Path, exc: InputError, tag: str) -> None:
-        copy: str | None = None
-        if self.settings.copy_rejected and path.is_file():
-            dest = self.settings.quarantine_dir / f"job-{job.id:06d}{path.suffix}"
+    def _source(self, job: Job) -> Path:
+        """The bytes this job was queued with: its spool copy, checked against its hash.
+
+        A job queued before the node kept copies (or whose copy was lost) is taken from
+        the inbox file only if that still holds the very bytes that were hashed.
+        """
+        copy = job.spool_path or (self.spool.path_for(job.sha256) if job.sha256 else None)
+        if copy is not None and copy.is_file():
+            return copy
+        if job.sha256:
             try:
-                self.settings.quarantine_dir.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(path, dest)
-                copy = str(dest)
+                snap = self.spool.take(Path(job.path), max_bytes=job.size or (1 << 30))
+            except InputError:
+                snap = None
+            if snap is not None and snap.sha256 == job.sha256:
+                return snap.spool_path
+            if snap is not None:
+                self._forget_copy(snap.spool_path)
+        raise CorruptFileError(
+            "the node's copy of this file is gone and the file in the inbox no longer holds "
+            "the bytes that were queued (it was changed or removed); drop the image again",
+        )
+
+    def _reject(self, job: Job, exc: InputError, tag: str) -> None:
+        copy: Path | None = None
+        source = job.spool_path
+        if self.settings.copy_rejected and source is not None and source.is_file():
+            try:
+                kept = self.quarantine.keep(job.id, source, Path(job.path).name)
+                copy = kept.path
+                if kept.note:
+                    log.warning("%s: %s", tag, kept.note)
             except OSError as err:
                 log.warning("%s: could not copy to quarantine: %s", tag, err.strerror)
         self.queue.mark_rejected(job.id, exc.code, exc.reason, quarantine_path=copy)
+        self._release(job)
         log.warning("%s rejected (%s): %s", tag, exc.code, exc.reason)
 
+    def _defer(self, job: Job, tag: str, exc: TransientError) -> None:
+        delay = min(
+            self.settings.retry_max_s, self.settings.retry_initial_s * (2 ** min(job.retries, 20))
+        )
+        delay = max(delay, exc.retry_after_s if job.retries == 0 else 0.0)
+        self.health.report("processing", exc.condition)
+        log.warning("%s waits for %s (%s); retried in %.0f s", tag, exc.condition, exc, delay)
+        self._record(lambda: self.queue.defer(job.id, exc.condition, delay), tag)
+
+    def _record(self, action: Callable[[], object], tag: str) -> None:
+        """Run a store write, retrying while the database is locked or full.
+
+        If it still cannot be written (or the node stops meanwhile), the job stays
+        ``running``: the service puts it back in the queue at stop or at the next start.
+        """
+        pause = 0.5
+        for _ in range(self.settings.record_tries):
+            try:
+                action()
+                return
+            except StoreError as exc:
+                if not exc.transient:
+                    raise
+                self.health.report("processing", "the database (locked or full)")
+                log.warning("%s: cannot record the outcome yet (%s); trying again", tag, exc)
+            if self.wait(pause):
+                return
+            pause = min(pause * 2, 10.0)
+
+    def _release(self, job: Job) -> None:
+        try:
+            copy = self.queue.release_spool(job.id)
+        except StoreError:
+            return  # kept: a later release or `jobs` housekeeping removes it
+        if copy is not None:
+            self._forget_copy(copy)
+
+    def _forget_copy(self, copy: Path) -> None:
+        if not self.queue.spool_in_use(copy):
+            self.spool.remove(copy)
+
     def _write_files(
-        self, job: Job, loaded: LoadedImage, analyses: list[FrameAnalysis], analyzer: Analyzer
+        self,
+        job: Job,
+        loaded: LoadedImage,
+        analyses: list[FrameAnalysis],
+        analyzer: Analyzer,
+        conflict_of: int | None,
     ) -> list[FrameResultRow]:
+        extra_flags = (UID_CONFLICT_FLAG,) if conflict_of is not None else ()
         out_dir = job_result_dir(self.settings.results_dir, job.id)
         rows: list[FrameResultRow] = []
         frames_json: list[dict[str, Any]] = []
         for frame, a in zip(loaded.frames, analyses, strict=True):
-            files = write_frame_files(out_dir, a.frame_index, frame, a.findings.mask)
+            # No folder sync per frame: write_result_json syncs the folder once, last.
+            files = write_frame_files(
+                out_dir, a.frame_index, frame, a.findings.mask, sync_dir=False
+            )
             f = a.findings
+            flags = [*a.diagnosis.flags, *extra_flags]
             record = {
                 "frame_index": a.frame_index,
                 "diagnosis": a.diagnosis.label,
                 "confidence": a.diagnosis.confidence,
                 "probabilities": a.diagnosis.probabilities,
-                "flags": list(a.diagnosis.flags),
+                "flags": flags,
                 "n_lesions": f.n_lesions,
                 "lesion_area_px": f.area_px,
                 "lesion_area_mm2": f.area_mm2,
@@ -174,7 +319,7 @@ class Pipeline:
                     max_diameter_px=f.max_diameter_px,
                     max_diameter_mm=f.max_diameter_mm,
                     n_lesions=f.n_lesions,
-                    flags=list(a.diagnosis.flags),
+                    flags=flags,
                     result_dir=str(out_dir),
                 )
             )
@@ -183,12 +328,14 @@ class Pipeline:
             out_dir,
             {
                 "job_id": job.id,
-                "source": {"file": Path(job.path).name, "sha256": job.sha256},
+                # The file's name stays in the node's database: names carry patient data.
+                "source": {"sha256": job.sha256, "size": job.size},
                 "image": {
                     "format": meta.source_format,
                     "modality": meta.modality,
                     "study_instance_uid": meta.study_instance_uid,
                     "sop_instance_uid": meta.sop_instance_uid,
+                    "uid_conflict_with_job": conflict_of,
                     "pixel_spacing_mm": meta.pixel_spacing_mm,
                     "crop": meta.crop,
                     "frames_total": meta.n_frames_total,
@@ -204,3 +351,19 @@ class Pipeline:
             frames_json,
         )
         return rows
+
+
+def _as_passing(exc: BaseException, results_dir: Path) -> TransientError | None:
+    """`exc` as the passing fault it is, or None for a real internal error."""
+    if isinstance(exc, TransientError):
+        return exc
+    if isinstance(exc, StoreError) and exc.transient:
+        return TransientError(str(exc), condition="the database (locked or full)")
+    if isinstance(exc, OSError) and exc.errno in _PASSING_ERRNOS:
+        what = "disk space" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "its disk"
+        return TransientError(
+            f"cannot write results ({exc.strerror})",
+            condition=f"{what} in {results_dir}",
+            retry_after_s=5.0,
+        )
+    return None

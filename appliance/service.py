@@ -1,11 +1,18 @@
 """The node service: watcher -> durable queue -> worker threads -> results.
 
 `Node` wires the parts together (the one place that does) and runs them: an
-`InboxWatcher` feeds `Intake`, which hashes files into the SQLite job queue; worker
-threads claim jobs and hand them to the `Pipeline`. At start, jobs left running by a
-crash are requeued. `stop()` lets workers finish the job in hand, then returns; a job cut
-off by SIGKILL is retried at the next start. A status file in ``work/`` tells
-`fame-node status` what the running service uses.
+`InboxWatcher` feeds `Intake`, which copies files into the spool and hashes them into the
+SQLite job queue; worker threads claim jobs and hand them to the `Pipeline`. One service
+per store: `start()` takes the store's lock (`appliance.nodelock`) and only then requeues
+the jobs a crashed run left running. `stop()` lets workers finish the job in hand for up to
+its timeout, then puts the jobs still unfinished back in the queue (not counted as an
+attempt) and returns; a job cut off by SIGKILL is retried at the next start. A status file
+in ``work/`` tells `fame-node status` what the running service uses and what it waits for.
+
+A watchdog thread looks at the job each worker holds: one that runs past
+``processing.job_timeout_s`` is reported (log, status) and another worker is started in
+its place, so that one input never holds the node's capacity. (Decoding, where a runaway
+can happen, already runs in a killable child process with its own time limit.)
 
 Models are swapped live. The active model is whatever the model history in the database
 says (`ModelRegistry`); a thread polls it every ``models.poll_interval_s``. When another
@@ -32,14 +39,20 @@ from typing import Any
 from appliance.analysis import Analyzer
 from appliance.bundle import Bundle
 from appliance.config import NodeConfig
-from appliance.errors import BundleError
+from appliance.errors import BundleError, TransientError
+from appliance.health import Conditions
 from appliance.ingest.intake import Intake
+from appliance.ingest.snapshot import FileStillChangingError, Spool
 from appliance.ingest.watcher import InboxWatcher
+from appliance.io.sandbox import Decoder
+from appliance.io.types import ReadLimits
 from appliance.models.registry import ActiveModel, ModelRegistry
+from appliance.nodelock import NodeLock
 from appliance.pipeline import Pipeline, PipelineSettings
 from appliance.privacy import Pseudonymizer
 from appliance.runtime import InferenceBackend, create_backend
 from appliance.runtime.factory import describe_sharing
+from appliance.store.db import StoreError
 from appliance.store.jobs import JobQueue
 from appliance.store.results import ResultStore
 
@@ -56,6 +69,14 @@ class NodeParts:
     pipeline: Pipeline
     intake: Intake
     registry: ModelRegistry
+    health: Conditions
+    decoder: Decoder
+
+    def close(self) -> None:
+        """Stop the decoder processes and close the store (after the workers stopped)."""
+        self.decoder.close()
+        self.queue.close()
+        self.results.close()
 
     @property
     def bundle(self) -> Bundle:
@@ -89,12 +110,38 @@ def load_active(registry: ModelRegistry, active: ActiveModel) -> Bundle:
         raise BundleError(f"cannot start on the active model {active.label}: {exc}{hint}") from exc
 
 
-def build_parts(config: NodeConfig, *, workers: int | None = None) -> NodeParts:
+def read_limits(config: NodeConfig) -> ReadLimits:
+    """What one input may cost to read, from the config."""
+    p = config.processing
+    return ReadLimits(
+        max_frames=p.max_frames,
+        max_pixels=p.max_image_pixels,
+        max_bytes=config.ingest.max_input_bytes,
+        min_side=p.min_image_side,
+        max_jpeg_scans=p.max_jpeg_scans,
+    )
+
+
+def build_decoder(config: NodeConfig, workers: int | None = None) -> Decoder:
+    """The sandboxed decoder the pipeline reads inputs with: one child process per worker,
+    each bounded in time and memory (`appliance.io.sandbox`)."""
+    p = config.processing
+    return Decoder(
+        workers or p.worker_count(),
+        read_limits(config),
+        timeout_s=p.decode_timeout_s,
+        memory_mb=p.decode_memory_mb,
+    )
+
+
+def build_parts(
+    config: NodeConfig, *, workers: int | None = None, stop: threading.Event | None = None
+) -> NodeParts:
     """Create folders, open the store, verify the active model and start its backend.
 
     `workers`: how many threads will process jobs (default: the service's worker count);
     1 for a caller that processes files one after another, whose inference then has every
-    CPU to itself."""
+    CPU to itself. `stop`: set when the caller stops (ends retries of passing faults)."""
     for name in ("inbox", "work", "results", "quarantine", "outbox", "models"):
         config.folder(name).mkdir(parents=True, exist_ok=True)
     queue = JobQueue(config.database_path)
@@ -102,21 +149,37 @@ def build_parts(config: NodeConfig, *, workers: int | None = None) -> NodeParts:
     pseudonym = Pseudonymizer.from_dir(config.folder("work"))
     registry = ModelRegistry(config)
     analyzer = build_analyzer(config, load_active(registry, registry.active()), workers)
+    health = Conditions()
+    spool = Spool(config.folder("work") / "spool")
+    decoder = build_decoder(config, workers)
+    p, ing = config.processing, config.ingest
     pipeline = Pipeline(
         PipelineSettings(
             results_dir=config.folder("results"),
             quarantine_dir=config.folder("quarantine"),
-            max_frames=config.processing.max_frames,
-            max_image_pixels=config.processing.max_image_pixels,
-            copy_rejected=config.processing.copy_rejected_to_quarantine,
+            copy_rejected=p.copy_rejected_to_quarantine,
+            quarantine_max_file_bytes=p.quarantine_max_file_bytes,
+            quarantine_max_bytes=p.quarantine_max_bytes,
+            retry_initial_s=ing.retry_initial_s,
+            retry_max_s=ing.retry_max_s,
         ),
         analyzer,
         queue,
         results,
         pseudonym,
+        decode=lambda path, suffix: decoder.decode(path, claimed_suffix=suffix),
+        spool=spool,
+        health=health,
+        wait=(stop or threading.Event()).wait,
     )
-    intake = Intake(queue, label=lambda p: pseudonym(p.name, "file"))
-    return NodeParts(queue, results, pipeline, intake, registry)
+    intake = Intake(
+        queue,
+        spool,
+        inbox=config.folder("inbox"),
+        max_bytes=ing.max_input_bytes,
+        label=lambda p: pseudonym(p.name, "file"),
+    )
+    return NodeParts(queue, results, pipeline, intake, registry, health, decoder)
 
 
 class Node:
@@ -124,12 +187,19 @@ class Node:
 
     def __init__(self, config: NodeConfig, parts: NodeParts | None = None) -> None:
         self.config = config
-        self.parts = parts or build_parts(config)
         self._stop = threading.Event()
+        self.parts = parts or build_parts(config, stop=self._stop)
         self._wake = threading.Event()
         self._workers: list[threading.Thread] = []
         self._busy = 0
         self._busy_lock = threading.Lock()
+        self._lock = NodeLock(config.database_path)
+        # What each worker holds: thread name -> (job id, monotonic start). A worker the
+        # watchdog replaced is in `_retired`: it ends after its job.
+        self._holding: dict[str, tuple[int, float]] = {}
+        self._retired: set[str] = set()
+        self._stuck_jobs: set[int] = set()
+        self._watchdog: threading.Thread | None = None
         self._watcher: InboxWatcher | None = None
         self._heartbeat: threading.Thread | None = None
         self._model_watch: threading.Thread | None = None
@@ -140,21 +210,30 @@ class Node:
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self, *, watch: bool = True) -> None:
+        """Take the store's lock, recover, start workers, watcher and watchdog.
+
+        Raises:
+            NodeLockedError: another service runs on this store (nothing was changed).
+        """
+        self._lock.acquire()
         recovered = self.parts.queue.recover_interrupted(self.config.ingest.max_attempts)
         if recovered:
             log.warning("recovered %d job(s) interrupted by an earlier stop", len(recovered))
-        for i in range(self.config.processing.worker_count()):
-            t = threading.Thread(target=self._work, name=f"fame-worker-{i}", daemon=True)
-            t.start()
-            self._workers.append(t)
+        for _ in range(self.config.processing.worker_count()):
+            self._start_worker()
         if watch:
             self._watcher = InboxWatcher(
                 self.config.folder("inbox"),
                 self._on_candidate,
                 rescan_interval_s=self.config.ingest.rescan_interval_s,
                 settle_s=self.config.ingest.settle_s,
+                close_settle_s=self.config.ingest.close_settle_s,
             )
             self._watcher.start()
+        self._watchdog = threading.Thread(
+            target=self._watch_jobs, name="fame-watchdog", daemon=True
+        )
+        self._watchdog.start()
         self._heartbeat = threading.Thread(target=self._beat, name="fame-status", daemon=True)
         self._heartbeat.start()
         self.parts.registry.ensure_initial()
@@ -172,20 +251,41 @@ class Node:
             self.config.folder("inbox"),
         )
 
-    def stop(self, timeout: float = 60.0) -> None:
+    def stop(self, timeout: float = 60.0) -> bool:
+        """Stop; True when every worker ended, False when some were still in a job after
+        `timeout` (those jobs are back in the queue; the caller should exit the process)."""
         self._stop.set()
         self._wake.set()
         if self._watcher is not None:
             self._watcher.stop()
         deadline = time.monotonic() + timeout
-        for t in self._workers:
+        for t in list(self._workers):
             t.join(max(0.0, deadline - time.monotonic()))
+        with self._busy_lock:
+            unfinished = sorted({job_id for job_id, _ in self._holding.values()})
+        if unfinished:
+            try:
+                back = self.parts.queue.requeue(unfinished)
+                log.warning(
+                    "stopping with %d job(s) unfinished after %g s; back in the queue: %s",
+                    len(back),
+                    timeout,
+                    ", ".join(str(j.id) for j in back) or "none",
+                )
+            except Exception:
+                log.exception("could not put unfinished jobs back; the next start does")
         if self._heartbeat is not None:
             self._heartbeat.join(2.0)
         if self._model_watch is not None:
             self._model_watch.join(max(2.0, deadline - time.monotonic()))
+        if self._watchdog is not None:
+            self._watchdog.join(2.0)
         self._write_status(running=False)
+        self._lock.release()
+        if not unfinished:
+            self.parts.decoder.close()  # a worker still in a job may still be using it
         log.info("node stopped")
+        return not unfinished
 
     def wait_stopped(self) -> None:
         self._stop.wait()
@@ -205,29 +305,92 @@ class Node:
         self._on_candidate(path)
 
     def _on_candidate(self, path: Path) -> None:
-        self.parts.intake.submit(path)
+        try:
+            self.parts.intake.submit(path)
+        except FileStillChangingError:
+            raise  # the file's own state, not the node's: the watcher offers it again
+        except TransientError as exc:
+            self.parts.health.report("intake", exc.condition)
+            raise
+        self.parts.health.ok("intake")
         self._wake.set()
 
+    def _start_worker(self) -> None:
+        n = len(self._workers)
+        t = threading.Thread(target=self._work, name=f"fame-worker-{n}", daemon=True)
+        self._workers.append(t)
+        t.start()
+
     def _work(self) -> None:
-        while not self._stop.is_set():
+        me = threading.current_thread().name
+        while not self._stop.is_set() and me not in self._retired:
             with self._busy_lock:
                 self._busy += 1
+            job = None
             try:
                 job = self.parts.queue.claim_next()
                 if job is not None:
+                    with self._busy_lock:
+                        self._holding[me] = (job.id, time.monotonic())
                     self.parts.pipeline.process(job)
-            except Exception:
-                # The store itself failed (disk full, database locked for too long). Keep
-                # the worker alive; an interrupted job is recovered at the next start.
-                log.exception("worker error; retrying in 5 s")
+            except Exception as exc:
+                # The store itself failed (database locked past its timeout, disk full):
+                # keep the worker alive and try again; the job in hand, if any, is left
+                # running and put back in the queue at stop or at the next start.
+                transient = isinstance(exc, StoreError) and exc.transient
+                if transient:
+                    self.parts.health.report("processing", "the database (locked or full)")
+                    log.warning("worker: the database is unavailable (%s); retrying in 5 s", exc)
+                else:
+                    log.exception("worker error; retrying in 5 s")
                 self._stop.wait(5.0)
-                job = None
             finally:
                 with self._busy_lock:
                     self._busy -= 1
+                    self._holding.pop(me, None)
+                    late = job is not None and job.id in self._stuck_jobs
+                    if late and job is not None:
+                        self._stuck_jobs.discard(job.id)
+                if late and job is not None:
+                    self.parts.health.ok(f"job {job.id}")
             if job is None:
-                self._wake.wait(1.0)
+                self._wake.wait(self._idle_wait())
                 self._wake.clear()
+
+    def _idle_wait(self) -> float:
+        """Seconds until the next queued job is due (at most 1 s: new files wake us)."""
+        try:
+            due = self.parts.queue.next_due()
+        except StoreError:
+            return 1.0
+        if due is None:
+            return 1.0
+        return min(1.0, max(0.05, (due - datetime.now(UTC)).total_seconds()))
+
+    # -- watchdog ----------------------------------------------------------------------
+    def _watch_jobs(self) -> None:
+        limit = self.config.processing.job_timeout_s
+        while not self._stop.wait(1.0):
+            now = time.monotonic()
+            with self._busy_lock:
+                late = [
+                    (name, job_id, now - since)
+                    for name, (job_id, since) in self._holding.items()
+                    if now - since > limit and job_id not in self._stuck_jobs
+                ]
+                for name, job_id, _ in late:
+                    self._stuck_jobs.add(job_id)
+                    self._retired.add(name)
+            for _name, job_id, age in late:
+                log.error(
+                    "job %d has run for %.0f s, past processing.job_timeout_s = %g s; another "
+                    "worker takes over the queue meanwhile",
+                    job_id,
+                    age,
+                    limit,
+                )
+                self.parts.health.report(f"job {job_id}", "its run past processing.job_timeout_s")
+                self._start_worker()
 
     # -- models ------------------------------------------------------------------------
     def _watch_models(self) -> None:
@@ -300,8 +463,9 @@ class Node:
             "backend": analyzer.backend.name,
             "provider": analyzer.backend.device,
             "backend_skipped": [str(s) for s in getattr(analyzer.backend, "skipped", ())],
-            "workers": len(self._workers),
-            "sharing": describe_sharing(analyzer.backend, len(self._workers)),
+            "workers": self.config.processing.worker_count(),
+            "sharing": describe_sharing(analyzer.backend, self.config.processing.worker_count()),
+            "waiting_for": self.parts.health.snapshot(),
         }
         path = self.config.folder("work") / STATUS_FILE
         tmp = path.with_name(f".{path.name}.tmp")

@@ -41,6 +41,7 @@ FLAG_LABELS: dict[str, str] = {
     "segmentation_disagrees": "Mask vs diagnosis",
     "ensemble_disagrees": "Ensemble disagrees",
     "frames_disagree": "Frames disagree",
+    "uid_conflict": "UID conflict",
 }
 FLAG_HELP: dict[str, str] = {
     "low_confidence": "the most probable class is below the node's confidence threshold",
@@ -50,6 +51,10 @@ FLAG_HELP: dict[str, str] = {
     ),
     "ensemble_disagrees": "the models of the ensemble do not agree",
     "frames_disagree": "the analysed frames of this clip have different diagnoses",
+    "uid_conflict": (
+        "another image (other patient, study or pixels) carries the same SOP Instance UID; "
+        "this result is this image's own. Check the modality or anonymiser that sent it"
+    ),
 }
 
 

@@ -10,8 +10,8 @@ fill / outline, window / level, mask editing) and emits `changed` with what chan
 
 from __future__ import annotations
 
-import hashlib
 import logging
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -26,7 +26,8 @@ from appliance.app.display import MODEL_MASK_RGB, REVIEWED_MASK_RGB, RGB
 from appliance.app.events import Event
 from appliance.app.imaging import FULL_WINDOW, MaskMeasures, auto_window, measure_mask
 from appliance.app.mask_editor import MaskEditor
-from appliance.errors import FameNodeError
+from appliance.errors import FameNodeError, InputError, TransientError
+from appliance.ingest.snapshot import Spool
 from appliance.io.reader import read_file
 from appliance.io.types import ImageMeta
 from appliance.store.jobs import Job, JobQueue
@@ -118,14 +119,17 @@ class CaseLoader:
         self, job: Job, meta: ImageMeta, results: list[StoredResult]
     ) -> tuple[dict[int, NDArray[np.uint8]], str | None]:
         wanted = [r.frame_index for r in results]
-        problem = _source_problem(job)
-        if problem is None:
-            try:
-                return self._read_source(job.path, meta, wanted), None
-            except (FameNodeError, OSError, KeyError) as exc:
-                problem = f"the original file can no longer be read ({exc})"
-                # The path and the reason may carry identifiers: the log names the job only.
-                log.warning("job %d: input not readable again (%s)", job.id, type(exc).__name__)
+        with tempfile.TemporaryDirectory(prefix="fame-viewer-") as tmp:
+            # Copied once (no link followed, no FIFO opened) and hashed as copied: what is
+            # shown is exactly the bytes the model analysed, or the stored overlay.
+            problem, copy = _verified_copy(job, Spool(Path(tmp)))
+            if copy is not None:
+                try:
+                    return self._read_source(copy, meta, wanted), None
+                except (FameNodeError, OSError, KeyError) as exc:
+                    problem = f"the original file can no longer be read ({exc})"
+                    # The reason may carry identifiers: the log names the job only.
+                    log.warning("job %d: input not readable again (%s)", job.id, type(exc).__name__)
         overlays = {r.frame_index: _overlay_png(r) for r in results}
         return overlays, f"{problem}; showing the overlay stored when it was analysed"
 
@@ -145,22 +149,18 @@ class CaseLoader:
         return {i: by_index[i] for i in wanted}
 
 
-def _source_problem(job: Job) -> str | None:
-    """Why the input file cannot be shown as the model saw it, or None when it can."""
+def _verified_copy(job: Job, spool: Spool) -> tuple[str | None, Path | None]:
+    """(None, a copy holding the bytes the job analysed), or (why not, None)."""
     path = Path(job.path)
     if not path.is_file():
-        return f"the original file {path} is no longer there"
-    if job.sha256:
-        digest = hashlib.sha256()
-        try:
-            with path.open("rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(chunk)
-        except OSError as exc:
-            return f"the original file {path} cannot be read ({exc.strerror})"
-        if digest.hexdigest() != job.sha256:
-            return f"the file at {path} has changed since it was analysed"
-    return None
+        return f"the original file {path} is no longer there", None
+    try:
+        snap = spool.take(path, max_bytes=job.size or (1 << 30))
+    except (InputError, TransientError) as exc:
+        return f"the original file {path} cannot be read again ({exc})", None
+    if job.sha256 and snap.sha256 != job.sha256:
+        return f"the file at {path} has changed since it was analysed", None
+    return None, snap.spool_path
 
 
 def _result_file(result: StoredResult, name: str) -> Path | None:

@@ -2,12 +2,16 @@
 
 Two ways in, because neither is enough alone:
 
-* **Events** (watchdog, inotify on Linux), recursive. A finished write is a
-  ``FileClosedEvent`` (the writer closed a file it had open for writing); a writer that
-  writes ``x.part`` then renames it shows up as a ``FileMovedEvent`` to ``x``; a file moved
-  in from outside the inbox is a move with no source. Created / modified events are
-  ignored: the file may be incomplete. Files inside a folder moved into the inbox come as
-  synthetic created events and are complete, so they are taken.
+* **Events** (watchdog, inotify on Linux), recursive. A writer that writes ``x.part``
+  then renames it shows up as a ``FileMovedEvent`` to ``x`` and is taken at once; a file
+  moved in from outside the inbox is a move with no source. A finished write is a
+  ``FileClosedEvent`` (the writer closed a file it had open for writing), but a writer may
+  close and reopen a file to append to it: a closed file is taken once it has stayed
+  unchanged for `close_settle_s`, so that a slow writer gives one job, not one per chunk.
+  Created / modified events are ignored: the file may be incomplete. Files inside a folder
+  moved into the inbox come as synthetic created events and are complete, so they are
+  taken. If the inbox folder is deleted and created again, the watcher notices within a
+  second and watches the new folder (inotify watches the old one's inode).
 * **Scans**: one at start (everything already there: the node may have been down), then
   one every `rescan_interval_s` for network shares, where inotify sees nothing. A file
   found by a scan is taken only once it is *stable*: its modification time is at least
@@ -19,10 +23,13 @@ Two ways in, because neither is enough alone:
   finished one.
 
 The watcher hands each (path, size, mtime_ns) to `on_candidate` at most once; recognising
-the same content under another name is the queue's job. Ignored: folders, hidden files and
-folders (name starts with ``.``), and names ending in ``.part``, ``.tmp``, ``.partial``,
-``.crdownload``, ``.filepart`` or ``~``. An exception in `on_candidate` is logged and the
-file is offered again by a later scan; it never stops the watcher.
+the same content under another name is the queue's job. Links and special files (FIFOs,
+sockets, devices) are never followed or opened here: they are looked at with `lstat` and
+handed on like files, so that the intake records why it refuses them. Ignored: folders,
+hidden files and folders (name starts with ``.``), and names ending in ``.part``, ``.tmp``,
+``.partial``, ``.crdownload``, ``.filepart`` or ``~``. An exception in `on_candidate` is
+logged and the file is offered again by a later scan (a `TransientError`, such as a file
+still being written or a full disk, without a traceback); it never stops the watcher.
 
 The watcher never changes or deletes anything in the inbox.
 """
@@ -48,7 +55,7 @@ from watchdog.events import (
 )
 from watchdog.observers.api import BaseObserver
 
-from appliance.errors import FameNodeError
+from appliance.errors import FameNodeError, TransientError
 
 log = logging.getLogger("fame_node.ingest")
 
@@ -59,6 +66,7 @@ Candidate = Callable[[Path], None]
 
 _Signature = tuple[int, int]  # (size, mtime_ns)
 _VANISHED: _Signature = (-1, -1)  # a closed / moved-in file that was gone when we looked
+_TICK_S = 0.2  # how often settling closed files and the inbox folder itself are looked at
 
 
 class InboxError(FameNodeError):
@@ -103,6 +111,11 @@ class _Handler(FileSystemEventHandler):
     def dispatch(self, event: FileSystemEvent) -> None:
         # An exception here would end watchdog's dispatch thread: never let one out.
         try:
+            if event.is_directory:
+                return
+            if isinstance(event, FileClosedEvent):
+                self._watcher._settle_closed(Path(os.fsdecode(event.src_path)))
+                return
             path = self._complete_file(event)
             if path is not None:
                 self._watcher._offer_event(Path(os.fsdecode(path)))
@@ -111,10 +124,6 @@ class _Handler(FileSystemEventHandler):
 
     @staticmethod
     def _complete_file(event: FileSystemEvent) -> bytes | str | None:
-        if event.is_directory:
-            return None
-        if isinstance(event, FileClosedEvent):
-            return event.src_path
         if isinstance(event, FileMovedEvent):
             return event.dest_path or None  # no dest: moved out of the inbox
         if isinstance(event, FileCreatedEvent) and event.is_synthetic:
@@ -131,6 +140,8 @@ class InboxWatcher:
             thread, possibly at the same time), so it must be thread-safe.
         rescan_interval_s: seconds between full scans of the inbox.
         settle_s: how old a file's modification time must be before a scan takes it.
+        close_settle_s: how long a file closed by its writer must stay unchanged before
+            it is taken (a writer may reopen it to append).
         use_observer: False to rely on scans only (tests; file systems without events).
     """
 
@@ -141,19 +152,26 @@ class InboxWatcher:
         *,
         rescan_interval_s: float = 30.0,
         settle_s: float = 1.0,
+        close_settle_s: float = 1.0,
         use_observer: bool = True,
     ) -> None:
         if rescan_interval_s <= 0:
             raise ValueError(f"rescan_interval_s must be > 0 seconds, got {rescan_interval_s}")
         if settle_s < 0:
             raise ValueError(f"settle_s must be >= 0 seconds, got {settle_s}")
+        if close_settle_s < 0:
+            raise ValueError(f"close_settle_s must be >= 0 seconds, got {close_settle_s}")
         # Resolved: inotify does not follow a symlinked inbox, and events then carry the
         # same prefix as the paths found by scans.
         self.inbox = Path(inbox).expanduser().resolve()
         self._on_candidate = on_candidate
         self._rescan_interval_s = rescan_interval_s
         self._settle_s = settle_s
+        self._close_settle_s = close_settle_s
         self._use_observer = use_observer
+        # Closed by their writer, waiting to stay unchanged: signature, since (monotonic).
+        self._closing: dict[Path, tuple[_Signature, float]] = {}
+        self._inbox_id: tuple[int, int] | None = None  # (st_dev, st_ino) being watched
 
         self._lock = threading.Lock()
         self._submitted: dict[Path, _Signature] = {}  # what on_candidate was given
@@ -183,6 +201,7 @@ class InboxWatcher:
                 inbox=self.inbox,
             )
         self._stop.clear()
+        self._inbox_id = _identity(self.inbox)
         # Events first, then the first scan: a file finished in between is seen by one.
         if self._use_observer:
             self._observer = self._start_observer()
@@ -238,12 +257,70 @@ class InboxWatcher:
         return observer
 
     def _run(self) -> None:
+        next_scan = 0.0
         while not self._stop.is_set():
             try:
-                self.scan_once()
+                self._check_inbox()
+                self._offer_settled()
+                if time.monotonic() >= next_scan:
+                    self.scan_once()
+                    next_scan = time.monotonic() + self._rescan_interval_s
             except Exception:  # the thread must outlive any one bad scan
                 log.exception("error while scanning the inbox %s", self.inbox)
-            self._stop.wait(self._rescan_interval_s)
+            self._stop.wait(_TICK_S)
+
+    def _check_inbox(self) -> None:
+        """Watch the inbox again if it was deleted and created anew (another inode)."""
+        current = _identity(self.inbox)
+        if current == self._inbox_id:
+            return
+        self._inbox_id = current
+        if current is None:
+            log.warning("the inbox %s is gone; waiting for it to be created again", self.inbox)
+            return
+        log.warning("the inbox %s was created anew; watching the new folder", self.inbox)
+        old, self._observer = self._observer, None
+        if old is not None:
+            old.stop()
+            old.join(2.0)
+        if self._use_observer:
+            self._observer = self._start_observer()
+        self.scan_once()  # what was written before the new watch started
+
+    def _settle_closed(self, path: Path) -> None:
+        """A writer closed `path`: take it once it stays unchanged for close_settle_s."""
+        if not is_candidate(path, self.inbox):
+            return
+        signature = _signature(path)
+        if signature is None:
+            self._offer_event(path)  # gone already, or not a file: answered at once
+            return
+        with self._lock:
+            self._closing[path] = (signature, time.monotonic())
+        if self._close_settle_s == 0:
+            self._offer_settled()
+
+    def _offer_settled(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            due = [
+                (p, sig)
+                for p, (sig, since) in self._closing.items()
+                if now - since >= self._close_settle_s
+            ]
+        for path, signature in due:
+            current = _signature(path)
+            with self._lock:
+                if self._closing.get(path, (None, 0.0))[0] != signature:
+                    continue  # closed again meanwhile: its newer entry is waiting
+                if current != signature and current is not None:
+                    self._closing[path] = (current, now)  # changed without an event
+                    continue
+                del self._closing[path]
+            if current is None:
+                self._offer_event(path)
+            else:
+                self._offer(path, current)
 
     # -- finding files ---------------------------------------------------------------------
 
@@ -312,8 +389,14 @@ class InboxWatcher:
             self._pending.pop(path, None)
         try:
             self._on_candidate(path)
+        except TransientError as exc:
+            log.warning("a file is not taken yet (%s); it is tried again by the next scan", exc)
+            with self._lock:
+                if self._submitted.get(path) == signature:
+                    del self._submitted[path]
+            return False
         except Exception:
-            log.exception("error while handing on %s; it is tried again by the next scan", path)
+            log.exception("error while handing on a file; it is tried again by the next scan")
             with self._lock:
                 if self._submitted.get(path) == signature:
                     del self._submitted[path]
@@ -327,11 +410,17 @@ class InboxWatcher:
                 if name in self._unlistable:
                     return
                 self._unlistable.add(name)
-            log.warning("cannot list %s (%s); files below it are not seen", name, exc.strerror)
+            # A folder's name may be a patient's (per-patient export folders): not logged.
+            log.warning(
+                "cannot list a folder of the inbox (%s); files below it are not seen", exc.strerror
+            )
 
         for root, dirs, files in os.walk(self.inbox, onerror=on_error):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            for name in sorted(files):
+            # os.walk lists a link to a folder among `dirs` and does not follow it: it is
+            # handed on as an entry (refused by the intake), never walked into.
+            links = [d for d in dirs if os.path.islink(os.path.join(root, d))]
+            dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in links)
+            for name in sorted([*files, *links]):
                 path = Path(root, name)
                 if is_candidate(path, self.inbox):
                     yield path
@@ -346,14 +435,24 @@ class InboxWatcher:
             for path in gone:
                 self._submitted.pop(path, None)
                 self._pending.pop(path, None)
+                self._closing.pop(path, None)
 
 
 def _signature(path: Path) -> _Signature | None:
-    """(size, mtime_ns) of a regular file, or None if it is gone or not a regular file."""
+    """(size, mtime_ns) of the entry itself (`lstat`: a link is not followed), or None if
+    it is gone or a folder. Links and special files have one too: they get an answer."""
     try:
-        st = os.stat(path)
+        st = os.lstat(path)
     except OSError:
         return None
-    if not stat.S_ISREG(st.st_mode):
+    if stat.S_ISDIR(st.st_mode):
         return None
     return st.st_size, st.st_mtime_ns
+
+
+def _identity(folder: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None

@@ -43,12 +43,29 @@ DEFAULT_BUSY_TIMEOUT_S = 10.0
 class StoreError(FameNodeError):
     """The job queue / results database cannot do what was asked.
 
-    `path` is the database file when known.
+    `path` is the database file when known. `transient` is true for a passing fault of the
+    database file (locked by another process past the busy timeout, disk full, I/O error):
+    the same call may succeed later; the node retries rather than failing a job.
     """
 
-    def __init__(self, message: str, *, path: Path | None = None) -> None:
+    def __init__(self, message: str, *, path: Path | None = None, transient: bool = False) -> None:
         self.path = path
+        self.transient = transient
         super().__init__(message)
+
+
+# SQLite result codes (primary, the low byte) of faults that pass: busy / locked, I/O,
+# disk full, cannot open (a folder briefly unavailable), read-only (a remount).
+_TRANSIENT_SQLITE_CODES = frozenset({5, 6, 10, 13, 14, 8})
+
+
+def is_transient_sqlite(exc: sqlite3.Error) -> bool:
+    """True when `exc` is a fault of the moment, not of the data or the query."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return (code & 0xFF) in _TRANSIENT_SQLITE_CODES
+    text = str(exc).lower()
+    return any(w in text for w in ("locked", "busy", "disk i/o", "full", "unable to open"))
 
 
 class SchemaTooNewError(StoreError):
@@ -215,7 +232,33 @@ def _migrate_to_v2(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
-MIGRATIONS: tuple[Migration, ...] = (_migrate_to_v1, _migrate_to_v2)
+_V3 = (
+    # The node's own copy of the bytes hashed at intake (work/spool/<sha256>): the bytes
+    # analysed are the bytes queued, whatever happens to the inbox file meanwhile.
+    "ALTER TABLE jobs ADD COLUMN spool_path TEXT",
+    # Passing faults (disk full, database locked): the job waits in the queue until
+    # not_before, `waiting_for` says for what; `retries` counts them (not `attempts`).
+    "ALTER TABLE jobs ADD COLUMN not_before TEXT",
+    "ALTER TABLE jobs ADD COLUMN waiting_for TEXT",
+    "ALTER TABLE jobs ADD COLUMN retries INTEGER NOT NULL DEFAULT 0",
+    # A job whose SOP Instance UID an earlier job holds for another instance (other
+    # patient, study or pixels): analysed on its own and flagged, never a duplicate.
+    "ALTER TABLE jobs ADD COLUMN conflict_of INTEGER REFERENCES jobs(id)",
+    # sha256 over the decoded frames as analysed: the same instance re-sent in another
+    # transfer syntax has other bytes but these pixels.
+    "ALTER TABLE jobs ADD COLUMN pixel_sha256 TEXT",
+    "ALTER TABLE sop_uids ADD COLUMN patient_id TEXT",
+    "ALTER TABLE sop_uids ADD COLUMN study_instance_uid TEXT",
+    "ALTER TABLE sop_uids ADD COLUMN pixel_sha256 TEXT",
+)
+
+
+def _migrate_to_v3(conn: sqlite3.Connection) -> None:
+    for statement in _V3:
+        conn.execute(statement)
+
+
+MIGRATIONS: tuple[Migration, ...] = (_migrate_to_v1, _migrate_to_v2, _migrate_to_v3)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -326,7 +369,9 @@ def connect(
         raise
     except sqlite3.DatabaseError as exc:
         conn.close()
-        raise StoreError(_describe(exc, path, busy_timeout_s), path=path) from exc
+        raise StoreError(
+            _describe(exc, path, busy_timeout_s), path=path, transient=is_transient_sqlite(exc)
+        ) from exc
     return conn
 
 
@@ -405,16 +450,12 @@ class Database(_Closing):
             try:
                 conn.execute(begin)
             except sqlite3.Error as exc:
-                raise StoreError(
-                    _describe(exc, self.path, self._busy_timeout_s), path=self.path
-                ) from exc
+                raise self._error(exc) from exc
             try:
                 yield conn
             except sqlite3.Error as exc:
                 _rollback(conn)
-                raise StoreError(
-                    _describe(exc, self.path, self._busy_timeout_s), path=self.path
-                ) from exc
+                raise self._error(exc) from exc
             except BaseException:
                 _rollback(conn)
                 raise
@@ -422,9 +463,14 @@ class Database(_Closing):
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 _rollback(conn)
-                raise StoreError(
-                    _describe(exc, self.path, self._busy_timeout_s), path=self.path
-                ) from exc
+                raise self._error(exc) from exc
+
+    def _error(self, exc: sqlite3.Error) -> StoreError:
+        return StoreError(
+            _describe(exc, self.path, self._busy_timeout_s),
+            path=self.path,
+            transient=is_transient_sqlite(exc),
+        )
 
     def close(self) -> None:
         """Close the connection; later calls raise `StoreError`. Idempotent."""

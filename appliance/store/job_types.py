@@ -32,6 +32,7 @@ TERMINAL_STATUSES = frozenset(
 # Rejections that say nothing about the content: the same bytes may be tried again.
 RETRYABLE_ERROR_CODES = frozenset({UnreadableFileError.code})
 
+# Set aside after the node stopped `max_attempts` times on it (`fame-node jobs retry`).
 INTERRUPTED_ERROR_CODE = "interrupted"
 
 
@@ -80,6 +81,14 @@ class Job:
     updated_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    # The node's copy of the bytes hashed at intake; None for rows made before schema v3
+    # or once the job ended and the copy was released.
+    spool_path: Path | None = None
+    not_before: datetime | None = None  # a retried job is not claimed before this
+    waiting_for: str | None = None  # the passing fault it waits out, for status
+    retries: int = 0  # passing faults met so far
+    conflict_of: int | None = None  # holds the SOP Instance UID of another instance
+    pixel_sha256: str | None = None
 
     @property
     def is_terminal(self) -> bool:
@@ -141,6 +150,12 @@ def job_from_row(row: sqlite3.Row) -> Job:
         updated_at=from_db_time(row["updated_at"]),
         started_at=_opt_time(row["started_at"]),
         finished_at=_opt_time(row["finished_at"]),
+        spool_path=None if row["spool_path"] is None else Path(row["spool_path"]),
+        not_before=_opt_time(row["not_before"]),
+        waiting_for=row["waiting_for"],
+        retries=row["retries"],
+        conflict_of=row["conflict_of"],
+        pixel_sha256=row["pixel_sha256"],
     )
 
 

@@ -28,10 +28,9 @@ import re
 import sqlite3
 from pathlib import Path
 
-from appliance.store.db import (
-    StoreBase,
-    StoreError,
-)
+from appliance.store.db import StoreError
+from appliance.store.instances import InstanceClaim, InstanceIdentity, register_instance
+from appliance.store.job_recovery import JobRecovery, path_text
 from appliance.store.job_types import (
     INTERRUPTED_ERROR_CODE,
     RETRYABLE_ERROR_CODES,
@@ -73,7 +72,7 @@ _BLOCKING = f"""
 """
 
 
-class JobQueue(StoreBase):
+class JobQueue(JobRecovery):
     """The durable queue over the ``jobs`` and ``sop_uids`` tables.
 
     Safe to share between the threads of one process; another process may open the same
@@ -86,12 +85,19 @@ class JobQueue(StoreBase):
     # -- intake ----------------------------------------------------------------------------
 
     def enqueue(
-        self, path: Path, sha256: str, size: int, mtime_ns: int | None = None
+        self,
+        path: Path,
+        sha256: str,
+        size: int,
+        mtime_ns: int | None = None,
+        spool_path: Path | None = None,
     ) -> EnqueueOutcome:
         """Queue the file, or record it as a duplicate of the job that has its content.
 
-        Atomic: of several concurrent calls with the same `sha256` (threads or processes),
-        exactly one queues a job; the others record duplicates of it.
+        `spool_path` is the node's copy of the bytes that `sha256` was computed over: the
+        worker analyses that copy, never the inbox file again. Atomic: of several
+        concurrent calls with the same `sha256` (threads or processes), exactly one queues
+        a job; the others record duplicates of it.
         """
         sha = _check_sha256(sha256)
         if size < 0:
@@ -100,11 +106,13 @@ class JobQueue(StoreBase):
         with self._db.write() as conn:
             original = self._original_for(conn, sha)
             if original is None:
-                job_id = self._insert(conn, path, JobStatus.QUEUED, now, sha, size, mtime_ns)
+                job_id = self._insert(
+                    conn, path, JobStatus.QUEUED, now, sha, size, mtime_ns, spool_path=spool_path
+                )
                 return EnqueueOutcome(fetch_job(conn, job_id, self.path))
             reason = (
-                f"same content as job {original.id} ({original.path}), which is "
-                f"{original.status}; not processed again"
+                f"same content (sha256) as job {original.id}, which is {original.status}; "
+                "not processed again"
             )
             job_id = self._insert(
                 conn,
@@ -156,26 +164,31 @@ class JobQueue(StoreBase):
     def path_seen(self, path: Path, size: int, mtime_ns: int) -> Job | None:
         """The latest job for this very file (path, size, mtime), if any, else None.
 
-        A job rejected as unreadable does not count: that file is worth another try.
+        A job rejected as unreadable or one that failed does not count: that file is worth
+        another try (dropping it again is one way to retry it).
         """
         with self._db.read() as conn:
             row = conn.execute(
                 f"""SELECT * FROM jobs WHERE path = ? AND size = ? AND mtime_ns = ?
+                    AND status != 'failed'
                     AND NOT (status = 'rejected' AND COALESCE(error_code, '') IN
                         ({", ".join(repr(c) for c in RETRYABLE_ERROR_CODES)}))
                     ORDER BY id DESC LIMIT 1""",
-                (str(path), size, mtime_ns),
+                (path_text(path), size, mtime_ns),
             ).fetchone()
         return None if row is None else job_from_row(row)
 
     # -- workers ---------------------------------------------------------------------------
 
     def claim_next(self) -> Job | None:
-        """Move the oldest queued job to running (attempts + 1) and return it; None if none."""
+        """Move the oldest queued job that is due (its `not_before` passed) to running
+        (attempts + 1) and return it; None if none is due."""
         now = self._now()
         with self._db.write() as conn:
             row = conn.execute(
-                "SELECT id FROM jobs WHERE status = 'queued' ORDER BY id LIMIT 1"
+                "SELECT id FROM jobs WHERE status = 'queued' "
+                "AND (not_before IS NULL OR not_before <= ?) ORDER BY id LIMIT 1",
+                (now,),
             ).fetchone()
             if row is None:
                 return None
@@ -189,37 +202,13 @@ class JobQueue(StoreBase):
                 return None
             return self._start(conn, job_id, now)
 
-    def claim_sop_uid(self, job_id: int, uid: str) -> int | None:
-        """Register `uid` (SOP Instance UID) as this running job's; None when it is now its.
-
-        Returns the id of the job that already holds `uid` when that one is queued,
-        running or done (the caller then marks this job `duplicate`). A uid held by a job
-        that ended rejected, failed or duplicate is handed to this job: it produced no
-        result. Claiming the uid a job already holds again returns None.
-        """
-        if not uid:
-            raise ValueError("uid must be a non-empty SOP Instance UID")
+    def register_instance(self, job_id: int, identity: InstanceIdentity) -> InstanceClaim:
+        """Record the DICOM instance running job `job_id` decoded to; a re-send or a
+        conflict names the job holding its SOP Instance UID (`appliance.store.instances`)."""
         now = self._now()
         with self._db.write() as conn:
-            require_status(
-                conn, job_id, JobStatus.RUNNING, "claim a SOP Instance UID for", self.path
-            )
-            row = conn.execute(
-                "SELECT s.job_id, j.status FROM sop_uids s JOIN jobs j ON j.id = s.job_id "
-                "WHERE s.uid = ?",
-                (uid,),
-            ).fetchone()
-            if row is not None and row["job_id"] != job_id:
-                if row["status"] in ("queued", "running", "done"):
-                    return int(row["job_id"])
-                conn.execute("UPDATE sop_uids SET job_id = ? WHERE uid = ?", (job_id, uid))
-            elif row is None:
-                conn.execute("INSERT INTO sop_uids (uid, job_id) VALUES (?, ?)", (uid, job_id))
-            conn.execute(
-                "UPDATE jobs SET sop_instance_uid = ?, updated_at = ? WHERE id = ?",
-                (uid, now, job_id),
-            )
-            return None
+            require_status(conn, job_id, JobStatus.RUNNING, "register the instance of", self.path)
+            return register_instance(conn, job_id, identity, now)
 
     def mark_done(self, job_id: int, model_version: str) -> Job:
         """running -> done. (`ResultStore.save_completed` does this with the results.)"""
@@ -261,60 +250,6 @@ class JobQueue(StoreBase):
             duplicate_of=duplicate_of,
             reason=reason,
         )
-
-    def recover_interrupted(self, max_attempts: int = 3) -> list[Job]:
-        """At start: put jobs left running by a stopped node back in the queue.
-
-        A job that has already been started `max_attempts` times goes to failed instead,
-        so that one file that kills the node cannot stop it for good. Only one service may
-        use a database: a running job of a live process would be taken from it.
-        Returns the jobs changed, as they are now.
-        """
-        if max_attempts < 1:
-            raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
-        now = self._now()
-        with self._db.write() as conn:
-            rows = conn.execute(
-                "SELECT id, attempts FROM jobs WHERE status = 'running' ORDER BY id"
-            ).fetchall()
-            for row in rows:
-                if row["attempts"] >= max_attempts:
-                    conn.execute(
-                        "UPDATE jobs SET status = 'failed', error_code = ?, reason = ?, "
-                        "updated_at = ?, finished_at = ? WHERE id = ?",
-                        (
-                            INTERRUPTED_ERROR_CODE,
-                            f"the node stopped {row['attempts']} times while processing "
-                            "this file; it is left aside (see logs)",
-                            now,
-                            now,
-                            row["id"],
-                        ),
-                    )
-                else:
-                    conn.execute(
-                        "UPDATE jobs SET status = 'queued', started_at = NULL, updated_at = ? "
-                        "WHERE id = ?",
-                        (now, row["id"]),
-                    )
-            recovered = [fetch_job(conn, row["id"], self.path) for row in rows]
-        for job in recovered:
-            if job.status is JobStatus.FAILED:
-                log.warning(
-                    "job %d (%s) set aside: the node stopped %d times while processing it",
-                    job.id,
-                    job.path,
-                    job.attempts,
-                )
-            else:
-                log.warning(
-                    "job %d (%s) was interrupted (attempt %d of %d); queued again",
-                    job.id,
-                    job.path,
-                    job.attempts,
-                    max_attempts,
-                )
-        return recovered
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -371,13 +306,14 @@ class JobQueue(StoreBase):
         error_code: str | None = None,
         duplicate_of: int | None = None,
         finished: bool = False,
+        spool_path: Path | None = None,
     ) -> int:
         cursor = conn.execute(
             "INSERT INTO jobs (path, sha256, size, mtime_ns, status, error_code, reason, "
-            "duplicate_of, created_at, updated_at, finished_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "duplicate_of, created_at, updated_at, finished_at, spool_path) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
-                str(path),
+                path_text(path),
                 sha,
                 size,
                 mtime_ns,
@@ -388,6 +324,7 @@ class JobQueue(StoreBase):
                 now,
                 now,
                 now if finished else None,
+                None if spool_path is None else str(spool_path),
             ),
         )
         if cursor.lastrowid is None:  # cannot happen after an INSERT; keeps the type exact
@@ -422,7 +359,8 @@ class JobQueue(StoreBase):
             conn.execute(
                 "UPDATE jobs SET status = ?, error_code = ?, reason = ?, "
                 "model_version = COALESCE(?, model_version), quarantine_path = ?, "
-                "duplicate_of = ?, updated_at = ?, finished_at = ? WHERE id = ?",
+                "duplicate_of = ?, updated_at = ?, finished_at = ?, not_before = NULL, "
+                "waiting_for = NULL WHERE id = ?",
                 (
                     status.value,
                     error_code,

@@ -164,7 +164,8 @@ class ResultStore(StoreBase):
             )
             conn.execute(
                 "UPDATE jobs SET status = 'done', error_code = NULL, reason = NULL, "
-                "model_version = ?, updated_at = ?, finished_at = ? WHERE id = ?",
+                "model_version = ?, updated_at = ?, finished_at = ?, not_before = NULL, "
+                "waiting_for = NULL WHERE id = ?",
                 (model_version, now, now, job_id),
             )
             return fetch_job(conn, job_id, self.path)

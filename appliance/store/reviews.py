@@ -37,7 +37,6 @@ Bad arguments (an unknown diagnosis, a mask of the wrong size, an empty reviewer
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 from collections.abc import Hashable
 from dataclasses import dataclass
@@ -49,6 +48,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
+from appliance.results.durable import write_atomic
 from appliance.store.db import StoreBase, StoreError, from_db_time
 
 Decision = Literal["confirmed", "corrected", "mask_rejected"]
@@ -453,7 +453,7 @@ def _free_reviewed_name(folder: Path, frame_index: int) -> Path:
 
 
 def _write_mask_png(path: Path, mask: NDArray[np.generic]) -> None:
+    """Durable before the review is committed: a clinician's mask survives a power cut."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(((np.asarray(mask) > 0) * 255).astype(np.uint8)).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    img = Image.fromarray(((np.asarray(mask) > 0) * 255).astype(np.uint8))
+    write_atomic(path, lambda fh: img.save(fh, format="PNG"))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,7 @@ def _parts(root: Path, **env: str) -> NodeParts:
 
 
 def _run(parts: NodeParts, path: Path) -> int:
-    outcome = parts.intake.submit(path)
+    outcome = parts.intake.submit(path, inside_inbox=False)
     job = parts.queue.claim(outcome.id)
     assert job is not None
     parts.pipeline.process(job)
@@ -111,18 +110,22 @@ def test_same_sop_instance_in_another_encoding_is_a_duplicate(tmp_path: Path) ->
     assert parts.results.results_for_job(second) == []
 
 
-def test_file_removed_between_queue_and_read_is_rejected(tmp_path: Path) -> None:
+def test_a_file_removed_after_it_was_queued_is_analysed_from_the_nodes_copy(
+    tmp_path: Path,
+) -> None:
+    from appliance.phantom_dicom import write_phantom_png
+
     parts = _parts(tmp_path / "node")
     path = tmp_path / "gone.png"
-    shutil.copy(Path(__file__), path)
-    outcome = parts.intake.submit(path)
+    write_phantom_png(path, make_phantom(PhantomSpec(seed=3)))
+    outcome = parts.intake.submit(path, inside_inbox=False)
     path.unlink()
     job = parts.queue.claim(outcome.id)
     assert job is not None
     parts.pipeline.process(job)
     final = parts.queue.get(outcome.id)
-    assert final.status is JobStatus.REJECTED and final.error_code == "unreadable"
-    assert "deleted" in str(final.reason)
+    assert final.status is JobStatus.DONE, final.reason
+    assert final.spool_path is None  # the copy is released once the job is done
 
 
 def test_internal_error_fails_the_job_and_the_next_one_still_runs(tmp_path: Path) -> None:

@@ -110,7 +110,7 @@ def test_good_and_bad_files_in_a_live_node(node_root: Path) -> None:
         "zero_bytes.dcm": ("empty_file", "empty"),
         "truncated.dcm": ("corrupt", ""),
         "random_bytes.dcm": ("unsupported_format", "not a DICOM"),
-        "text.png": ("unsupported_format", ".png"),
+        "text.png": ("unsupported_format", "looks like text"),
         "no_pixels.dcm": ("no_pixel_data", "pixel"),
         "other_modality.dcm": ("not_ultrasound", "MR"),
         "huge_header.png": ("too_large", "100000"),

@@ -40,9 +40,13 @@ def test_open_creates_the_latest_schema_with_wal_and_foreign_keys(tmp_path: Path
     db = tmp_path / "node.sqlite3"
     conn = connect(db)
     try:
-        assert SCHEMA_VERSION == 2
+        assert SCHEMA_VERSION == 3
         expected = {"schema_version", "jobs", "sop_uids", "images", "results"}
         assert expected | {"model_events", "reviews"} <= _tables(conn)
+        job_columns = {r[1] for r in conn.execute("PRAGMA table_info(jobs)")}
+        assert {"spool_path", "not_before", "waiting_for", "retries", "conflict_of"} <= job_columns
+        uid_columns = {r[1] for r in conn.execute("PRAGMA table_info(sop_uids)")}
+        assert {"patient_id", "study_instance_uid", "pixel_sha256"} <= uid_columns
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
         assert conn.execute("PRAGMA busy_timeout").fetchone()[0] > 0

@@ -22,6 +22,7 @@ from appliance.store import (
     JobStatus,
     StoreError,
 )
+from appliance.store.instances import InstanceClaim, InstanceIdentity, InstanceVerdict
 
 
 def sha(text: str) -> str:
@@ -80,7 +81,8 @@ def test_same_content_is_recorded_as_a_duplicate_row(queue: JobQueue, tmp_path: 
     assert again.duplicate_of == first.id and not again.queued
     dup = again.job
     assert dup.status is JobStatus.DUPLICATE and dup.duplicate_of == first.id
-    assert f"job {first.id}" in str(dup.reason) and "a.png" in str(dup.reason)
+    assert f"job {first.id}" in str(dup.reason)
+    assert "a.png" not in str(dup.reason)  # a file name may be a patient's: kept out of reasons
     assert dup.finished_at is not None
     assert queue.counts()["queued"] == 1 and queue.counts()["duplicate"] == 1
     assert queue.known_sha256(sha("x")) and not queue.known_sha256(sha("y"))
@@ -247,26 +249,59 @@ def test_terminal_marks_need_a_running_job(queue: JobQueue, tmp_path: Path) -> N
     }
 
 
-def test_claim_sop_uid(queue: JobQueue) -> None:
-    a, b, c = (queue.enqueue(Path(f"{n}.dcm"), sha(n), 1).id for n in "abc")
-    for _ in range(3):
+def _identity(uid: str, patient: str | None = "P1", pixels: str = "p") -> InstanceIdentity:
+    return InstanceIdentity(uid, patient, "1.2.840.study", sha(pixels))
+
+
+def test_register_instance_tells_a_resend_from_a_uid_conflict(queue: JobQueue) -> None:
+    a, b, c, d, e = (queue.enqueue(Path(f"{n}.dcm"), sha(n), 1).id for n in "abcde")
+    for _ in range(5):
         queue.claim_next()
-    assert queue.claim_sop_uid(a, "1.2.3") is None
-    assert queue.claim_sop_uid(a, "1.2.3") is None  # again: still its own
-    assert queue.get(a).sop_instance_uid == "1.2.3"
+    assert queue.register_instance(a, _identity("1.2.3")).verdict is InstanceVerdict.NEW
+    again = queue.register_instance(a, _identity("1.2.3"))  # its own uid again
+    assert again.verdict is InstanceVerdict.NEW
+    assert queue.get(a).sop_instance_uid == "1.2.3" and queue.get(a).pixel_sha256 == sha("p")
     assert "1.2.3" not in repr(queue.get(a))  # an identifier: never in a log line
-    assert queue.claim_sop_uid(b, "1.2.3") == a
-    queue.mark_duplicate(b, a, "same SOP Instance UID")
-    assert queue.claim_sop_uid(c, "9.9") is None
-    # A holder that ended without a result hands the uid on.
+    # The same instance (uid, patient, study, pixels): a re-send of a.
+    assert queue.register_instance(b, _identity("1.2.3")) == InstanceClaim(
+        InstanceVerdict.RESEND, a
+    )
+    # Same uid, another patient: a conflict, never a duplicate of a.
+    other_patient = queue.register_instance(c, _identity("1.2.3", patient="P2"))
+    assert other_patient == InstanceClaim(InstanceVerdict.CONFLICT, a)
+    assert queue.get(c).conflict_of == a
+    # Same uid and patient, other pixels: a conflict too.
+    other_pixels = queue.register_instance(d, _identity("1.2.3", pixels="q"))
+    assert other_pixels.verdict is InstanceVerdict.CONFLICT
+    # The uid stays a's: e's identical instance is a re-send of a, not of c or d.
+    assert queue.register_instance(e, _identity("1.2.3")).other == a
+    queue.mark_done(a, "v1")
+    with pytest.raises(JobStateError):
+        queue.register_instance(a, _identity("4.5.6"))  # a is no longer running
+
+
+def test_a_uid_held_by_a_job_without_results_is_handed_on(queue: JobQueue) -> None:
+    a, c = (queue.enqueue(Path(f"{n}.dcm"), sha(n), 1).id for n in "ac")
+    queue.claim_next()
+    queue.claim_next()
+    queue.register_instance(a, _identity("1.2.3"))
     queue.mark_rejected(a, "too_large", "image too large")
-    assert queue.claim_sop_uid(c, "1.2.3") is None
-    assert queue.get(c).sop_instance_uid == "1.2.3"
+    claim = queue.register_instance(c, _identity("1.2.3", patient="P9"))
+    assert claim.verdict is InstanceVerdict.NEW and queue.get(c).conflict_of is None
     d = queue.enqueue(Path("d.dcm"), sha("d"), 1).id
     queue.claim_next()
-    assert queue.claim_sop_uid(d, "1.2.3") == c
-    with pytest.raises(JobStateError):
-        queue.claim_sop_uid(b, "4.5.6")  # b is no longer running
+    assert queue.register_instance(d, _identity("1.2.3", patient="P9")).other == c
+
+
+def test_a_holder_recorded_before_pixel_digests_is_never_assumed_identical(
+    queue: JobQueue, db: Path
+) -> None:
+    a, b = (queue.enqueue(Path(f"{n}.dcm"), sha(n), 1).id for n in "ab")
+    queue.claim_next()
+    queue.claim_next()
+    with sqlite3.connect(db) as conn:  # what a schema-v2 node left: the uid alone
+        conn.execute("INSERT INTO sop_uids (uid, job_id) VALUES ('1.2.3', ?)", (a,))
+    assert queue.register_instance(b, _identity("1.2.3")).verdict is InstanceVerdict.CONFLICT
 
 
 # -- recovery ------------------------------------------------------------------------------
@@ -287,7 +322,8 @@ def test_recover_interrupted_requeues_then_sets_aside(queue: JobQueue) -> None:
     (failed,) = queue.recover_interrupted(max_attempts=3)
     assert failed.status is JobStatus.FAILED and failed.error_code == "interrupted"
     assert failed.reason == (
-        "the node stopped 3 times while processing this file; it is left aside (see logs)"
+        "the node stopped 3 times while processing this file; it is set aside (see the node "
+        f"log). Retry it with `fame-node jobs retry {crashy}`."
     )
     assert queue.get(waiting).status is JobStatus.QUEUED
     assert queue.recover_interrupted() == []

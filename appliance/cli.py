@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import importlib
 import json
+import logging
 import os
 import signal
 import sys
@@ -39,6 +40,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "appliance.commands.models",
     "appliance.commands.gui",
     "appliance.commands.export",
+    "appliance.commands.jobs",
 )
 
 
@@ -162,9 +164,18 @@ def _run(config: NodeConfig, args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    node.start()
+    try:
+        node.start()  # NodeLockedError when another service runs on this store
+    except BaseException:
+        node.parts.close()
+        raise
     node.wait_stopped()
-    node.stop()
+    if not node.stop():
+        # A worker is still inside a job (its job is back in the queue). Leave now rather
+        # than at interpreter teardown, which can abort inside a native library mid-call.
+        logging.shutdown()
+        os._exit(0)
+    node.parts.close()
     return 0
 
 
@@ -173,7 +184,10 @@ def _process(config: NodeConfig, args: argparse.Namespace) -> int:
     from appliance.service import build_parts
 
     parts = build_parts(config, workers=1)  # one file after another, in this thread
-    outcomes = process_paths(parts, args.paths)
+    try:
+        outcomes = process_paths(parts, args.paths)
+    finally:
+        parts.close()
     for o in outcomes:
         if args.json:
             print(strict_json.dumps(o.to_dict()), flush=True)

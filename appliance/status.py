@@ -7,11 +7,14 @@ break a line or rewrite the terminal."""
 
 from __future__ import annotations
 
+import os
+import socket
 from typing import Any
 
 from appliance.config import NodeConfig
 from appliance.errors import FameNodeError
 from appliance.models.registry import ModelRegistry
+from appliance.nodelock import lock_path, read_holder
 from appliance.oneshot import describe
 from appliance.privacy import shown, shown_name
 from appliance.runtime import create_backend
@@ -25,9 +28,11 @@ def gather_status(config: NodeConfig) -> dict[str, Any]:
     queue = JobQueue(config.database_path)
     try:
         counts = queue.counts()
+        waiting_jobs = queue.waiting()
     finally:
         queue.close()
     service = read_service_status(config)
+    lock = lock_path(config.database_path)
     data: dict[str, Any] = {
         "node_name": config.node_name,
         "database": shown_name(config.database_path),
@@ -35,6 +40,11 @@ def gather_status(config: NodeConfig) -> dict[str, Any]:
         "queue": {str(k): v for k, v in counts.items()},
         "service": service,
         "available_providers": available_providers(),
+        # Queued jobs waiting out a passing fault, by what for; and what the running
+        # service itself reports it waits for (disk space, the database, ...).
+        "waiting_jobs": waiting_jobs,
+        "waiting_for": (service or {}).get("waiting_for", []) if service else [],
+        "lock_holder": _live_holder(read_holder(lock)),
     }
     if service is not None and service["alive"]:
         data.update(
@@ -60,6 +70,20 @@ def gather_status(config: NodeConfig) -> dict[str, Any]:
     return data
 
 
+def _live_holder(holder: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The lock file's holder if that process is alive on this host (a killed service
+    leaves its line behind; the kernel has dropped its lock)."""
+    if not holder or holder.get("host") != socket.gethostname():
+        return holder or None
+    try:
+        os.kill(int(holder.get("pid", 0)), 0)
+    except ProcessLookupError:
+        return None
+    except (PermissionError, ValueError, OverflowError):
+        return holder
+    return holder
+
+
 def format_status(d: dict[str, Any]) -> str:
     svc = d["service"]
     if svc is None:
@@ -82,6 +106,21 @@ def format_status(d: dict[str, Any]) -> str:
         f"ONNX Runtime providers available: {', '.join(d['available_providers'])}",
     ]
     lines += [f"  skipped {reason}" for reason in d.get("backend_skipped") or []]
+    if svc is not None and svc["alive"]:
+        for w in d.get("waiting_for") or []:
+            lines.append(
+                f"waiting   {w['scope']} waits for {shown(w['condition'])} since {w['since']}"
+            )
+    for condition, n in (d.get("waiting_jobs") or {}).items():
+        lines.append(f"retrying  {n} job(s) wait for {shown(condition)}; retried by themselves")
+    holder = d.get("lock_holder")
+    if holder and not (svc and svc["alive"]):
+        lines.append(
+            f"lock      held by pid {holder.get('pid')} on {holder.get('host')} since "
+            f"{holder.get('since')} (a service that does not report: check it)"
+        )
+    if q.get("failed"):
+        lines.append(f"set aside {q['failed']} failed job(s): `fame-node jobs retry --all`")
     if d.get("problem"):
         lines.append(f"problem   {shown(d['problem'])}")
     return "\n".join(lines)

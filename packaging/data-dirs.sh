@@ -21,3 +21,7 @@ done
 find "$ROOT" -mindepth 1 -path "$ROOT/inbox" -prune -o ! -type l \
     -exec chown "$OWNER:$GROUP" {} + -exec chmod o-rwx {} +
 find "$ROOT" -path "$ROOT/inbox" -prune -o -type d -exec chmod g+s {} +
+# The TensorRT engine cache (runtime.engine_cache_dir): engines are native code the node
+# loads, so only the node's user may write there (its records/ folder is checked 0700).
+install -d -m 0700 -o "$OWNER" -g "$GROUP" "$ROOT/engines"
+chmod 0700 "$ROOT/engines"

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import getpass
 import hashlib
 import os
 import secrets
@@ -35,8 +34,8 @@ from appliance.errors import (
     InputError,
     NotRegularFileError,
     TransientError,
-    UnreadableFileError,
 )
+from appliance.io.files import unreadable_error
 from appliance.results.durable import sync_folder
 
 CHUNK_SIZE = 1 << 20
@@ -67,14 +66,6 @@ class Snapshot:
     size: int
     mtime_ns: int
     spool_path: Path
-
-
-def node_user() -> str:
-    """The name of the user the node runs as (for reasons a person acts on)."""
-    try:
-        return getpass.getuser()
-    except (OSError, KeyError):  # no login name for this uid (some containers)
-        return f"uid {os.getuid()}"
 
 
 def describe_kind(mode: int) -> str:
@@ -141,7 +132,7 @@ class Spool:
         try:
             before = os.lstat(path)
         except OSError as exc:
-            raise _unreadable(path, exc) from exc
+            raise unreadable_error(path, exc) from exc
         check_regular(path, before, inbox)
         _check_size(path, before.st_size, max_bytes)
         try:
@@ -153,7 +144,7 @@ class Spool:
                     "follows links: copy the image file itself into the inbox",
                     path=path,
                 ) from exc
-            raise _unreadable(path, exc) from exc
+            raise unreadable_error(path, exc) from exc
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != (
@@ -205,7 +196,7 @@ class Spool:
                 try:
                     chunk = os.read(fd, self._chunk_size)
                 except OSError as exc:
-                    raise _unreadable(path, exc) from exc
+                    raise unreadable_error(path, exc) from exc
                 if not chunk:
                     break
                 size += len(chunk)
@@ -279,24 +270,3 @@ def _spool_fault(folder: Path, exc: OSError) -> InputError | TransientError:
         condition=f"a writable {folder}",
         retry_after_s=30.0,
     )
-
-
-def _unreadable(path: Path, exc: OSError) -> InputError:
-    if isinstance(exc, FileNotFoundError):
-        reason = (
-            "the file disappeared from the inbox before the node could read it (moved or "
-            "deleted by another program, or renamed by the program that wrote it). If it "
-            "still needs to be processed, drop it into the inbox again."
-        )
-    elif isinstance(exc, PermissionError):
-        reason = (
-            f"permission denied: the node runs as user '{node_user()}', which may not read "
-            "this file. Grant that user read access to the file (and its folders), then "
-            "drop the file into the inbox again."
-        )
-    else:
-        reason = (
-            f"the file could not be read ({exc.strerror or exc}). Check the disk or the "
-            "network share, then drop the file into the inbox again."
-        )
-    return UnreadableFileError(reason, path=path)

@@ -118,8 +118,8 @@ def test_a_zero_byte_file_is_queued_for_the_reader_to_judge(intake: Intake, inbo
 
 def test_a_vanished_file_is_recorded_as_rejected(intake: Intake, inbox: Path) -> None:
     job = rejection_of(intake.submit(inbox / "gone.dcm"))
-    assert "disappeared from the inbox" in str(job.reason)
-    assert "drop it into the inbox again" in str(job.reason)
+    assert "no longer exists" in str(job.reason) and "deleted" in str(job.reason)
+    assert "drop it again" in str(job.reason)
     # When it comes back it is queued: an unreadable rejection does not block it.
     (inbox / "gone.dcm").write_bytes(b"back")
     assert outcome_of(intake.submit(inbox / "gone.dcm")).queued

@@ -27,8 +27,11 @@ Calibration: among the Sequence of Ultrasound Regions (0018,6011), the largest r
 that is 2-D (RegionSpatialFormat 1) and in cm on both axes (PhysicalUnits 3) is used, the
 first one on a tie (dual views). Every frame is cropped to it (inclusive bounds, clipped
 to the image), `crop` is (x0, y0, x1, y1) with x1/y1 exclusive, and `pixel_spacing_mm` is
-(PhysicalDeltaY, PhysicalDeltaX) x 10. Without such a region, Pixel Spacing (0028,0030)
-is used if present and positive, with no crop; otherwise the spacing is None.
+(PhysicalDeltaY, PhysicalDeltaX) x 10. A region whose deltas are not finite and positive
+(NaN, Infinity, 0, negative) is not calibrated: such a region is used for its crop only
+when no calibrated region exists (a note says so). Without a calibrated region, Pixel
+Spacing (0028,0030) is used if both values are finite and positive; otherwise the spacing
+is None and sizes are in pixels.
 """
 
 from __future__ import annotations
@@ -66,7 +69,7 @@ from appliance.errors import (
 from appliance.io.bounds import describe_content, resolve_limits
 from appliance.io.dicom_deflate import read_deflated, transfer_syntax_of
 from appliance.io.dicom_frames import check_decoded, check_encapsulated, safe_uid
-from appliance.io.dicom_pixels import pixel_spacing, select_frames, to_grey, ultrasound_region
+from appliance.io.dicom_pixels import calibration, select_frames, to_grey
 from appliance.io.files import open_input, read_head
 from appliance.io.images import check_dimensions
 from appliance.io.types import ImageMeta, LoadedImage, ReadLimits
@@ -313,17 +316,8 @@ def _plan(ds: Dataset, path: Path, size: int, max_frames: int, max_pixels: int) 
     indices = select_frames(n_total, max_frames)
     check_dimensions(path, rows, cols, len(indices), max_pixels)
     notes = [f"frames sampled: {len(indices)} of {n_total}"] if n_total > len(indices) else []
-    region = ultrasound_region(ds, rows, cols)
-    if region is not None:
-        x0, y0, x1, y1 = region.crop
-        notes.append(
-            f"cropped to ultrasound region {region.index + 1} ({x1 - x0} x {y1 - y0} pixels; "
-            f"{region.n_usable} usable region(s))"
-        )
-        spacing: tuple[float, float] | None = region.spacing_mm
-    else:
-        spacing = pixel_spacing(ds)
-        notes.append("pixel spacing from Pixel Spacing" if spacing else "no pixel calibration")
+    calib = calibration(ds, rows, cols)
+    notes += calib.notes
     meta = ImageMeta(
         source_format="dicom",
         modality=modality,
@@ -338,14 +332,13 @@ def _plan(ds: Dataset, path: Path, size: int, max_frames: int, max_pixels: int) 
         model_name=_text(ds, "ManufacturerModelName"),
         photometric=photometric,
         bits_stored=int(ds.BitsStored) if ds.get("BitsStored") is not None else None,
-        pixel_spacing_mm=spacing,
-        crop=region.crop if region is not None else None,
+        pixel_spacing_mm=calib.spacing_mm,
+        crop=calib.crop,
         n_frames_total=n_total,
         frame_indices=indices,
         notes=tuple(notes),
     )
-    crop = region.crop if region is not None else None
-    return _Plan(photometric, indices, _transfer_syntax(ds), crop, meta)
+    return _Plan(photometric, indices, _transfer_syntax(ds), calib.crop, meta)
 
 
 def read_dicom(

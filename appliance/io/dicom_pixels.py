@@ -1,8 +1,10 @@
 """Pure functions over a DICOM header and its decoded pixels: no I/O.
 
-`select_frames` chooses the frames of a cine, `ultrasound_region` the calibrated region
-to crop to (with `pixel_spacing` as the fallback calibration); `appliance.io.dicom` states
-the rules. `to_grey` takes frames as pydicom decodes them (YBR already converted to RGB):
+`select_frames` chooses the frames of a cine, `calibration` the region to crop to and the
+mm/pixel (`ultrasound_region`, with `pixel_spacing` as the fallback); `appliance.io.dicom`
+states the rules. A calibration number that is not finite and positive (NaN, Infinity, 0,
+negative) is no calibration: it never leaves the decoder.
+`to_grey` takes frames as pydicom decodes them (YBR already converted to RGB):
 
 * PALETTE COLOR: through the Red/Green/Blue LUTs (16-bit entries keep their top 8 bits),
   then luma;
@@ -18,6 +20,7 @@ the rules. `to_grey` takes frames as pydicom decodes them (YBR already converted
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import numpy as np
@@ -35,9 +38,18 @@ class Region:
     """The ultrasound region used: crop (x0, y0, x1, y1; x1/y1 exclusive) and mm/pixel."""
 
     crop: tuple[int, int, int, int]
-    spacing_mm: tuple[float, float]  # (row, column)
+    spacing_mm: tuple[float, float] | None  # (row, column); None: not finite and positive
     index: int  # position in the Sequence of Ultrasound Regions
     n_usable: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+    """What `calibration` found: the crop (or None), mm/pixel (or None), and notes on why."""
+
+    crop: tuple[int, int, int, int] | None
+    spacing_mm: tuple[float, float] | None  # (row, column)
+    notes: tuple[str, ...]
 
 
 def select_frames(n_total: int, max_frames: int) -> tuple[int, ...]:
@@ -52,23 +64,56 @@ def select_frames(n_total: int, max_frames: int) -> tuple[int, ...]:
     return tuple((2 * i * span + steps) // (2 * steps) for i in range(max_frames))
 
 
+def _finite_positive(value: Any) -> float | None:
+    """A calibration number as a float, or None unless it is finite and > 0.
+
+    NaN, +/-Infinity, zero, negative values, several values and non-numbers are all "no
+    calibration": a size in millimetres computed from them would be meaningless.
+    """
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) and number > 0 else None
+
+
+def _region_crop(item: Dataset, rows: int, cols: int) -> tuple[int, int, int, int] | None:
+    """A region's bounds (inclusive in DICOM) as a crop clipped to the image, or None."""
+    keys = ("RegionLocationMinX0", "RegionLocationMinY0", "RegionLocationMaxX1",
+            "RegionLocationMaxY1")  # fmt: skip
+    try:
+        x0, y0, x1, y1 = (int(item.get(k)) for k in keys)
+    except (TypeError, ValueError):  # absent, several values, not a number
+        return None
+    x0, y0, x1, y1 = max(0, x0), max(0, y0), min(cols, x1 + 1), min(rows, y1 + 1)
+    return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
+
+
 def ultrasound_region(ds: Dataset, rows: int, cols: int) -> Region | None:
-    """The largest 2-D region calibrated in cm on both axes, clipped to the image."""
-    usable: list[tuple[int, tuple[int, int, int, int], tuple[float, float]]] = []
+    """The largest 2-D region in cm on both axes, clipped to the image.
+
+    Regions whose PhysicalDeltaX and PhysicalDeltaY are finite and positive (calibrated)
+    are preferred; only when there is none is the largest region whose deltas are not
+    (NaN, Infinity, zero, negative) used, for its crop alone (`spacing_mm` None): its
+    bounds are integers that say where the image is whatever its calibration says.
+    """
+    calibrated: list[tuple[int, tuple[int, int, int, int], tuple[float, float] | None]] = []
+    uncalibrated: list[tuple[int, tuple[int, int, int, int], tuple[float, float] | None]] = []
     for i, item in enumerate(ds.get("SequenceOfUltrasoundRegions") or []):
         if item.get("RegionSpatialFormat") != 1:
             continue
         if item.get("PhysicalUnitsXDirection") != 3 or item.get("PhysicalUnitsYDirection") != 3:
             continue
-        dx, dy = item.get("PhysicalDeltaX"), item.get("PhysicalDeltaY")
-        bounds = [item.get(k) for k in ("RegionLocationMinX0", "RegionLocationMinY0",
-                                        "RegionLocationMaxX1", "RegionLocationMaxY1")]  # fmt: skip
-        if dx is None or dy is None or dx <= 0 or dy <= 0 or None in bounds:
+        crop = _region_crop(item, rows, cols)
+        if crop is None:
             continue
-        x0, y0 = max(0, int(bounds[0])), max(0, int(bounds[1]))
-        x1, y1 = min(cols, int(bounds[2]) + 1), min(rows, int(bounds[3]) + 1)
-        if x1 > x0 and y1 > y0:
-            usable.append((i, (x0, y0, x1, y1), (float(dy) * 10.0, float(dx) * 10.0)))
+        dx = _finite_positive(item.get("PhysicalDeltaX"))
+        dy = _finite_positive(item.get("PhysicalDeltaY"))
+        if dx is None or dy is None:
+            uncalibrated.append((i, crop, None))
+        else:
+            calibrated.append((i, crop, (dy * 10.0, dx * 10.0)))
+    usable = calibrated or uncalibrated
     if not usable:
         return None
     best = max(usable, key=lambda u: (u[1][2] - u[1][0]) * (u[1][3] - u[1][1]))  # first on ties
@@ -76,13 +121,35 @@ def ultrasound_region(ds: Dataset, rows: int, cols: int) -> Region | None:
 
 
 def pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
-    """Pixel Spacing (0028,0030) as (row, column) mm, or None if absent or not positive."""
+    """Pixel Spacing (0028,0030) as (row, column) mm, or None unless both are finite and > 0."""
     value = ds.get("PixelSpacing")
-    try:
-        row, col = (float(v) for v in value) if value is not None else (0.0, 0.0)
-    except (TypeError, ValueError):
+    if not isinstance(value, list | MultiValue) or len(value) != 2:
         return None
-    return (row, col) if row > 0 and col > 0 else None
+    row, col = (_finite_positive(v) for v in value)
+    return (row, col) if row is not None and col is not None else None
+
+
+def calibration(ds: Dataset, rows: int, cols: int) -> Calibration:
+    """The crop and mm/pixel of a DICOM image (rules in `appliance.io.dicom`), with notes."""
+    region = ultrasound_region(ds, rows, cols)
+    notes: list[str] = []
+    if region is not None:
+        x0, y0, x1, y1 = region.crop
+        notes.append(
+            f"cropped to ultrasound region {region.index + 1} ({x1 - x0} x {y1 - y0} pixels; "
+            f"{region.n_usable} usable region(s))"
+        )
+        if region.spacing_mm is not None:
+            return Calibration(region.crop, region.spacing_mm, tuple(notes))
+    spacing = pixel_spacing(ds)
+    if region is not None:
+        fallback = "pixel spacing from Pixel Spacing" if spacing else "sizes in pixels"
+        notes.append(
+            f"the ultrasound region's calibration is not a finite positive number; {fallback}"
+        )
+    else:
+        notes.append("pixel spacing from Pixel Spacing" if spacing else "no pixel calibration")
+    return Calibration(region.crop if region is not None else None, spacing, tuple(notes))
 
 
 def window_to_uint8(values: NDArray[Any], center: float, width: float, function: str) -> Frame:

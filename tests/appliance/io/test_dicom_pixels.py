@@ -7,6 +7,7 @@ pydicom's own LUT and windowing functions, and hand-computed values.
 from __future__ import annotations
 
 import itertools
+import math
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, p
 
 from appliance.io.dicom import read_dicom
 from appliance.io.dicom_pixels import (
+    calibration,
     pixel_spacing,
     select_frames,
     ultrasound_region,
@@ -134,6 +136,71 @@ def test_ultrasound_region_choice() -> None:
     assert ultrasound_region(Dataset(), rows=100, cols=150) is None
 
 
+@pytest.mark.parametrize(
+    ("dx", "dy"),
+    [(math.nan, 0.02), (0.01, math.inf), (math.nan, math.inf), (-math.inf, 0.02), (0.0, -0.5)],
+)
+def test_region_calibration_not_finite_positive_keeps_the_crop_without_spacing(
+    dx: float, dy: float
+) -> None:
+    ds = Dataset()
+    ds.SequenceOfUltrasoundRegions = [
+        _region(10, 10, 19, 19, PhysicalDeltaX=dx, PhysicalDeltaY=dy),
+        _region(50, 20, 200, 80, PhysicalDeltaX=dx, PhysicalDeltaY=dy),
+    ]
+    region = ultrasound_region(ds, rows=100, cols=150)
+    assert region is not None
+    assert region.crop == (50, 20, 150, 81) and region.spacing_mm is None
+    assert region.index == 1 and region.n_usable == 2
+    calib = calibration(ds, rows=100, cols=150)
+    assert calib.crop == (50, 20, 150, 81) and calib.spacing_mm is None
+    assert calib.notes[-1] == (
+        "the ultrasound region's calibration is not a finite positive number; sizes in pixels"
+    )
+    ds.PixelSpacing = [0.3, 0.4]  # an explicit image calibration is still the fallback
+    assert calibration(ds, rows=100, cols=150).spacing_mm == (0.3, 0.4)
+
+
+def test_a_calibrated_region_wins_over_a_larger_uncalibrated_one() -> None:
+    ds = Dataset()
+    ds.SequenceOfUltrasoundRegions = [
+        _region(0, 0, 99, 99, PhysicalDeltaX=math.nan),
+        _region(10, 10, 19, 19),
+    ]
+    region = ultrasound_region(ds, rows=100, cols=150)
+    assert region is not None and region.crop == (10, 10, 20, 20) and region.index == 1
+    assert region.spacing_mm == pytest.approx((0.2, 0.1)) and region.n_usable == 1
+
+
+def test_region_with_insane_bounds_gives_no_crop() -> None:
+    ds = Dataset()
+    ds.SequenceOfUltrasoundRegions = [
+        _region(500, 500, 600, 600, PhysicalDeltaX=math.nan),  # outside the image
+        _region(80, 10, 40, 90, PhysicalDeltaY=math.inf),  # MaxX1 before MinX0
+    ]
+    assert ultrasound_region(ds, rows=100, cols=150) is None
+    calib = calibration(ds, rows=100, cols=150)
+    assert calib.crop is None and calib.spacing_mm is None
+    assert calib.notes == ("no pixel calibration",)
+
+
+@needs_samples
+def test_nan_and_infinite_region_deltas_read_in_pixels(tmp_path: Path) -> None:
+    ds = pydicom.dcmread(sample("OBXXXX1A.dcm"))
+    ds.SequenceOfUltrasoundRegions[0].PhysicalDeltaX = math.nan
+    ds.SequenceOfUltrasoundRegions[0].PhysicalDeltaY = math.inf
+    path = tmp_path / "nan_region.dcm"
+    ds.save_as(path)
+    loaded = read_dicom(path, **LIMITS)
+    assert loaded.meta.pixel_spacing_mm is None
+    assert loaded.meta.crop == REGIONS["OBXXXX1A.dcm"][0]  # the bounds are sane: still cropped
+    assert loaded.frames[0].shape == (459, 680)
+    assert (
+        "the ultrasound region's calibration is not a finite positive number; sizes in pixels"
+        in loaded.meta.notes
+    )
+
+
 # --- greyscale conversion -----------------------------------------------------------------
 
 
@@ -244,4 +311,9 @@ def test_pixel_spacing_fallback_values() -> None:
     ds.PixelSpacing = [0.25, 0.5]
     assert pixel_spacing(ds) == (0.25, 0.5)
     ds.PixelSpacing = [0, 0]  # present but not calibrated (as in RG1_*.dcm)
+    assert pixel_spacing(ds) is None
+    for row, col in [("NaN", "0.5"), ("0.25", "Infinity"), ("-0.25", "0.5"), ("1e400", "1")]:
+        ds.PixelSpacing = [row, col]
+        assert pixel_spacing(ds) is None, (row, col)
+    ds.PixelSpacing = "0.25"  # one value where two are required
     assert pixel_spacing(ds) is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import os
 import signal
 import sys
@@ -12,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 from PIL import Image
 
@@ -25,7 +27,13 @@ from appliance.errors import (
 from appliance.io.reader import read_file
 from appliance.io.sandbox import Decoder
 from appliance.io.types import ReadLimits
-from tests.appliance.io.samples import runaway_jpeg, small_us_dataset, write
+from tests.appliance.io.samples import (
+    needs_samples,
+    runaway_jpeg,
+    sample,
+    small_us_dataset,
+    write,
+)
 from tests.conftest import BUSI_DIR, BUSI_MANIFEST, needs_busi
 
 LIMITS = ReadLimits()
@@ -65,6 +73,21 @@ def test_refusals_come_back_as_the_same_error(tmp_path: Path, decoder: Decoder) 
         decoder.decode(ct, claimed_suffix=None)
     assert ct_info.value.modality == "CT"
     assert ct_info.value.reason == read_file_error(ct).reason
+
+
+@needs_samples
+def test_non_finite_region_calibration_comes_back_uncalibrated(
+    tmp_path: Path, decoder: Decoder
+) -> None:
+    """The child sends no NaN or Infinity (the parent would call that subverted): a region
+    whose deltas are NaN / Infinity is read as uncalibrated before it leaves the decoder."""
+    ds = pydicom.dcmread(sample("OBXXXX1A.dcm"))
+    ds.SequenceOfUltrasoundRegions[0].PhysicalDeltaX = math.nan
+    ds.SequenceOfUltrasoundRegions[0].PhysicalDeltaY = math.inf
+    ds.save_as(tmp_path / "nan_region")
+    loaded = decoder.decode(tmp_path / "nan_region", claimed_suffix=".dcm")
+    assert loaded.meta.pixel_spacing_mm is None and loaded.meta.crop == (120, 60, 800, 519)
+    assert loaded.meta == read_file(tmp_path / "nan_region", claimed_suffix=".dcm").meta
 
 
 def read_file_error(path: Path) -> NotUltrasoundError:

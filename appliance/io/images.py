@@ -9,6 +9,10 @@ their RGB colours; 1-bit becomes 0/255). 16- and 32-bit greyscale is rescaled ov
 range (min-max) to 0..255. EXIF orientation is applied. Plain images carry no calibration:
 `pixel_spacing_mm` is None (PNG pHYs is a print resolution, not a physical scale).
 
+Before any pixel is decoded, the file must be whole and undamaged
+(`appliance.io.integrity`): every PNG chunk's CRC (Pillow skips those of IDAT) and its
+IEND, a JPEG's EOI, a BMP's announced pixel data; a cut file is "still being written".
+
 JPEG files are refused before decoding when they hold more than `max_jpeg_scans` scans
 (`appliance.io.bounds.jpeg_scan_count`): each scan of a progressive JPEG is a full pass
 over the image, and a few thousand make a small file decode for minutes.
@@ -42,7 +46,8 @@ from appliance.errors import (
     UnsupportedFormatError,
 )
 from appliance.io.bounds import describe_content, jpeg_scan_count, resolve_limits, scan_refusal
-from appliance.io.files import open_input, read_all, read_head
+from appliance.io.files import open_input, read_all, read_head, unreadable_error
+from appliance.io.integrity import check_bmp, check_jpeg, check_png
 from appliance.io.types import Frame, ImageMeta, LoadedImage, ReadLimits
 
 MAX_SIDE = 32768
@@ -170,6 +175,19 @@ def _to_grey(im: Image.Image) -> tuple[Frame, int]:
     return np.array(grey, dtype=np.uint8), 1 if im.mode == "1" else 8
 
 
+def _check_whole(fmt: str, fh: IO[bytes], data: bytes, head: bytes, path: Path) -> None:
+    """Refuse a cut or damaged file before Pillow decodes it (`appliance.io.integrity`)."""
+    try:
+        if fmt == "png":
+            check_png(fh, path)
+        elif fmt == "jpeg":
+            check_jpeg(data, path)
+        else:
+            check_bmp(fh, path, head)
+    except OSError as exc:
+        raise unreadable_error(path, exc) from exc
+
+
 def read_image(
     path: Path, *, max_pixels: int | None = None, limits: ReadLimits | None = None
 ) -> LoadedImage:
@@ -190,7 +208,9 @@ def read_image(
     InputTooCostlyError
         A JPEG with more than `max_jpeg_scans` scans.
     CorruptFileError
-        The content cannot be decoded (truncated, damaged).
+        The content cannot be decoded, or is cut short or damaged: a PNG chunk whose
+        CRC does not match or no IEND, a JPEG without EOI, a BMP shorter than its pixel
+        data (`appliance.io.integrity`).
     """
     limits = resolve_limits(limits, None, max_pixels)
     max_pixels = limits.max_pixels
@@ -204,12 +224,15 @@ def read_image(
                 path=path,
             )
         src: IO[bytes] = fh
+        data = b""
         if fmt == "jpeg":  # count the scans before Pillow decodes any of them
             data = read_all(fh, path)
             scans = jpeg_scan_count(data, stop_after=limits.max_jpeg_scans)
             if scans > limits.max_jpeg_scans:
                 raise InputTooCostlyError(scan_refusal(scans, limits.max_jpeg_scans), path=path)
             src = io.BytesIO(data)
+        if fmt != "bmp":  # every chunk's CRC, IEND, EOI: before Pillow reads anything
+            _check_whole(fmt, fh, data, head, path)
         try:
             # Pillow warns, then refuses, past Image.MAX_IMAGE_PIXELS: both become refusals
             with warnings.catch_warnings():
@@ -226,6 +249,8 @@ def read_image(
         with im:
             cols, rows = im.size
             check_dimensions(path, rows, cols, 1, max_pixels)
+            if fmt == "bmp":  # after the size check: a BMP bomb is too large, not cut
+                _check_whole(fmt, fh, data, head, path)
             n_frames = getattr(im, "n_frames", 1)
             mode = im.mode
             try:

@@ -20,6 +20,7 @@ from appliance.errors import (
 )
 from appliance.io.files import unreadable_error
 from appliance.io.images import read_image, rescale_to_uint8, rgb_to_grey, sniff_image_format
+from appliance.io.integrity import TRUNCATED
 
 LIMIT = 50_000_000
 RNG = np.random.default_rng(2024)
@@ -232,7 +233,7 @@ def test_truncated_png(tmp_path: Path) -> None:
     path.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
     with pytest.raises(CorruptFileError) as info:
         read_image(path, max_pixels=LIMIT)
-    assert info.value.reason.startswith("the PNG pixel data cannot be decoded (Pillow: ")
+    assert info.value.reason == TRUNCATED
     assert "cut.png" not in info.value.reason
 
 

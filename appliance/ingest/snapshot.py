@@ -35,7 +35,7 @@ from appliance.errors import (
     NotRegularFileError,
     TransientError,
 )
-from appliance.io.files import unreadable_error
+from appliance.io.files import describe_kind, unreadable_error
 from appliance.results.durable import sync_folder
 
 CHUNK_SIZE = 1 << 20
@@ -66,21 +66,6 @@ class Snapshot:
     size: int
     mtime_ns: int
     spool_path: Path
-
-
-def describe_kind(mode: int) -> str:
-    """'a symbolic link', 'a named pipe (FIFO)', ... for a `stat` mode."""
-    if stat.S_ISLNK(mode):
-        return "a symbolic link"
-    if stat.S_ISFIFO(mode):
-        return "a named pipe (FIFO)"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device file"
-    if stat.S_ISDIR(mode):
-        return "a folder"
-    return "not a regular file"
 
 
 def check_regular(path: Path, st: os.stat_result, inbox: Path | None) -> None:

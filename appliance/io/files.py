@@ -27,12 +27,23 @@ from appliance.errors import (
 )
 from appliance.io.bounds import size_refusal
 
-_SPECIAL = {
-    stat.S_IFIFO: "a FIFO (named pipe)",
-    stat.S_IFCHR: "a character device",
-    stat.S_IFBLK: "a block device",
-    stat.S_IFSOCK: "a socket",
-}
+
+def describe_kind(mode: int) -> str:
+    """'a symbolic link', 'a FIFO (named pipe)', ... for a `stat` mode that is not a
+    regular file (the words a reason uses; shared by the intake and the bundle checks)."""
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    return "a special file"
 
 
 def _node_user() -> str:
@@ -95,12 +106,11 @@ def open_input(path: Path, *, max_bytes: int | None = None) -> Iterator[IO[bytes
     except OSError as exc:
         os.close(fd)
         raise unreadable_error(path, exc) from exc
-    kind = stat.S_IFMT(info.st_mode)
     if not stat.S_ISREG(info.st_mode):
         os.close(fd)
         if stat.S_ISDIR(info.st_mode):
             raise unreadable_error(path, IsADirectoryError(errno.EISDIR, "Is a directory"))
-        raise _special_file_error(path, _SPECIAL.get(kind, "a special file"))
+        raise _special_file_error(path, describe_kind(info.st_mode))
     if info.st_size == 0:
         os.close(fd)
         raise EmptyFileError(

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
 from appliance.errors import BundleError
+from appliance.io.files import describe_kind
 
 _NOFOLLOW_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NOFOLLOW_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -34,20 +35,6 @@ class UnsafeMemberError(BundleError):
     def __init__(self, message: str, *, member: str) -> None:
         self.member = member
         super().__init__(message)
-
-
-def _kind(mode: int) -> str:
-    if stat.S_ISLNK(mode):
-        return "a symbolic link"
-    if stat.S_ISDIR(mode):
-        return "a folder"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    return "not a regular file"
 
 
 @contextmanager
@@ -99,7 +86,7 @@ def _open_nofollow(root_fd: int, rel: str, where: str) -> int:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
             os.close(fd)
-            raise _refusal(where, rel, _kind(mode))
+            raise _refusal(where, rel, describe_kind(mode))
         return fd
     finally:
         for fd in opened:
@@ -166,7 +153,7 @@ def list_tree(root_fd: int, where: str) -> list[str]:
                 finally:
                     os.close(sub)
             else:
-                raise _refusal(where, rel, _kind(mode))
+                raise _refusal(where, rel, describe_kind(mode))
 
     try:
         walk(root_fd, "", 0)

@@ -52,14 +52,12 @@ from appliance.pipeline import Pipeline, PipelineSettings
 from appliance.privacy import Pseudonymizer
 from appliance.runtime import InferenceBackend, create_backend
 from appliance.runtime.factory import describe_sharing
+from appliance.service_status import HEARTBEAT_S, STATUS_FILE
 from appliance.store.db import StoreError
 from appliance.store.jobs import JobQueue
 from appliance.store.results import ResultStore
 
 log = logging.getLogger("fame_node.service")
-
-STATUS_FILE = "service-status.json"
-HEARTBEAT_S = 5.0
 
 
 @dataclass
@@ -475,26 +473,3 @@ class Node:
                 os.replace(tmp, path)
             except OSError as exc:
                 log.warning("cannot write %s: %s", path, exc.strerror)
-
-
-def read_service_status(config: NodeConfig) -> dict[str, Any] | None:
-    """The running service's status file, with `alive` added; None if there is none."""
-    path = config.folder("work") / STATUS_FILE
-    try:
-        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
-    beat = datetime.fromisoformat(data["heartbeat_at"])
-    fresh = (datetime.now(UTC) - beat).total_seconds() < 3 * HEARTBEAT_S
-    data["alive"] = bool(data.get("running")) and fresh and _pid_alive(int(data["pid"]))
-    return data
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -19,7 +19,7 @@ from appliance.oneshot import describe
 from appliance.privacy import shown, shown_name
 from appliance.runtime import create_backend
 from appliance.runtime.factory import available_providers, describe_sharing
-from appliance.service import read_service_status
+from appliance.service_status import read_service_status
 from appliance.store.jobs import JobQueue
 from appliance.store.results import ResultStore
 

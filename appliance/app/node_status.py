@@ -1,6 +1,6 @@
 """The node's state for the status bar: is the service running, on what, how busy.
 
-Read from the service's status file (`appliance.service.read_service_status`; the service
+Read from the service's status file (`appliance.service_status.read_service_status`; the service
 is usually another process) and the queue counts. Both are cheap; the GUI polls them.
 """
 

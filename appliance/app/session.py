@@ -19,7 +19,7 @@ from appliance.app.viewer import CaseLoader, Change, ViewerModel
 from appliance.app.worklist import WorklistModel
 from appliance.app.worklist_source import StoreWorklistSource
 from appliance.config import NodeConfig
-from appliance.service import read_service_status
+from appliance.service_status import read_service_status
 from appliance.store.jobs import JobQueue
 from appliance.store.results import ResultStore
 from appliance.store.reviews import ReviewStore

@@ -266,7 +266,7 @@ def _wait_for_service(
     config: NodeConfig, registry: ModelRegistry, event: ModelEvent, args: argparse.Namespace
 ) -> str:
     """Until the running service runs `event`'s model; says what happened."""
-    from appliance.service import read_service_status  # the service pulls in the runtime
+    from appliance.service_status import read_service_status
 
     status = read_service_status(config)
     if status is None or not status["alive"]:

@@ -11,7 +11,7 @@ Errors::
 the findings, `model_events` the model history, `reviews` the clinicians' decisions.
 """
 
-from appliance.store.db import SCHEMA_VERSION, SchemaTooNewError, StoreError
+from appliance.store.db import SchemaTooNewError, StoreError
 from appliance.store.jobs import (
     EnqueueOutcome,
     Job,
@@ -21,6 +21,7 @@ from appliance.store.jobs import (
     JobStatus,
 )
 from appliance.store.results import FrameResultRow, ResultRecord, ResultStore, StoredResult
+from appliance.store.schema import SCHEMA_VERSION
 
 __all__ = [
     "SCHEMA_VERSION",

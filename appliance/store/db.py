@@ -6,7 +6,8 @@ GUI, `fame-node status`) opens its own and reads while the service writes. `writ
 a ``BEGIN IMMEDIATE`` transaction: it takes the write lock at once, so a read followed by
 a write inside it cannot be overtaken by another writer.
 
-The schema is versioned. `MIGRATIONS` is an ordered tuple; migration *n* takes the schema
+The schema is versioned (`appliance.store.schema`). `MIGRATIONS` is an ordered tuple;
+migration *n* takes the schema
 from version *n - 1* to *n*, and each applied one adds a row to ``schema_version``. They
 run in one transaction when the file is opened, so a failed upgrade leaves the file as it
 was. A file written by a newer FAME Node (a version beyond `SCHEMA_VERSION`) is refused.
@@ -28,14 +29,13 @@ from types import TracebackType
 from typing import Self
 
 from appliance.errors import FameNodeError
+from appliance.store.schema import MIGRATIONS, Migration
 
 log = logging.getLogger("fame_node.store")
 
 Clock = Callable[[], datetime]
 """Returns the current time (timezone-aware); tests pass their own to control ordering."""
 
-Migration = Callable[[sqlite3.Connection], None]
-"""Takes the schema one version up; runs inside the open transaction (no COMMIT in it)."""
 
 DEFAULT_BUSY_TIMEOUT_S = 10.0
 
@@ -100,166 +100,6 @@ def to_db_time(moment: datetime) -> str:
 def from_db_time(text: str) -> datetime:
     """The inverse of `to_db_time` (timezone-aware UTC)."""
     return datetime.fromisoformat(text)
-
-
-# -- schema --------------------------------------------------------------------------------
-
-JOB_STATUSES = ("queued", "running", "done", "rejected", "failed", "duplicate")
-
-_V1 = (
-    f"""
-    CREATE TABLE jobs (
-        id INTEGER PRIMARY KEY,
-        path TEXT NOT NULL,
-        sha256 TEXT,
-        size INTEGER,
-        mtime_ns INTEGER,
-        status TEXT NOT NULL CHECK (status IN ({", ".join(repr(s) for s in JOB_STATUSES)})),
-        error_code TEXT,
-        reason TEXT,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        sop_instance_uid TEXT,
-        duplicate_of INTEGER REFERENCES jobs(id),
-        model_version TEXT,
-        quarantine_path TEXT,
-        created_at TEXT NOT NULL,
-        updated_at TEXT NOT NULL,
-        started_at TEXT,
-        finished_at TEXT
-    )
-    """,
-    "CREATE INDEX jobs_sha256 ON jobs(sha256)",
-    "CREATE INDEX jobs_status ON jobs(status)",
-    "CREATE INDEX jobs_path ON jobs(path)",
-    """
-    CREATE TABLE sop_uids (
-        uid TEXT PRIMARY KEY,
-        job_id INTEGER NOT NULL REFERENCES jobs(id)
-    )
-    """,
-    """
-    CREATE TABLE images (
-        job_id INTEGER PRIMARY KEY REFERENCES jobs(id),
-        source_format TEXT NOT NULL,
-        modality TEXT,
-        patient_id TEXT,
-        patient_name TEXT,
-        study_instance_uid TEXT,
-        series_instance_uid TEXT,
-        sop_instance_uid TEXT,
-        sop_class_uid TEXT,
-        study_date TEXT,
-        manufacturer TEXT,
-        model_name TEXT,
-        photometric TEXT,
-        bits_stored INTEGER,
-        n_frames_total INTEGER NOT NULL,
-        frame_indices TEXT NOT NULL,
-        pixel_spacing_row_mm REAL,
-        pixel_spacing_col_mm REAL,
-        crop TEXT,
-        notes TEXT NOT NULL
-    )
-    """,
-    """
-    CREATE TABLE results (
-        id INTEGER PRIMARY KEY,
-        job_id INTEGER NOT NULL REFERENCES jobs(id),
-        frame_index INTEGER NOT NULL,
-        diagnosis TEXT,
-        probabilities TEXT NOT NULL,
-        confidence REAL,
-        lesion_area_px REAL,
-        lesion_area_mm2 REAL,
-        max_diameter_px REAL,
-        max_diameter_mm REAL,
-        n_lesions INTEGER,
-        flags TEXT NOT NULL,
-        result_dir TEXT,
-        model_version TEXT,
-        backend TEXT,
-        created_at TEXT NOT NULL,
-        UNIQUE (job_id, frame_index)
-    )
-    """,
-)
-
-
-def _migrate_to_v1(conn: sqlite3.Connection) -> None:
-    # One statement at a time: `executescript` would COMMIT the migration transaction.
-    for statement in _V1:
-        conn.execute(statement)
-
-
-_V2 = (
-    # The history of the models this node ran: installed, activated, refused, rolled back.
-    """
-    CREATE TABLE model_events (
-        id INTEGER PRIMARY KEY,
-        at TEXT NOT NULL,
-        model TEXT NOT NULL,
-        bundle_path TEXT,
-        action TEXT NOT NULL CHECK (action IN
-            ('installed', 'activated', 'refused', 'rolled_back', 'removed')),
-        actor TEXT NOT NULL,
-        reason TEXT,
-        figures TEXT NOT NULL DEFAULT '{}'
-    )
-    """,
-    "CREATE INDEX model_events_model ON model_events(model)",
-    # Clinicians' decisions on results. The current review of a frame is its newest row
-    # that was not undone; confirmed and corrected frames form the local training set.
-    """
-    CREATE TABLE reviews (
-        id INTEGER PRIMARY KEY,
-        job_id INTEGER NOT NULL REFERENCES jobs(id),
-        frame_index INTEGER NOT NULL,
-        decision TEXT NOT NULL CHECK (decision IN ('confirmed', 'corrected', 'mask_rejected')),
-        diagnosis TEXT,
-        mask_path TEXT,
-        reviewer TEXT NOT NULL,
-        at TEXT NOT NULL,
-        note TEXT,
-        undone_at TEXT
-    )
-    """,
-    "CREATE INDEX reviews_frame ON reviews(job_id, frame_index)",
-)
-
-
-def _migrate_to_v2(conn: sqlite3.Connection) -> None:
-    for statement in _V2:
-        conn.execute(statement)
-
-
-_V3 = (
-    # The node's own copy of the bytes hashed at intake (work/spool/<sha256>): the bytes
-    # analysed are the bytes queued, whatever happens to the inbox file meanwhile.
-    "ALTER TABLE jobs ADD COLUMN spool_path TEXT",
-    # Passing faults (disk full, database locked): the job waits in the queue until
-    # not_before, `waiting_for` says for what; `retries` counts them (not `attempts`).
-    "ALTER TABLE jobs ADD COLUMN not_before TEXT",
-    "ALTER TABLE jobs ADD COLUMN waiting_for TEXT",
-    "ALTER TABLE jobs ADD COLUMN retries INTEGER NOT NULL DEFAULT 0",
-    # A job whose SOP Instance UID an earlier job holds for another instance (other
-    # patient, study or pixels): analysed on its own and flagged, never a duplicate.
-    "ALTER TABLE jobs ADD COLUMN conflict_of INTEGER REFERENCES jobs(id)",
-    # sha256 over the decoded frames as analysed: the same instance re-sent in another
-    # transfer syntax has other bytes but these pixels.
-    "ALTER TABLE jobs ADD COLUMN pixel_sha256 TEXT",
-    "ALTER TABLE sop_uids ADD COLUMN patient_id TEXT",
-    "ALTER TABLE sop_uids ADD COLUMN study_instance_uid TEXT",
-    "ALTER TABLE sop_uids ADD COLUMN pixel_sha256 TEXT",
-)
-
-
-def _migrate_to_v3(conn: sqlite3.Connection) -> None:
-    for statement in _V3:
-        conn.execute(statement)
-
-
-MIGRATIONS: tuple[Migration, ...] = (_migrate_to_v1, _migrate_to_v2, _migrate_to_v3)
-SCHEMA_VERSION = len(MIGRATIONS)
 
 
 def _current_version(conn: sqlite3.Connection) -> int:

@@ -80,7 +80,7 @@ def test_the_packaged_config_is_valid_and_complete() -> None:
     assert cfg.models.bundle == Path("/opt/fame-node/models/default")
     # every section of the typed config is spelled out for the IT staff who edit it
     text = (REPO_ROOT / "packaging" / "config.toml").read_text()
-    for section, field in NodeConfig.model_fields.items():
+    for section in NodeConfig.model_fields:
         if section not in ("schema_version", "node_name", "log_level"):
             assert f"[{section}]" in text, section
             # and every key in it, set or shown commented out with its meaning

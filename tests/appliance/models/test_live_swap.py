@@ -16,7 +16,8 @@ from appliance.models.registry import ModelRegistry
 from appliance.phantom import PhantomSpec, make_phantom
 from appliance.phantom_dicom import write_phantom_png
 from appliance.runtime.base import InferenceBackend, ModelOutputs
-from appliance.service import STATUS_FILE, Node, build_analyzer, build_parts
+from appliance.service import Node, build_analyzer, build_parts
+from appliance.service_status import STATUS_FILE
 from appliance.store.jobs import JobStatus
 from tests.appliance.models.bundles import real_bundle
 from tests.appliance.models.conftest import node_config

@@ -16,14 +16,8 @@ from appliance.store import (
     SchemaTooNewError,
     StoreError,
 )
-from appliance.store.db import (
-    JOB_STATUSES,
-    MIGRATIONS,
-    connect,
-    from_db_time,
-    migrate,
-    to_db_time,
-)
+from appliance.store.db import connect, from_db_time, migrate, to_db_time
+from appliance.store.schema import JOB_STATUSES, MIGRATIONS
 
 
 def _versions(path: Path) -> list[int]:

@@ -40,11 +40,11 @@ import sys
 import threading
 import time
 from pathlib import Path
-from types import TracebackType
 
 import numpy as np
 
 import appliance
+from appliance.closing import Closing
 from appliance.errors import CorruptFileError, InputError, InputTooCostlyError, TransientError
 from appliance.io.types import LoadedImage, ReadLimits
 from appliance.io.wire import (
@@ -101,7 +101,8 @@ class _Child:
                 condition="resources to start a decoder process",
                 retry_after_s=5.0,
             ) from exc
-        assert self.proc.stdin is not None and self.proc.stdout is not None  # PIPE given
+        if self.proc.stdin is None or self.proc.stdout is None:  # cannot happen: PIPE given
+            raise RuntimeError("the decoder process was started without its pipes")
         self._in = self.proc.stdin
         self._fd = self.proc.stdout.fileno()
         with contextlib.suppress(OSError, AttributeError):  # Linux only; a hint
@@ -201,7 +202,7 @@ def _signal_name(status: int | None) -> str:
         return f"signal {-status}"
 
 
-class Decoder:
+class Decoder(Closing):
     """A pool of `workers` decoder children; `decode` is safe to call from any thread."""
 
     def __init__(self, workers: int, limits: ReadLimits, timeout_s: float, memory_mb: int) -> None:
@@ -337,14 +338,3 @@ class Decoder:
             self._all.clear()
         for child in children:
             child.kill()
-
-    def __enter__(self) -> Decoder:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

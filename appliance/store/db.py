@@ -25,9 +25,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
+from appliance.closing import Closing
 from appliance.errors import FameNodeError
 from appliance.store.schema import MIGRATIONS, Migration
 
@@ -230,25 +229,7 @@ def _describe(exc: sqlite3.Error, path: Path, busy_timeout_s: float) -> str:
     return f"database error on {path}: {text}"
 
 
-class _Closing:
-    """``with x:`` closes `x` at the end."""
-
-    def close(self) -> None:
-        raise NotImplementedError
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-class Database(_Closing):
+class Database(Closing):
     """One connection to the store, shared by the threads of a process under a lock.
 
     Every SQLite error raised inside `read()` / `write()` comes out as `StoreError`,
@@ -320,7 +301,7 @@ class Database(_Closing):
                 self._conn.close()
 
 
-class StoreBase(_Closing):
+class StoreBase(Closing):
     """What every store over the node's database shares: its `Database`, a clock, and
     closing (directly or as a context manager). Subclasses add the table-specific API."""
 

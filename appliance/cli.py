@@ -41,6 +41,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "appliance.commands.gui",
     "appliance.commands.export",
     "appliance.commands.jobs",
+    "appliance.commands.doctor",
 )
 
 

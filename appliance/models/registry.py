@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from appliance.bundle import MANIFEST_NAME, Bundle, load_bundle
+from appliance.closing import Closing
 from appliance.config import NodeConfig
 from appliance.errors import BundleError, FameNodeError
 from appliance.models.install import write_copy
@@ -73,7 +74,7 @@ class _Entry(NamedTuple):
     event: ModelEvent
 
 
-class ModelRegistry:
+class ModelRegistry(Closing):
     """Install, verify, activate and roll back models; read the history.
 
     One per process; safe to share between threads (the store serialises writes).

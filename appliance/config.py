@@ -221,6 +221,17 @@ class ModelsConfig(_Section):
     )
 
 
+class DicomOutConfig(_Section):
+    enabled: bool = Field(
+        True,
+        description="write a DICOM Segmentation and Structured Report of every analysed DICOM "
+        "image into paths.outbox (PNG / JPEG inputs have no DICOM context: none)",
+    )
+    device_serial: str | None = Field(
+        None, description="Device Serial Number in the SEG / SR; None: the node's name"
+    )
+
+
 class NodeConfig(BaseSettings):
     """Everything the node is configured with. Parsed once at start, then passed down."""
 
@@ -237,6 +248,7 @@ class NodeConfig(BaseSettings):
     thresholds: ThresholdsConfig = ThresholdsConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     models: ModelsConfig = ModelsConfig()
+    dicom_out: DicomOutConfig = DicomOutConfig()
 
     @field_validator("schema_version")
     @classmethod

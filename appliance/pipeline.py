@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from appliance.analysis import Analyzer, FrameAnalysis
 from appliance.errors import CorruptFileError, InputError, TransientError
@@ -48,6 +48,9 @@ from appliance.store.db import StoreError
 from appliance.store.instances import InstanceIdentity, InstanceVerdict, identity_digest
 from appliance.store.jobs import Job, JobQueue
 from appliance.store.results import FrameResultRow, ResultStore
+
+if TYPE_CHECKING:  # highdicom is imported only once a DICOM job is exported
+    from appliance.dicom_out.stage import Exported
 
 log = logging.getLogger("fame_node.pipeline")
 
@@ -74,6 +77,10 @@ class PipelineSettings:
     retry_max_s: float = 300.0
     # Recording an outcome is retried this often while the database is locked or full.
     record_tries: int = 30
+    # DICOM SEG / SR of each DICOM job go here (None: not written); `device_serial` names
+    # this node in them.
+    outbox_dir: Path | None = None
+    device_serial: str = "fame-node"
 
 
 @dataclass
@@ -180,7 +187,13 @@ class Pipeline:
             loaded.frames, loaded.meta.pixel_spacing_mm, loaded.meta.frame_indices
         )
         extra_flags = (UID_CONFLICT_FLAG,) if conflict_of is not None else ()
-        rows = self._write_files(job, loaded, analyses, analyzer, conflict_of)
+        outbox = self._export_dicom(job, source, loaded, analyses, analyzer, conflict_of)
+        if outbox is not None and outbox.note:
+            log.warning("%s: %s", tag, outbox.note)
+            meta = loaded.meta
+            loaded = replace(loaded, meta=replace(meta, notes=(*meta.notes, outbox.note)))
+        files = () if outbox is None else outbox.files
+        rows = self._write_files(job, loaded, analyses, analyzer, conflict_of, files)
         self.results.save_completed(
             job.id, loaded.meta, rows, analyzer.bundle.version_label, analyzer.backend.device
         )
@@ -193,6 +206,36 @@ class Pipeline:
             first.label,
             first.confidence,
             f" flags={[*first.flags, *extra_flags]}" if first.flags or extra_flags else "",
+        )
+
+    def _export_dicom(
+        self,
+        job: Job,
+        source: Path,
+        loaded: LoadedImage,
+        analyses: list[FrameAnalysis],
+        analyzer: Analyzer,
+        conflict_of: int | None,
+    ) -> Exported | None:
+        """The job's DICOM SEG / SR in the outbox, durable before the job is done; None
+        for an input that gets none (not DICOM, or DICOM output turned off)."""
+        s = self.settings
+        if s.outbox_dir is None or loaded.meta.source_format != "dicom":
+            return None
+        from appliance.dicom_out.source import DeviceInfo  # highdicom: only for DICOM jobs
+        from appliance.dicom_out.stage import export_job
+
+        extra = (UID_CONFLICT_FLAG,) if conflict_of is not None else ()
+        return export_job(
+            s.outbox_dir,
+            job.id,
+            source,
+            loaded.meta,
+            analyses,
+            extra,
+            analyzer.bundle.version_label,
+            DeviceInfo(serial_number=s.device_serial),
+            conflict_of=conflict_of,
         )
 
     def _source(self, job: Job) -> Path:
@@ -281,6 +324,7 @@ class Pipeline:
         analyses: list[FrameAnalysis],
         analyzer: Analyzer,
         conflict_of: int | None,
+        outbox_files: tuple[Path, ...] = (),
     ) -> list[FrameResultRow]:
         extra_flags = (UID_CONFLICT_FLAG,) if conflict_of is not None else ()
         out_dir = job_result_dir(self.settings.results_dir, job.id)
@@ -346,6 +390,7 @@ class Pipeline:
                 "backend": analyzer.backend.device,
                 "mask_threshold": analyzer.threshold,
                 "lesion_size_units": "mm" if meta.pixel_spacing_mm else "px",
+                "dicom_out": [p.name for p in outbox_files],
                 "created": datetime.now(UTC).isoformat(timespec="seconds"),
             },
             frames_json,

@@ -160,6 +160,8 @@ def build_parts(
             quarantine_max_bytes=p.quarantine_max_bytes,
             retry_initial_s=ing.retry_initial_s,
             retry_max_s=ing.retry_max_s,
+            outbox_dir=config.folder("outbox") if config.dicom_out.enabled else None,
+            device_serial=config.dicom_out.device_serial or config.node_name,
         ),
         analyzer,
         queue,

@@ -17,7 +17,14 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -232,6 +239,63 @@ class DicomOutConfig(_Section):
     )
 
 
+_AE_TITLE = r"^[ -~]{1,16}$"  # DICOM AE: 1-16 printable ASCII characters
+
+
+class DicomNetConfig(_Section):
+    enabled: bool = Field(
+        False,
+        description="listen for DICOM C-STORE: a scanner or PACS pushes images straight "
+        "into the inbox",
+    )
+    bind_address: str = Field(
+        "127.0.0.1",
+        min_length=1,
+        description="address listened on; 127.0.0.1: only this machine (0.0.0.0: every interface)",
+    )
+    port: int = Field(11112, ge=0, le=65535, description="TCP port listened on")
+    ae_title: str = Field(
+        "FAMENODE", pattern=_AE_TITLE, description="this node's AE title (1-16 characters)"
+    )
+    allowed_callers: tuple[str, ...] = Field(
+        (),
+        description="AE titles allowed to send; any other caller is rejected at association",
+    )
+    allow_any_caller: bool = Field(
+        False, description="accept every calling AE title (allowed_callers is then unused)"
+    )
+    max_pdu: int = Field(16382, ge=0, description="largest PDU received (bytes); 0: no limit")
+    max_associations: int = Field(
+        4, ge=1, le=64, description="associations served at the same time"
+    )
+    acse_timeout_s: float = Field(
+        30.0, gt=0, description="seconds to wait for association messages"
+    )
+    dimse_timeout_s: float = Field(30.0, gt=0, description="seconds to wait for DIMSE messages")
+    network_timeout_s: float = Field(
+        60.0, gt=0, description="an association silent this long is aborted"
+    )
+
+    @field_validator("allowed_callers")
+    @classmethod
+    def _ae_titles(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for title in v:
+            if not 1 <= len(title.strip()) <= 16 or not title.isascii() or not title.isprintable():
+                raise ValueError(
+                    f"{title!r} is not an AE title; expected 1-16 printable ASCII characters"
+                )
+        return tuple(t.strip() for t in v)
+
+    @model_validator(mode="after")
+    def _someone_may_send(self) -> DicomNetConfig:
+        if self.enabled and not self.allowed_callers and not self.allow_any_caller:
+            raise ValueError(
+                "dicom_net.enabled = true with no allowed_callers: list the AE titles that "
+                'may send (allowed_callers = ["SCANNER1"]), or set allow_any_caller = true'
+            )
+        return self
+
+
 class NodeConfig(BaseSettings):
     """Everything the node is configured with. Parsed once at start, then passed down."""
 
@@ -249,6 +313,7 @@ class NodeConfig(BaseSettings):
     runtime: RuntimeConfig = RuntimeConfig()
     models: ModelsConfig = ModelsConfig()
     dicom_out: DicomOutConfig = DicomOutConfig()
+    dicom_net: DicomNetConfig = DicomNetConfig()
 
     @field_validator("schema_version")
     @classmethod

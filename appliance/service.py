@@ -41,6 +41,7 @@ from appliance.bundle import Bundle
 from appliance.config import NodeConfig
 from appliance.errors import BundleError, TransientError
 from appliance.health import Conditions
+from appliance.ingest.dicom_receiver import DicomReceiver
 from appliance.ingest.intake import Intake
 from appliance.ingest.snapshot import FileStillChangingError, Spool
 from appliance.ingest.watcher import InboxWatcher
@@ -201,6 +202,7 @@ class Node:
         self._stuck_jobs: set[int] = set()
         self._watchdog: threading.Thread | None = None
         self._watcher: InboxWatcher | None = None
+        self._receiver: DicomReceiver | None = None
         self._heartbeat: threading.Thread | None = None
         self._model_watch: threading.Thread | None = None
         self._model_seen: int | None = None  # newest model event already acted on
@@ -230,6 +232,13 @@ class Node:
                 close_settle_s=self.config.ingest.close_settle_s,
             )
             self._watcher.start()
+        if watch and self.config.dicom_net.enabled:  # after the watcher: it takes them
+            self._receiver = DicomReceiver(
+                self.config.dicom_net,
+                self.config.folder("inbox"),
+                max_bytes=self.config.ingest.max_input_bytes,
+            )
+            self._receiver.start()
         self._watchdog = threading.Thread(
             target=self._watch_jobs, name="fame-watchdog", daemon=True
         )
@@ -256,6 +265,8 @@ class Node:
         `timeout` (those jobs are back in the queue; the caller should exit the process)."""
         self._stop.set()
         self._wake.set()
+        if self._receiver is not None:  # before the watcher: nothing stored goes untaken
+            self._receiver.stop()
         if self._watcher is not None:
             self._watcher.stop()
         deadline = time.monotonic() + timeout

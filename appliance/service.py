@@ -9,10 +9,9 @@ its timeout, then puts the jobs still unfinished back in the queue (not counted 
 attempt) and returns; a job cut off by SIGKILL is retried at the next start. A status file
 in ``work/`` tells `fame-node status` what the running service uses and what it waits for.
 
-A watchdog thread looks at the job each worker holds: one that runs past
-``processing.job_timeout_s`` is reported (log, status) and another worker is started in
-its place, so that one input never holds the node's capacity. (Decoding, where a runaway
-can happen, already runs in a killable child process with its own time limit.)
+A watchdog reports a job running past ``processing.job_timeout_s`` and starts another
+worker in its place, so one input never holds the node's capacity (decoding, where a
+runaway can happen, already runs in a killable child process with its own time limit).
 
 Models are swapped live. The active model is whatever the model history in the database
 says (`ModelRegistry`); a thread polls it every ``models.poll_interval_s``. When another
@@ -20,8 +19,8 @@ model becomes active (``fame-node models activate`` / ``rollback``, the GUI), th
 loads and verifies the bundle and opens its inference session while the workers go on with
 the old one, then swaps the finished `Analyzer` into the pipeline with one assignment. Each
 job uses the analyzer it took when it started, so none fails, none is lost, and each
-result names the model that made it. A bundle that cannot be loaded is recorded as
-``refused`` and the node goes back to (keeps) the model it runs.
+result names the model that made it. A bundle that cannot be loaded is ``refused``; the
+node keeps the model it runs.
 """
 
 from __future__ import annotations
@@ -39,7 +38,7 @@ from typing import Any
 from appliance.analysis import Analyzer
 from appliance.bundle import Bundle
 from appliance.config import NodeConfig
-from appliance.errors import BundleError, TransientError
+from appliance.errors import BundleError, ConfigError, TransientError
 from appliance.health import Conditions
 from appliance.ingest.dicom_receiver import DicomReceiver
 from appliance.ingest.intake import Intake
@@ -216,6 +215,7 @@ class Node:
 
         Raises:
             NodeLockedError: another service runs on this store (nothing was changed).
+            ConfigError: the DICOM receiver's port cannot be bound (the node is stopped).
         """
         self._lock.acquire()
         recovered = self.parts.queue.recover_interrupted(self.config.ingest.max_attempts)
@@ -238,7 +238,19 @@ class Node:
                 self.config.folder("inbox"),
                 max_bytes=self.config.ingest.max_input_bytes,
             )
-            self._receiver.start()
+            try:
+                self._receiver.start()
+            except OSError as exc:  # the port is taken, or the address is not this host's
+                self._receiver = None
+                self.stop(timeout=10.0)
+                net = self.config.dicom_net
+                raise ConfigError(
+                    [
+                        f"dicom_net.port = {net.port} on {net.bind_address} cannot be bound "
+                        f"({exc.strerror or exc}): another program listens there, or the "
+                        "address is not this machine's; choose another port or stop it"
+                    ]
+                ) from exc
         self._watchdog = threading.Thread(
             target=self._watch_jobs, name="fame-watchdog", daemon=True
         )

@@ -128,3 +128,33 @@ def test_a_second_service_on_the_same_store_refuses_and_names_the_first(tmp_path
     finally:
         third.stop(timeout=10)
         third.parts.close()
+
+
+def test_a_dicom_port_already_taken_stops_the_start_with_a_clear_error(tmp_path: Path) -> None:
+    import socket
+
+    from appliance.errors import ConfigError
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        node = Node(
+            _config(
+                tmp_path,
+                FAME_NODE_DICOM_NET__ENABLED="true",
+                FAME_NODE_DICOM_NET__PORT=str(port),
+                FAME_NODE_DICOM_NET__ALLOWED_CALLERS='["SCANNER"]',
+            )
+        )
+        try:
+            with pytest.raises(ConfigError, match=rf"dicom_net.port = {port} .* cannot be bound"):
+                node.start()
+        finally:
+            node.parts.close()
+    again = Node(_config(tmp_path))  # the failed start released the store's lock
+    try:
+        again.start(watch=False)
+    finally:
+        again.stop(timeout=10)
+        again.parts.close()

@@ -251,7 +251,7 @@ class DicomNetConfig(_Section):
     bind_address: str = Field(
         "127.0.0.1",
         min_length=1,
-        description="address listened on; 127.0.0.1: only this machine (a LAN address to take pushes)",
+        description="address listened on; 127.0.0.1: only this machine (the LAN address: pushes)",
     )
     port: int = Field(11112, ge=0, le=65535, description="TCP port listened on")
     ae_title: str = Field(

@@ -40,6 +40,7 @@ from pynetdicom.sop_class import uid_to_service_class
 from pynetdicom.transport import ThreadedAssociationServer
 
 from appliance.config import DicomNetConfig
+from appliance.results.durable import sync_folder
 
 log = logging.getLogger("fame_node.dicom_net")
 
@@ -212,7 +213,7 @@ class DicomReceiver:
                 os.unlink(tmp)
             raise
         try:
-            _fsync_dir(self.inbox)
+            sync_folder(self.inbox)
         except OSError:
             # Not durable, so not acknowledged: the sender sends it again (the queue takes
             # the same content once, should the watcher already have taken this copy).
@@ -235,11 +236,3 @@ def register_retired_sop_classes() -> None:
     for sop_class, keyword in RETIRED_SOP_CLASSES.items():
         if uid_to_service_class(sop_class) is not StorageServiceClass:
             register_uid(sop_class, keyword, StorageServiceClass)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

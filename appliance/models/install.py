@@ -17,6 +17,7 @@ from pathlib import Path
 
 from appliance.bundle import MANIFEST_NAME, Bundle
 from appliance.models.signing import SIGNATURE_NAME
+from appliance.results.durable import sync_folder
 
 
 def write_copy(bundle: Bundle, dest: Path, verify: Callable[[Path], Bundle]) -> bool:
@@ -43,14 +44,14 @@ def write_copy(bundle: Bundle, dest: Path, verify: Callable[[Path], Bundle]) -> 
             _write_durably(tmp / rel, data)
         verify(tmp)  # the copy, not only the source, must verify
         for folder in sorted({(tmp / rel).parent for rel in members}, reverse=True):
-            _fsync_dir(folder)
+            sync_folder(folder)
         try:
             os.rename(tmp, dest)
         except OSError:
             if dest.is_dir():
                 return False
             raise
-        _fsync_dir(root)
+        sync_folder(root)
         return True
     finally:
         if tmp.exists():
@@ -62,11 +63,3 @@ def _write_durably(path: Path, data: bytes) -> None:
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -33,6 +33,7 @@ from typing import Any
 
 from appliance.errors import BundleError
 from appliance.models.safe_files import open_folder, read_optional
+from appliance.results.durable import sync_folder
 
 log = logging.getLogger("fame_node.runtime")
 
@@ -193,8 +194,4 @@ def _replace(path: Path, data: bytes) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    sync_folder(path.parent)

@@ -14,24 +14,13 @@ from appliance.phantom import PhantomSpec, make_phantom
 from appliance.phantom_dicom import write_phantom_dicom
 from appliance.preprocess import letterbox_mask
 from appliance.runtime.base import ModelOutputs
-from appliance.service import NodeParts, build_parts
+from appliance.service import build_parts
 from appliance.store.jobs import JobStatus
+from tests.appliance.pipelineutil import node_parts, process_file
 
 needs_pydicom_data = pytest.mark.skipif(
     not ultrasound_sample_files(), reason="pydicom-data is not installed (pip install '.[demo]')"
 )
-
-
-def _parts(root: Path, **env: str) -> NodeParts:
-    return build_parts(load_config(env={"FAME_NODE_PATHS__ROOT": str(root), **env}))
-
-
-def _run(parts: NodeParts, path: Path) -> int:
-    outcome = parts.intake.submit(path, inside_inbox=False)
-    job = parts.queue.claim(outcome.id)
-    assert job is not None
-    parts.pipeline.process(job)
-    return outcome.id
 
 
 EXPECTED_FRAMES = {"OBXXXX1A_2frame.dcm": 2, "color3d_jpeg_baseline.dcm": 16}
@@ -40,8 +29,8 @@ EXPECTED_FRAMES = {"OBXXXX1A_2frame.dcm": 2, "color3d_jpeg_baseline.dcm": 16}
 @needs_pydicom_data
 @pytest.mark.parametrize("sample", ultrasound_sample_files(), ids=lambda p: p.name)
 def test_every_ultrasound_sample_is_processed_on_its_own(tmp_path: Path, sample: Path) -> None:
-    parts = _parts(tmp_path)  # a fresh store: no SOP-UID duplicate can hide a decoder
-    job_id = _run(parts, sample)
+    parts = node_parts(tmp_path)  # a fresh store: no SOP-UID duplicate can hide a decoder
+    job_id = process_file(parts, sample)
     job = parts.queue.get(job_id)
     assert job.status is JobStatus.DONE, job.reason
     rows = parts.results.results_for_job(job_id)
@@ -86,10 +75,10 @@ def test_lesion_size_in_mm_from_a_calibrated_dicom(tmp_path: Path) -> None:
         region_offset=(30, 50),
         canvas=(400, 480),
     )
-    parts = _parts(tmp_path / "node")
+    parts = node_parts(tmp_path / "node")
     size = parts.pipeline.analyzer.params.size
     parts.pipeline.analyzer.backend = OracleBackend(letterbox_mask(ph.mask, size))
-    job_id = _run(parts, path)
+    job_id = process_file(parts, path)
     assert parts.queue.get(job_id).status is JobStatus.DONE
     (r,) = parts.results.results_for_job(job_id)
     truth_mm2 = ph.area_px * spacing * spacing
@@ -101,9 +90,9 @@ def test_lesion_size_in_mm_from_a_calibrated_dicom(tmp_path: Path) -> None:
 @needs_pydicom_data
 def test_same_sop_instance_in_another_encoding_is_a_duplicate(tmp_path: Path) -> None:
     files = {p.name: p for p in ultrasound_sample_files()}
-    parts = _parts(tmp_path)
-    first = _run(parts, files["OBXXXX1A.dcm"])
-    second = _run(parts, files["OBXXXX1A_rle.dcm"])  # other bytes, same SOP Instance UID
+    parts = node_parts(tmp_path)
+    first = process_file(parts, files["OBXXXX1A.dcm"])
+    second = process_file(parts, files["OBXXXX1A_rle.dcm"])  # other bytes, same SOP Instance UID
     assert parts.queue.get(first).status is JobStatus.DONE
     dup = parts.queue.get(second)
     assert dup.status is JobStatus.DUPLICATE and dup.duplicate_of == first
@@ -115,7 +104,7 @@ def test_a_file_removed_after_it_was_queued_is_analysed_from_the_nodes_copy(
 ) -> None:
     from appliance.phantom_dicom import write_phantom_png
 
-    parts = _parts(tmp_path / "node")
+    parts = node_parts(tmp_path / "node")
     path = tmp_path / "gone.png"
     write_phantom_png(path, make_phantom(PhantomSpec(seed=3)))
     outcome = parts.intake.submit(path, inside_inbox=False)
@@ -131,7 +120,7 @@ def test_a_file_removed_after_it_was_queued_is_analysed_from_the_nodes_copy(
 def test_internal_error_fails_the_job_and_the_next_one_still_runs(tmp_path: Path) -> None:
     from appliance.phantom_dicom import write_phantom_png
 
-    parts = _parts(tmp_path / "node")
+    parts = node_parts(tmp_path / "node")
     real_backend = parts.pipeline.analyzer.backend
 
     class Broken:
@@ -144,9 +133,9 @@ def test_internal_error_fails_the_job_and_the_next_one_still_runs(tmp_path: Path
     write_phantom_png(a, make_phantom(PhantomSpec(seed=1)))
     write_phantom_png(b, make_phantom(PhantomSpec(seed=2)))
     parts.pipeline.analyzer.backend = Broken()
-    failed = _run(parts, a)
+    failed = process_file(parts, a)
     parts.pipeline.analyzer.backend = real_backend
-    ok = _run(parts, b)
+    ok = process_file(parts, b)
     job = parts.queue.get(failed)
     assert job.status is JobStatus.FAILED and "GPU fell off the bus" in str(job.reason)
     assert parts.queue.get(ok).status is JobStatus.DONE

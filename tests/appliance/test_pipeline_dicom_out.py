@@ -12,23 +12,10 @@ import numpy as np
 import pydicom
 from PIL import Image
 
-from appliance.config import load_config
 from appliance.phantom import PhantomSpec, make_phantom
 from appliance.phantom_dicom import write_phantom_dicom, write_phantom_png
-from appliance.service import NodeParts, build_parts
 from appliance.store.jobs import JobStatus
-
-
-def _parts(root: Path, **env: str) -> NodeParts:
-    return build_parts(load_config(env={"FAME_NODE_PATHS__ROOT": str(root), **env}), workers=1)
-
-
-def _process(parts: NodeParts, path: Path) -> int:
-    outcome = parts.intake.submit(path, inside_inbox=False)
-    job = parts.queue.claim(outcome.id)
-    assert job is not None
-    parts.pipeline.process(job)
-    return outcome.id
+from tests.appliance.pipelineutil import node_parts, process_file
 
 
 def _dicom(path: Path, seed: int, patient: str, uid: str | None = None) -> Path:
@@ -44,9 +31,9 @@ def _dicom(path: Path, seed: int, patient: str, uid: str | None = None) -> Path:
 
 
 def test_a_dicom_job_gets_its_seg_and_sr_before_it_is_done(tmp_path: Path) -> None:
-    parts = _parts(tmp_path / "node")
+    parts = node_parts(tmp_path / "node", workers=1)
     source = _dicom(tmp_path / "us.dcm", seed=61, patient="PAT-1")
-    job_id = _process(parts, source)
+    job_id = process_file(parts, source)
     job = parts.queue.get(job_id)
     assert job.status is JobStatus.DONE, job.reason
     outbox = tmp_path / "node" / "outbox"
@@ -78,16 +65,16 @@ def test_a_dicom_job_gets_its_seg_and_sr_before_it_is_done(tmp_path: Path) -> No
 
 
 def test_no_seg_for_a_png_or_for_an_image_whose_uid_another_carries(tmp_path: Path) -> None:
-    parts = _parts(tmp_path / "node")
+    parts = node_parts(tmp_path / "node", workers=1)
     outbox = tmp_path / "node" / "outbox"
     png = tmp_path / "a.png"
     write_phantom_png(png, make_phantom(PhantomSpec(seed=62)))
-    assert parts.queue.get(_process(parts, png)).status is JobStatus.DONE
+    assert parts.queue.get(process_file(parts, png)).status is JobStatus.DONE
     assert list(outbox.iterdir()) == []  # no DICOM context: nothing for the PACS
 
     uid = "1.2.826.0.1.3680043.10.511.3.77"
-    first = _process(parts, _dicom(tmp_path / "a.dcm", seed=63, patient="PAT-A", uid=uid))
-    second = _process(parts, _dicom(tmp_path / "b.dcm", seed=64, patient="PAT-B", uid=uid))
+    first = process_file(parts, _dicom(tmp_path / "a.dcm", seed=63, patient="PAT-A", uid=uid))
+    second = process_file(parts, _dicom(tmp_path / "b.dcm", seed=64, patient="PAT-B", uid=uid))
     assert parts.queue.get(second).conflict_of == first
     names = sorted(p.name for p in outbox.iterdir())
     assert names == [f"job-{first:06d}-seg.dcm", f"job-{first:06d}-sr.dcm"]  # none for b
@@ -96,7 +83,7 @@ def test_no_seg_for_a_png_or_for_an_image_whose_uid_another_carries(tmp_path: Pa
 
 
 def test_dicom_out_can_be_turned_off(tmp_path: Path) -> None:
-    parts = _parts(tmp_path / "node", FAME_NODE_DICOM_OUT__ENABLED="false")
-    job_id = _process(parts, _dicom(tmp_path / "us.dcm", seed=65, patient="PAT-1"))
+    parts = node_parts(tmp_path / "node", FAME_NODE_DICOM_OUT__ENABLED="false", workers=1)
+    job_id = process_file(parts, _dicom(tmp_path / "us.dcm", seed=65, patient="PAT-1"))
     assert parts.queue.get(job_id).status is JobStatus.DONE
     assert list((tmp_path / "node" / "outbox").iterdir()) == []

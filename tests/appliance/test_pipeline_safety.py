@@ -15,23 +15,11 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from appliance.config import load_config
 from appliance.phantom import PhantomSpec, make_phantom
 from appliance.phantom_dicom import write_phantom_dicom, write_phantom_png
-from appliance.service import NodeParts, build_parts
+from appliance.service import NodeParts
 from appliance.store.jobs import JobStatus
-
-
-def _parts(root: Path, **env: str) -> NodeParts:
-    return build_parts(load_config(env={"FAME_NODE_PATHS__ROOT": str(root), **env}), workers=1)
-
-
-def _process(parts: NodeParts, path: Path) -> int:
-    outcome = parts.intake.submit(path, inside_inbox=False)
-    job = parts.queue.claim(outcome.id)
-    if job is not None:
-        parts.pipeline.process(job)
-    return outcome.id
+from tests.appliance.pipelineutil import node_parts, process_file
 
 
 def _probabilities(parts: NodeParts, job_id: int) -> dict[str, float]:
@@ -41,7 +29,7 @@ def _probabilities(parts: NodeParts, job_id: int) -> dict[str, float]:
 
 def test_a_file_replaced_while_queued_gets_its_own_findings(tmp_path: Path) -> None:
     """A PACS re-export under the same name: each content is analysed as itself."""
-    parts = _parts(tmp_path / "node")
+    parts = node_parts(tmp_path / "node", workers=1)
     inbox = tmp_path / "in"
     inbox.mkdir()
     path = inbox / "US0001.png"
@@ -57,8 +45,8 @@ def test_a_file_replaced_while_queued_gets_its_own_findings(tmp_path: Path) -> N
     # Reference: each content processed alone in a fresh node gives the same findings.
     write_phantom_png(tmp_path / "a.png", make_phantom(PhantomSpec(seed=11, semi_axes_px=(60, 40))))
     write_phantom_png(tmp_path / "b.png", make_phantom(PhantomSpec(seed=12, semi_axes_px=(20, 15))))
-    alone = _parts(tmp_path / "alone")
-    ref_a, ref_b = _process(alone, tmp_path / "a.png"), _process(alone, tmp_path / "b.png")
+    alone = node_parts(tmp_path / "alone", workers=1)
+    ref_a, ref_b = process_file(alone, tmp_path / "a.png"), process_file(alone, tmp_path / "b.png")
     assert _probabilities(parts, first) == _probabilities(alone, ref_a)
     assert _probabilities(parts, second) == _probabilities(alone, ref_b)
     assert _probabilities(parts, first) != _probabilities(parts, second)
@@ -83,11 +71,11 @@ def _dicom(path: Path, *, seed: int, patient: str, uid: str, study: str) -> Path
 def test_two_patients_with_one_sop_instance_uid_each_get_their_own_findings(
     tmp_path: Path,
 ) -> None:
-    parts = _parts(tmp_path / "node")
+    parts = node_parts(tmp_path / "node", workers=1)
     uid = "1.2.826.0.1.3680043.10.511.3.1"
     a = _dicom(tmp_path / "a.dcm", seed=21, patient="PAT-A", uid=uid, study="1.2.3.1")
     b = _dicom(tmp_path / "b.dcm", seed=22, patient="PAT-B", uid=uid, study="1.2.3.2")
-    first, second = _process(parts, a), _process(parts, b)
+    first, second = process_file(parts, a), process_file(parts, b)
     job_b = parts.queue.get(second)
     assert job_b.status is JobStatus.DONE, job_b.reason  # analysed, not a "duplicate"
     assert job_b.duplicate_of is None and job_b.conflict_of == first
@@ -97,22 +85,22 @@ def test_two_patients_with_one_sop_instance_uid_each_get_their_own_findings(
     meta_b = parts.results.image_meta(second)
     assert meta_b is not None and meta_b.patient_id == "PAT-B"
     # Its own findings: those of b analysed alone in a fresh node.
-    alone = _parts(tmp_path / "alone")
-    assert _probabilities(parts, second) == _probabilities(alone, _process(alone, b))
+    alone = node_parts(tmp_path / "alone", workers=1)
+    assert _probabilities(parts, second) == _probabilities(alone, process_file(alone, b))
     result = json.loads((Path(str(rows_b[0].result_dir)) / "result.json").read_text())
     assert result["image"]["uid_conflict_with_job"] == first
     assert "b.dcm" not in json.dumps(result)  # no file name in an exported artefact
 
 
 def test_the_same_instance_sent_twice_is_a_resend(tmp_path: Path) -> None:
-    parts = _parts(tmp_path / "node")
+    parts = node_parts(tmp_path / "node", workers=1)
     uid = "1.2.826.0.1.3680043.10.511.3.2"
     a = _dicom(tmp_path / "a.dcm", seed=31, patient="PAT-A", uid=uid, study="1.2.3.1")
     again = tmp_path / "again.dcm"
     ds = pydicom.dcmread(a)
     ds.InstitutionName = "re-sent by another router"  # other bytes, same instance
     ds.save_as(again, enforce_file_format=True)
-    first, second = _process(parts, a), _process(parts, again)
+    first, second = process_file(parts, a), process_file(parts, again)
     dup = parts.queue.get(second)
     assert dup.status is JobStatus.DUPLICATE and dup.duplicate_of == first
     assert parts.results.results_for_job(second) == []
@@ -122,7 +110,7 @@ def test_a_database_locked_past_its_timeout_delays_the_job_not_fails_it(
     tmp_path: Path,
 ) -> None:
     """A backup tool holding the write lock for longer than the busy timeout."""
-    parts = _parts(tmp_path / "node")
+    parts = node_parts(tmp_path / "node", workers=1)
     path = tmp_path / "a.png"
     write_phantom_png(path, make_phantom(PhantomSpec(seed=41)))
     job_id = parts.intake.submit(path, inside_inbox=False).id
@@ -171,7 +159,7 @@ def test_a_full_results_disk_delays_the_job_until_space_returns(tmp_path: Path) 
                     f.flush()
             except OSError:
                 pass
-        parts = _parts(tmp_path / "node")
+        parts = node_parts(tmp_path / "node", workers=1)
         path = tmp_path / "a.png"
         write_phantom_png(path, make_phantom(PhantomSpec(seed=51)))
         job_id = parts.intake.submit(path, inside_inbox=False).id

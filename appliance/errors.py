@@ -26,6 +26,7 @@ expected, and what to do.
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 
@@ -100,6 +101,13 @@ class NotRegularFileError(InputError):
     """A symlink, FIFO, device or socket: the node reads regular files of the inbox only."""
 
     code = "not_regular_file"
+
+
+# OS errors of the node's own folders that pass (space freed, a remount, a flaky disk):
+# met while writing its own files, they make a `TransientError`, not a failed job.
+PASSING_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.ENOMEM, errno.EAGAIN}
+)
 
 
 class TransientError(FameNodeError):

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from appliance.analysis import Analyzer, FrameAnalysis
-from appliance.errors import CorruptFileError, InputError, TransientError
+from appliance.errors import PASSING_ERRNOS, CorruptFileError, InputError, TransientError
 from appliance.health import Conditions
 from appliance.ingest.snapshot import Spool
 from appliance.io.types import LoadedImage
@@ -60,10 +60,6 @@ name it arrived under (for a "named .png but the content is JPEG" note). Raises
 `InputError` for bad input, `TransientError` for a passing fault."""
 
 UID_CONFLICT_FLAG = "uid_conflict"
-# OS errors of the node's own folders that pass: space freed, a remount, a flaky disk.
-_PASSING_ERRNOS = frozenset(
-    {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.ENOMEM, errno.EAGAIN}
-)
 
 
 @dataclass(frozen=True)
@@ -150,48 +146,23 @@ class Pipeline:
         except InputError as exc:
             self._reject(job, exc, tag)
             return
-        conflict_of: int | None = None
-        meta = loaded.meta
-        if meta.sop_instance_uid:
-            identity = InstanceIdentity(
-                meta.sop_instance_uid,
-                meta.patient_id,
-                meta.study_instance_uid,
-                identity_digest(loaded.frames, meta.frame_indices),
+        resent, conflict_of = self._check_instance(job, loaded, tag)
+        if resent:
+            return
+        if conflict_of is not None:
+            loaded = _with_note(
+                loaded,
+                f"SOP Instance UID also carried by job {conflict_of}, another image (other "
+                "patient, study or pixels): analysed on its own",
             )
-            claim = self.queue.register_instance(job.id, identity)
-            if claim.verdict is InstanceVerdict.RESEND and claim.other is not None:
-                self.queue.mark_duplicate(
-                    job.id,
-                    claim.other,
-                    f"the same image as job {claim.other} (same SOP Instance UID, patient, "
-                    "study and pixels): a re-send from the PACS; not processed again",
-                )
-                log.info("%s: re-send of job %d (same instance)", tag, claim.other)
-                self._release(job)
-                return
-            if claim.verdict is InstanceVerdict.CONFLICT:
-                conflict_of = claim.other
-                log.warning(
-                    "%s: SOP Instance UID already held by job %s for another instance; "
-                    "analysed on its own and flagged",
-                    tag,
-                    conflict_of,
-                )
-                note = (
-                    f"SOP Instance UID also carried by job {conflict_of}, another image "
-                    "(other patient, study or pixels): analysed on its own"
-                )
-                loaded = replace(loaded, meta=replace(meta, notes=(*meta.notes, note)))
         analyses = analyzer.analyse(
             loaded.frames, loaded.meta.pixel_spacing_mm, loaded.meta.frame_indices
         )
-        extra_flags = (UID_CONFLICT_FLAG,) if conflict_of is not None else ()
+        extra_flags = conflict_flags(conflict_of)
         outbox = self._export_dicom(job, source, loaded, analyses, analyzer, conflict_of)
         if outbox is not None and outbox.note:
             log.warning("%s: %s", tag, outbox.note)
-            meta = loaded.meta
-            loaded = replace(loaded, meta=replace(meta, notes=(*meta.notes, outbox.note)))
+            loaded = _with_note(loaded, outbox.note)
         files = () if outbox is None else outbox.files
         rows = self._write_files(job, loaded, analyses, analyzer, conflict_of, files)
         self.results.save_completed(
@@ -207,6 +178,39 @@ class Pipeline:
             first.confidence,
             f" flags={[*first.flags, *extra_flags]}" if first.flags or extra_flags else "",
         )
+
+    def _check_instance(self, job: Job, loaded: LoadedImage, tag: str) -> tuple[bool, int | None]:
+        """Register the DICOM instance; (True, _) when the job was a re-send and is now
+        recorded as a duplicate, else (False, the job holding its UID for another image)."""
+        meta = loaded.meta
+        if not meta.sop_instance_uid:
+            return False, None
+        identity = InstanceIdentity(
+            meta.sop_instance_uid,
+            meta.patient_id,
+            meta.study_instance_uid,
+            identity_digest(loaded.frames, meta.frame_indices),
+        )
+        claim = self.queue.register_instance(job.id, identity)
+        if claim.verdict is InstanceVerdict.RESEND and claim.other is not None:
+            self.queue.mark_duplicate(
+                job.id,
+                claim.other,
+                f"the same image as job {claim.other} (same SOP Instance UID, patient, "
+                "study and pixels): a re-send from the PACS; not processed again",
+            )
+            log.info("%s: re-send of job %d (same instance)", tag, claim.other)
+            self._release(job)
+            return True, None
+        if claim.verdict is InstanceVerdict.CONFLICT:
+            log.warning(
+                "%s: SOP Instance UID already held by job %s for another instance; "
+                "analysed on its own and flagged",
+                tag,
+                claim.other,
+            )
+            return False, claim.other
+        return False, None
 
     def _export_dicom(
         self,
@@ -225,14 +229,13 @@ class Pipeline:
         from appliance.dicom_out.source import DeviceInfo  # highdicom: only for DICOM jobs
         from appliance.dicom_out.stage import export_job
 
-        extra = (UID_CONFLICT_FLAG,) if conflict_of is not None else ()
         return export_job(
             s.outbox_dir,
             job.id,
             source,
             loaded.meta,
             analyses,
-            extra,
+            conflict_flags(conflict_of),
             analyzer.bundle.version_label,
             DeviceInfo(serial_number=s.device_serial),
             conflict_of=conflict_of,
@@ -326,7 +329,7 @@ class Pipeline:
         conflict_of: int | None,
         outbox_files: tuple[Path, ...] = (),
     ) -> list[FrameResultRow]:
-        extra_flags = (UID_CONFLICT_FLAG,) if conflict_of is not None else ()
+        extra_flags = conflict_flags(conflict_of)
         out_dir = job_result_dir(self.settings.results_dir, job.id)
         rows: list[FrameResultRow] = []
         frames_json: list[dict[str, Any]] = []
@@ -398,13 +401,22 @@ class Pipeline:
         return rows
 
 
+def conflict_flags(conflict_of: int | None) -> tuple[str, ...]:
+    """The flags a job gets for sharing its SOP Instance UID with job `conflict_of`."""
+    return () if conflict_of is None else (UID_CONFLICT_FLAG,)
+
+
+def _with_note(loaded: LoadedImage, note: str) -> LoadedImage:
+    return replace(loaded, meta=replace(loaded.meta, notes=(*loaded.meta.notes, note)))
+
+
 def _as_passing(exc: BaseException, results_dir: Path) -> TransientError | None:
     """`exc` as the passing fault it is, or None for a real internal error."""
     if isinstance(exc, TransientError):
         return exc
     if isinstance(exc, StoreError) and exc.transient:
         return TransientError(str(exc), condition="the database (locked or full)")
-    if isinstance(exc, OSError) and exc.errno in _PASSING_ERRNOS:
+    if isinstance(exc, OSError) and exc.errno in PASSING_ERRNOS:
         what = "disk space" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "its disk"
         return TransientError(
             f"cannot write results ({exc.strerror})",

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from appliance.errors import (
+    PASSING_ERRNOS,
     ImageTooLargeError,
     InputError,
     NotRegularFileError,
@@ -47,10 +48,6 @@ _OPEN_FLAGS = (
     | getattr(os, "O_NONBLOCK", 0)
     | getattr(os, "O_NOCTTY", 0)
     | getattr(os, "O_CLOEXEC", 0)
-)
-# Errors of the node's own disk that pass (space freed, a remount, a flaky controller).
-_PASSING_ERRNOS = frozenset(
-    {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.ENOMEM, errno.EAGAIN}
 )
 
 
@@ -241,7 +238,7 @@ def _unlink_quietly(path: Path) -> None:
 
 def _spool_fault(folder: Path, exc: OSError) -> InputError | TransientError:
     detail = exc.strerror or str(exc)
-    if exc.errno in _PASSING_ERRNOS or exc.errno is None:
+    if exc.errno in PASSING_ERRNOS or exc.errno is None:
         what = "disk space" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "its disk"
         return TransientError(
             f"cannot write the node's copy into {folder} ({detail}); the file is taken once "

@@ -167,7 +167,66 @@ def _migrate_to_v3(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
-MIGRATIONS: tuple[Migration, ...] = (_migrate_to_v1, _migrate_to_v2, _migrate_to_v3)
+_V4 = (
+    # The durable send queue of DICOM objects for the PACS (SEG, SR): one row per object and
+    # destination, kept across restarts; `not_before` spaces the retries of a failed send.
+    """
+    CREATE TABLE outbound (
+        id INTEGER PRIMARY KEY,
+        job_id INTEGER NOT NULL REFERENCES jobs(id),
+        kind TEXT NOT NULL,
+        path TEXT NOT NULL,
+        sop_instance_uid TEXT,
+        destination TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('pending', 'sent', 'failed')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        not_before TEXT,
+        last_error TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        sent_at TEXT,
+        UNIQUE (path, destination)
+    )
+    """,
+    "CREATE INDEX outbound_status ON outbound(status, not_before)",
+    # The audit log: every result, review decision, model change and federation round.
+    # Append-only (the triggers refuse UPDATE and DELETE); each row carries the sha256 of
+    # its content chained to the previous row's, so a rewritten history shows.
+    """
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY,
+        at TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        subject TEXT,
+        detail TEXT NOT NULL DEFAULT '{}',
+        prev_sha256 TEXT NOT NULL,
+        sha256 TEXT NOT NULL
+    )
+    """,
+    "CREATE INDEX audit_action ON audit(action)",
+    """
+    CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END
+    """,
+    """
+    CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END
+    """,
+)
+
+
+def _migrate_to_v4(conn: sqlite3.Connection) -> None:
+    for statement in _V4:
+        conn.execute(statement)
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    _migrate_to_v1,
+    _migrate_to_v2,
+    _migrate_to_v3,
+    _migrate_to_v4,
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

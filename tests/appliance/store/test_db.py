@@ -34,15 +34,22 @@ def test_open_creates_the_latest_schema_with_wal_and_foreign_keys(tmp_path: Path
     db = tmp_path / "node.sqlite3"
     conn = connect(db)
     try:
-        assert SCHEMA_VERSION == 3
+        assert SCHEMA_VERSION == 4
         expected = {"schema_version", "jobs", "sop_uids", "images", "results"}
-        assert expected | {"model_events", "reviews"} <= _tables(conn)
+        assert expected | {"model_events", "reviews", "outbound", "audit"} <= _tables(conn)
         job_columns = {r[1] for r in conn.execute("PRAGMA table_info(jobs)")}
         assert {"spool_path", "not_before", "waiting_for", "retries", "conflict_of"} <= job_columns
         uid_columns = {r[1] for r in conn.execute("PRAGMA table_info(sop_uids)")}
         assert {"patient_id", "study_instance_uid", "pixel_sha256"} <= uid_columns
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+        conn.execute(
+            "INSERT INTO audit (at, actor, action, prev_sha256, sha256) "
+            "VALUES ('t', 'node', 'result', '0', '1')"
+        )
+        for change in ("UPDATE audit SET actor = 'x'", "DELETE FROM audit"):
+            with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+                conn.execute(change)
         assert conn.execute("PRAGMA busy_timeout").fetchone()[0] > 0
         indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
         assert {"jobs_sha256", "jobs_status"} <= indexes

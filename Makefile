@@ -19,7 +19,7 @@ $(VENV)/.runtime: pyproject.toml | $(VENV)/bin/python
 $(VENV)/.dev: pyproject.toml $(VENV)/.runtime
 	# torch first, pinned, so nothing pulls a CUDA build.
 	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -e '.[demo,train,dev,gui]'
+	$(PIP) install --quiet -e '.[demo,train,federation,dev,gui]'
 	touch $@
 
 demo: $(VENV)/.runtime

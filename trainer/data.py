@@ -161,6 +161,31 @@ def load_dataset(
     return _split_arrays(arrays)
 
 
+def load_datasets(
+    manifests: Sequence[Path], params: PreprocessParams, cache_dir: Path | None
+) -> dict[str, ArraySet]:
+    """`load_dataset` of every manifest, split by split, in order (several sites at once).
+
+    Names are prefixed with the manifest's folder name (``busbra/images/bus_0001-l.png``),
+    so images of two sites never share a name.
+    """
+    if not manifests:
+        raise DataError("no manifest given: pass at least one manifest.csv")
+    parts = [(m.parent.name, load_dataset(m, params, cache_dir)) for m in manifests]
+    if len(parts) == 1:
+        return parts[0][1]
+    out: dict[str, ArraySet] = {}
+    for split in SPLITS:
+        sets = [(site, data[split]) for site, data in parts]
+        out[split] = ArraySet(
+            images=np.concatenate([a.images for _, a in sets]),
+            masks=np.concatenate([a.masks for _, a in sets]),
+            labels=np.concatenate([a.labels for _, a in sets]),
+            names=tuple(f"{site}/{n}" for site, a in sets for n in a.names),
+        )
+    return out
+
+
 def _split_arrays(arrays: dict[str, NDArray[Any]]) -> dict[str, ArraySet]:
     out: dict[str, ArraySet] = {}
     splits = arrays["splits"].astype(str)
@@ -184,13 +209,33 @@ class AugmentParams:
     zoom: tuple[float, float] = (0.9, 1.1)
     brightness: float = 0.1  # additive, in z-score units, on the image content only
     contrast: tuple[float, float] = (0.9, 1.1)  # multiplicative
+    # Scanner shift: multiplicative speckle-like noise (standard deviation, relative) and a
+    # smooth depth-gain ramp (the time-gain compensation another site sets differently).
+    speckle: float = 0.0
+    depth_gain: float = 0.0  # the ramp's top-to-bottom change, in z-score units
 
     def describe(self) -> str:
-        return (
+        text = (
             f"horizontal flip p={self.hflip_p}, rotation ±{self.max_rotation_deg}°, "
             f"zoom {self.zoom[0]}–{self.zoom[1]}, contrast x{self.contrast[0]}–"
-            f"{self.contrast[1]}, brightness ±{self.brightness}; no vertical flip"
+            f"{self.contrast[1]}, brightness ±{self.brightness}"
         )
+        if self.speckle:
+            text += f", speckle x(1 ± N(0, {self.speckle}))"
+        if self.depth_gain:
+            text += f", depth gain ramp ±{self.depth_gain}"
+        return text + "; no vertical flip"
+
+
+SITE_SHIFT = AugmentParams(
+    max_rotation_deg=15.0,
+    zoom=(0.85, 1.15),
+    brightness=0.2,
+    contrast=(0.75, 1.33),
+    speckle=0.15,
+    depth_gain=0.4,
+)
+"""The wider augmentation of multi-site training: geometry, gain, contrast and speckle."""
 
 
 def augment_batch(
@@ -236,4 +281,11 @@ def augment_batch(
         contrast = uniform(*params.contrast).view(n, 1, 1, 1)
         shift = uniform(-params.brightness, params.brightness).view(n, 1, 1, 1)
         out[:, :intensity_channels] = img * contrast + shift * content
+        if params.speckle:
+            noise = torch.randn(img.shape, generator=generator).to(dev, dtype)
+            out[:, :intensity_channels] *= 1.0 + params.speckle * noise * content
+        if params.depth_gain:
+            rows = torch.linspace(-0.5, 0.5, img.shape[-2], device=dev, dtype=dtype)
+            slope = uniform(-params.depth_gain, params.depth_gain).view(n, 1, 1, 1)
+            out[:, :intensity_channels] += slope * rows.view(1, 1, -1, 1) * content
     return out

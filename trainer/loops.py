@@ -26,8 +26,13 @@ from trainer.data import ArraySet, AugmentParams, augment_batch
 from trainer.losses import dice_bce_loss, inverse_frequency_weights
 from trainer.metrics import classification_report, segmentation_summary
 from trainer.models import CLASSES, FameNodeNet, LesionClassifier, MAUNet
+from trainer.resume import StageCheckpoint
 
 THRESHOLDS = tuple(round(0.3 + 0.05 * i, 2) for i in range(9))  # 0.3 .. 0.7
+
+
+# Settings a resumed run may change: where it writes, its budget, its threads.
+_RESUMABLE_CHANGES = frozenset({"out", "resume", "max_minutes", "threads", "cache_dir"})
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,8 @@ class TrainConfig:
 
     manifest: Path
     out: Path
+    # Further sites trained on together with `manifest` (each split joins its split).
+    extra_manifests: tuple[Path, ...] = ()
     work_dir: Path = Path(".cache/train")
     cache_dir: Path = Path(".cache")
     size: int = 128
@@ -55,9 +62,19 @@ class TrainConfig:
     seg_share: float = 0.8  # fraction of --max-minutes stage 1 may use
     min_lesion_area_px: int = 20
     augment: AugmentParams = field(default_factory=AugmentParams)
+    resume: bool = True  # continue from <work_dir>/<stage>.resume.pt where one exists
 
     def preprocess_params(self) -> PreprocessParams:
         return PreprocessParams(size=self.size)
+
+    @property
+    def manifests(self) -> tuple[Path, ...]:
+        return (self.manifest, *self.extra_manifests)
+
+    def fingerprint(self) -> str:
+        """The settings a resumed stage must share with the run that saved it."""
+        keep = {k: v for k, v in asdict(self).items() if k not in _RESUMABLE_CHANGES}
+        return json.dumps(keep, default=str, sort_keys=True)
 
 
 # --------------------------------------------------------------------------- metrics
@@ -198,7 +215,18 @@ def train_segmenter(
     best: dict[str, Any] = {"dice": -1.0}
     best_state: dict[str, Tensor] = {}
     epochs_run = 0
-    for epoch in range(1, cfg.epochs_seg + 1):
+    ckpt = StageCheckpoint(cfg.work_dir, "stage1")
+    saved = ckpt.load() if cfg.resume else None
+    if saved is not None and saved.get("fingerprint") != cfg.fingerprint():
+        print(f"[stage1] not resuming: {ckpt.path} is from other settings", flush=True)
+        saved = None
+    if saved is not None:
+        epochs_run, best, best_state = _restore(saved, model, opt, sched, gen, log, "stage1")
+        start -= saved["seconds"]
+        deadline -= saved["seconds"]
+    # A stage that had ended on its time budget has no epoch left to run.
+    last = epochs_run if saved is not None and saved.get("done") else cfg.epochs_seg
+    for epoch in range(epochs_run + 1, last + 1):
         t0 = time.monotonic()
         model.train()
         total = 0.0
@@ -225,7 +253,10 @@ def train_segmenter(
         if metrics["dice"] > best["dice"]:
             best = {"epoch": epoch, **metrics}
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        if time.monotonic() + seconds > deadline:
+        stop = time.monotonic() + seconds > deadline
+        snap = _snapshot(epoch, best, best_state, model, opt, sched, gen, log, start)
+        ckpt.save({**snap, "fingerprint": cfg.fingerprint(), "done": stop})
+        if stop:
             print(f"[stage1] stopping after epoch {epoch}: --max-minutes budget", flush=True)
             break
     model.load_state_dict(best_state)
@@ -275,7 +306,19 @@ def train_classifier(
     best: dict[str, Any] = {"key": (-1.0, -1.0)}
     best_state: dict[str, Tensor] = {}
     epochs_run = 0
-    for epoch in range(1, cfg.epochs_cls + 1):
+    ckpt = StageCheckpoint(cfg.work_dir, "stage2")
+    saved = ckpt.load() if cfg.resume else None
+    if saved is not None and saved.get("fingerprint") != cfg.fingerprint():
+        print(f"[stage2] not resuming: {ckpt.path} is from other settings", flush=True)
+        saved = None
+    if saved is not None:
+        epochs_run, best, best_state = _restore(saved, model, opt, sched, gen, log, "stage2")
+        best["key"] = tuple(best["key"])
+        start -= saved["seconds"]
+        deadline -= saved["seconds"]
+    # A stage that had ended on its time budget has no epoch left to run.
+    last = epochs_run if saved is not None and saved.get("done") else cfg.epochs_cls
+    for epoch in range(epochs_run + 1, last + 1):
         t0 = time.monotonic()
         model.train()
         total = 0.0
@@ -305,7 +348,10 @@ def train_classifier(
         if key > best["key"]:
             best = {"key": key, "epoch": epoch, **metrics}
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        if time.monotonic() + seconds > deadline:
+        stop = time.monotonic() + seconds > deadline
+        snap = _snapshot(epoch, best, best_state, model, opt, sched, gen, log, start)
+        ckpt.save({**snap, "fingerprint": cfg.fingerprint(), "done": stop})
+        if stop:
             print(f"[stage2] stopping after epoch {epoch}: --max-minutes budget", flush=True)
             break
     model.load_state_dict(best_state)
@@ -318,6 +364,56 @@ def train_classifier(
     log.data["stage2_summary"] = summary
     log.save()
     return model, summary
+
+
+def _snapshot(
+    epoch: int,
+    best: dict[str, Any],
+    best_state: dict[str, Tensor],
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    gen: torch.Generator,
+    log: Logger,
+    start: float,
+) -> dict[str, Any]:
+    """What `_restore` needs to continue after `epoch` exactly as if never stopped."""
+    return {
+        "epoch": epoch,
+        # JSON keeps the best-epoch metrics plain data (weights_only loading).
+        "best": json.dumps(best, default=float),
+        "best_state": best_state,
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "generator": gen.get_state(),
+        "torch_rng": torch.get_rng_state(),  # dropout draws from the global generator
+        "log": json.dumps(log.data),
+        "seconds": time.monotonic() - start,
+    }
+
+
+def _restore(
+    saved: dict[str, Any],
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    gen: torch.Generator,
+    log: Logger,
+    stage: str,
+) -> tuple[int, dict[str, Any], dict[str, Tensor]]:
+    model.load_state_dict(saved["model"])
+    opt.load_state_dict(saved["optimizer"])
+    sched.load_state_dict(saved["scheduler"])
+    gen.set_state(saved["generator"])
+    torch.set_rng_state(saved["torch_rng"])
+    previous = json.loads(saved["log"])
+    for key in ("stage1", "stage2", "stage1_summary"):
+        if key in previous:
+            log.data[key] = previous[key]
+    epoch = int(saved["epoch"])
+    print(f"[{stage}] resuming after epoch {epoch} ({saved['seconds']:.0f} s spent)", flush=True)
+    return epoch, json.loads(saved["best"]), dict(saved["best_state"])
 
 
 def validate(net: FameNodeNet, val: ArraySet, min_area_px: float) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from trainer.data import load_dataset
+from trainer.data import SITE_SHIFT, AugmentParams, load_datasets
 from trainer.loops import (  # re-exported: the settings and metrics of a run
     THRESHOLDS,
     Logger,
@@ -38,6 +38,7 @@ from trainer.loops import (  # re-exported: the settings and metrics of a run
     validate,
 )
 from trainer.models import CLASSES, FameNodeNet, LesionClassifier, MAUNet
+from trainer.resume import StageCheckpoint
 from trainer.seed import seed_everything
 
 __all__ = [
@@ -62,10 +63,12 @@ def run(cfg: TrainConfig) -> Path:
     """Train both stages, save the checkpoint, export the bundle; returns the bundle path."""
     start = time.monotonic()
     gen = seed_everything(cfg.seed, threads=cfg.threads)
-    data = load_dataset(cfg.manifest, cfg.preprocess_params(), cfg.cache_dir)
+    data = load_datasets(cfg.manifests, cfg.preprocess_params(), cfg.cache_dir)
     train, val = data["train"], data["val"]
     if not len(train) or not len(val):
         raise SystemExit(f"{cfg.manifest}: need train and val rows, got {len(train)}, {len(val)}")
+    for m in cfg.extra_manifests:
+        print(f"also training on {m}", flush=True)
     print(
         f"data: train {len(train)} {train.class_counts()}, val {len(val)} "
         f"{val.class_counts()} (classes {list(CLASSES)})",
@@ -87,7 +90,10 @@ def run(cfg: TrainConfig) -> Path:
         },
         checkpoint,
     )
-    return export_checkpoint(cfg, checkpoint, log.path)
+    bundle = export_checkpoint(cfg, checkpoint, log.path)
+    for stage in ("stage1", "stage2"):  # the run is complete: nothing left to resume
+        StageCheckpoint(cfg.work_dir, stage).clear()
+    return bundle
 
 
 def load_checkpoint(cfg: TrainConfig, checkpoint: Path) -> tuple[FameNodeNet, dict[str, int]]:
@@ -102,7 +108,7 @@ def load_checkpoint(cfg: TrainConfig, checkpoint: Path) -> tuple[FameNodeNet, di
 
 def export_checkpoint(cfg: TrainConfig, checkpoint: Path, log_path: Path) -> Path:
     """Export the checkpoint's `FameNodeNet` to ONNX (parity-checked) and write the bundle."""
-    from appliance.bundle import TensorSpec
+    from appliance.bundle import TensorSpec, sha256_file
     from exporters.bundle import write_bundle
     from exporters.onnx_export import export_onnx
 
@@ -110,7 +116,7 @@ def export_checkpoint(cfg: TrainConfig, checkpoint: Path, log_path: Path) -> Pat
     net, counts = load_checkpoint(cfg, checkpoint)
     log = json.loads(log_path.read_text(encoding="utf-8"))
     seg, cls = log["stage1_summary"], log["stage2_summary"]
-    val = load_dataset(cfg.manifest, cfg.preprocess_params(), cfg.cache_dir)["val"]
+    val = load_datasets(cfg.manifests, cfg.preprocess_params(), cfg.cache_dir)["val"]
     onnx_path = cfg.work_dir / "model.onnx"
     report = export_onnx(
         net, onnx_path, cfg.size, real_inputs=torch.from_numpy(val.images[:8, None])
@@ -154,9 +160,12 @@ def export_checkpoint(cfg: TrainConfig, checkpoint: Path, log_path: Path) -> Pat
         },
         training={
             "data": (
-                f"BUSI train split ({counts['train']} images) of ../shared/data/busi/"
-                f"manifest.csv; val split ({counts['val']}) for selection"
+                f"train split ({counts['train']} images) of "
+                f"{', '.join(_shown(m) for m in cfg.manifests)}; val split "
+                f"({counts['val']}) for selection"
             ),
+            # The exact data: each manifest names its files and their split.
+            "manifests": {_shown(m): sha256_file(m) for m in cfg.manifests},
             "dataset_citation": DATASET_CITATION,
             "architecture": {
                 "segmenter": f"MAU-Net, base width {cfg.base_width}, GroupNorm",
@@ -192,12 +201,34 @@ def export_checkpoint(cfg: TrainConfig, checkpoint: Path, log_path: Path) -> Pat
     )
 
 
+def _shown(manifest: Path) -> str:
+    """A manifest as the bundle records it: its data set's folder and name, no host path."""
+    return f"{manifest.parent.name}/{manifest.name}"
+
+
 def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path | None]:
     parser = argparse.ArgumentParser(
         prog="python -m trainer.train", description=__doc__.split("\n\n")[0]
     )
     d = TrainConfig(manifest=Path(), out=Path())
-    parser.add_argument("--manifest", type=Path, required=True, help="manifest.csv of the data")
+    parser.add_argument(
+        "--manifest",
+        type=Path,
+        action="append",
+        required=True,
+        help="manifest.csv of the data; repeat it to train on several sites together",
+    )
+    parser.add_argument(
+        "--augment",
+        choices=("default", "site-shift"),
+        default="default",
+        help="site-shift: wider gain / contrast / geometry and speckle, against scanner shift",
+    )
+    parser.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="start over even where <work-dir> holds an unfinished run with these settings",
+    )
     parser.add_argument("--out", type=Path, required=True, help="bundle directory to write")
     parser.add_argument("--work-dir", type=Path, default=d.work_dir, help="checkpoint and log")
     parser.add_argument("--cache-dir", type=Path, default=d.cache_dir, help="preprocessed arrays")
@@ -231,7 +262,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path | None]
     )
     a = parser.parse_args(argv)
     cfg = TrainConfig(
-        manifest=a.manifest,
+        manifest=a.manifest[0],
+        extra_manifests=tuple(a.manifest[1:]),
+        augment=SITE_SHIFT if a.augment == "site-shift" else AugmentParams(),
+        resume=not a.no_resume,
         out=a.out,
         work_dir=a.work_dir,
         cache_dir=a.cache_dir,

@@ -1,0 +1,133 @@
+"""Training on several sites at once, the scanner-shift augmentation, and resuming a stage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from appliance.bundle import load_bundle
+from appliance.preprocess import PreprocessParams
+from tests.trainer.test_train import write_tiny_busi
+from trainer.data import SITE_SHIFT, AugmentParams, DataError, augment_batch, load_datasets
+from trainer.loops import Logger, TrainConfig, train_segmenter
+from trainer.resume import StageCheckpoint
+from trainer.seed import seed_everything
+from trainer.train import parse_args, run
+
+
+def test_load_datasets_joins_sites_split_by_split(tmp_path: Path) -> None:
+    a = write_tiny_busi(tmp_path / "site_a", per_class=4)
+    b = write_tiny_busi(tmp_path / "site_b", per_class=4)
+    params = PreprocessParams(size=32)
+    one = load_datasets([a], params, None)
+    both = load_datasets([a, b], params, None)
+    for split in ("train", "val", "test"):
+        assert len(both[split]) == 2 * len(one[split])
+        assert both[split].images.shape[1:] == (32, 32)
+    names = both["train"].names
+    assert len(set(names)) == len(names)  # no two sites share a name
+    assert names[0].startswith("site_a/") and names[-1].startswith("site_b/")
+    with pytest.raises(DataError, match="no manifest"):
+        load_datasets([], params, None)
+
+
+def test_site_shift_changes_only_the_content_and_keeps_the_border_zero() -> None:
+    batch = torch.zeros(4, 1, 32, 32)
+    batch[:, :, 8:24, 8:24] = 1.0
+    gen = torch.Generator().manual_seed(0)
+    plain = augment_batch(batch.clone(), gen, AugmentParams(max_rotation_deg=0, zoom=(1, 1)))
+    gen = torch.Generator().manual_seed(0)
+    shifted = augment_batch(
+        batch.clone(), gen, AugmentParams(max_rotation_deg=0, zoom=(1, 1), speckle=0.3)
+    )
+    outside = batch == 0
+    assert float(shifted[outside].abs().max()) == 0.0
+    inside = ~outside
+    # Speckle makes the flat square vary; without it the square stays (nearly) flat.
+    assert float(shifted[inside].std()) > 5 * float(plain[inside].std()) + 0.05
+    assert "speckle" in SITE_SHIFT.describe() and "depth gain" in SITE_SHIFT.describe()
+
+
+def test_cli_takes_several_manifests_and_the_site_shift_profile(tmp_path: Path) -> None:
+    args = ["--manifest", "a/m.csv", "--manifest", "b/m.csv", "--augment", "site-shift"]
+    cfg, _ = parse_args([*args, "--out", str(tmp_path)])
+    assert cfg.manifests == (Path("a/m.csv"), Path("b/m.csv"))
+    assert cfg.augment == SITE_SHIFT and cfg.resume
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def _cfg(tmp_path: Path, manifest: Path, work: str) -> TrainConfig:
+    return TrainConfig(
+        manifest=manifest,
+        out=tmp_path / f"bundle-{work}",
+        work_dir=tmp_path / work,
+        cache_dir=tmp_path / "cache",
+        size=32,
+        base_width=4,
+        cls_widths=(4, 8),
+        batch_size=4,
+        epochs_seg=3,
+        epochs_cls=2,
+    )
+
+
+def _stage1(cfg: TrainConfig, log: Logger) -> dict[str, torch.Tensor]:
+    gen = seed_everything(cfg.seed, threads=1)
+    data = load_datasets(cfg.manifests, cfg.preprocess_params(), cfg.cache_dir)
+    model, _ = train_segmenter(cfg, data["train"], data["val"], gen, log)
+    return model.state_dict()
+
+
+def test_an_interrupted_stage_resumes_to_the_same_weights(tmp_path: Path) -> None:
+    manifest = write_tiny_busi(tmp_path / "busi", per_class=4)
+    straight = _cfg(tmp_path, manifest, "straight")
+    expected = _stage1(straight, Logger(tmp_path / "straight.json", straight))
+
+    resumed = _cfg(tmp_path, manifest, "resumed")
+    ckpt = StageCheckpoint(resumed.work_dir, "stage1")
+
+    class Killed(Logger):
+        def epoch(self, stage: str, record: dict[str, Any]) -> None:
+            super().epoch(stage, record)
+            if record["epoch"] == 2:
+                raise _Interrupt  # after epoch 2 was logged; its checkpoint follows
+
+    # The checkpoint is written after the log line, so a kill at epoch 2's log leaves epoch 1.
+    with pytest.raises(_Interrupt):
+        _stage1(resumed, Killed(tmp_path / "resumed.json", resumed))
+    saved = ckpt.load()
+    assert saved is not None and saved["epoch"] == 1
+    log = Logger(tmp_path / "resumed.json", resumed)
+    got = _stage1(resumed, log)
+    assert [r["epoch"] for r in log.data["stage1"]] == [1, 2, 3]
+    for key, value in expected.items():
+        torch.testing.assert_close(got[key], value, rtol=0, atol=0, msg=key)
+
+
+def test_a_checkpoint_of_other_settings_is_not_resumed(tmp_path: Path, capsys: Any) -> None:
+    manifest = write_tiny_busi(tmp_path / "busi", per_class=4)
+    cfg = _cfg(tmp_path, manifest, "work")
+    _stage1(cfg, Logger(tmp_path / "a.json", cfg))
+    other = TrainConfig(**{**cfg.__dict__, "lr_seg": 1e-2})
+    log = Logger(tmp_path / "b.json", other)
+    _stage1(other, log)
+    assert "not resuming" in capsys.readouterr().out
+    assert [r["epoch"] for r in log.data["stage1"]] == [1, 2, 3]
+
+
+def test_a_finished_run_leaves_no_resume_files(tmp_path: Path) -> None:
+    manifest = write_tiny_busi(tmp_path / "busi", per_class=4)
+    cfg = _cfg(tmp_path, manifest, "work")
+    bundle = load_bundle(run(cfg))
+    assert not list(cfg.work_dir.glob("*.resume.pt"))
+    recorded = bundle.manifest.training["manifests"]
+    assert list(recorded) == ["busi/manifest.csv"]
+    assert len(recorded["busi/manifest.csv"]) == 64
+    assert np.isfinite(bundle.manifest.evaluation["busi_val"]["dice"])

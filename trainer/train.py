@@ -40,6 +40,7 @@ from trainer.loops import (  # re-exported: the settings and metrics of a run
 from trainer.models import CLASSES, FameNodeNet, LesionClassifier, MAUNet
 from trainer.resume import StageCheckpoint
 from trainer.seed import seed_everything
+from trainer.weights import WEIGHTS_FILE, architecture_of, save_weights
 
 __all__ = [
     "THRESHOLDS",
@@ -118,6 +119,7 @@ def export_checkpoint(cfg: TrainConfig, checkpoint: Path, log_path: Path) -> Pat
     seg, cls = log["stage1_summary"], log["stage2_summary"]
     val = load_datasets(cfg.manifests, cfg.preprocess_params(), cfg.cache_dir)["val"]
     onnx_path = cfg.work_dir / "model.onnx"
+    weights_path = save_weights(net, cfg.work_dir / WEIGHTS_FILE)
     report = export_onnx(
         net, onnx_path, cfg.size, real_inputs=torch.from_numpy(val.images[:8, None])
     )
@@ -188,6 +190,8 @@ def export_checkpoint(cfg: TrainConfig, checkpoint: Path, log_path: Path) -> Pat
                 "best_epoch": cls["best_epoch"],
                 "seconds": cls["seconds"],
             },
+            # What trainer.weights rebuilds the torch model from (weights.safetensors).
+            "model": architecture_of(net),
             "wall_seconds": log.get("wall_seconds"),
             "seed": cfg.seed,
             "torch": torch.__version__,
@@ -197,7 +201,7 @@ def export_checkpoint(cfg: TrainConfig, checkpoint: Path, log_path: Path) -> Pat
             "rounds": 0,
         },
         evaluation={"busi_val": evaluation},
-        extra_files={"training_log.json": log_path},
+        extra_files={"training_log.json": log_path, WEIGHTS_FILE: weights_path},
     )
 
 

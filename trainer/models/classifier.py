@@ -70,6 +70,7 @@ class LesionClassifier(nn.Module):
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.in_channels = in_channels
+        self.widths = tuple(widths)  # recorded with the weights (trainer.weights)
         # Stride-2 stem: the classifier does not need full resolution, and it quarters the
         # cost on the CPU-only nodes.
         self.stem = nn.Conv2d(in_channels, widths[0], 3, stride=2, padding=1, bias=False)

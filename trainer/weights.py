@@ -1,0 +1,160 @@
+"""A bundle's torch weights: ``weights.safetensors`` and the architecture they fit.
+
+The federation fine-tunes the model a node runs, so a bundle carries its torch weights
+beside the ONNX graph. They are stored as safetensors (tensors and a JSON header only:
+reading them runs no code, unlike a pickle) and listed with their sha256 in the manifest
+like every other bundle file. The architecture they belong to is recorded twice: in the
+manifest (``training.model``) and in the file's own metadata; a model is built only when
+both agree, and only from the verified bytes of a verified bundle (`appliance.bundle`).
+
+``FAMILY`` names the one model family this module can build: `FameNodeNet` (MAU-Net, then
+the classifier over ``[image, lesion_prob]``), GroupNorm throughout so DP-SGD applies.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from safetensors import SafetensorError
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
+
+from appliance.bundle import Bundle, BundleError
+from trainer.models import FameNodeNet, LesionClassifier, MAUNet
+
+WEIGHTS_FILE = "weights.safetensors"
+FAMILY = "fame-node-net"
+ARCHITECTURE_VERSION = 1
+_METADATA_KEY = "architecture"
+
+
+class WeightsError(BundleError):
+    """The weights cannot be used: missing, unverified, corrupt, or for another model."""
+
+
+def architecture(base_width: int, cls_widths: tuple[int, ...], dropout: float) -> dict[str, Any]:
+    """The description `build_net` rebuilds a `FameNodeNet` from."""
+    return {
+        "family": FAMILY,
+        "version": ARCHITECTURE_VERSION,
+        "segmenter": {"kind": "mau-net", "in_channels": 1, "base_width": base_width},
+        "classifier": {
+            "kind": "preact-resnet",
+            "in_channels": 2,
+            "widths": list(cls_widths),
+            "dropout": dropout,
+        },
+        "norm": "group",
+    }
+
+
+def architecture_of(net: FameNodeNet) -> dict[str, Any]:
+    cls = net.classifier
+    return architecture(net.segmenter.base_width, cls.widths, float(cls.dropout.p))
+
+
+def build_net(arch: Mapping[str, Any]) -> FameNodeNet:
+    """A fresh `FameNodeNet` of architecture `arch`; WeightsError for another family."""
+    if arch.get("family") != FAMILY or arch.get("version") != ARCHITECTURE_VERSION:
+        raise WeightsError(
+            f"model family {arch.get('family')!r} version {arch.get('version')!r}: this node "
+            f"builds {FAMILY!r} version {ARCHITECTURE_VERSION}; install a node version that "
+            "knows this model, or a bundle of this family"
+        )
+    try:
+        seg, cls = arch["segmenter"], arch["classifier"]
+        segmenter = MAUNet(in_channels=int(seg["in_channels"]), base_width=int(seg["base_width"]))
+        classifier = LesionClassifier(
+            in_channels=int(cls["in_channels"]),
+            widths=tuple(int(w) for w in cls["widths"]),
+            dropout=float(cls["dropout"]),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise WeightsError(f"architecture {dict(arch)!r} is incomplete or invalid: {exc}") from exc
+    return FameNodeNet(segmenter, classifier)
+
+
+def weights_bytes(net: FameNodeNet) -> bytes:
+    """The safetensors bytes of `net`'s state, its architecture in the metadata."""
+    state = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
+    meta = {_METADATA_KEY: json.dumps(architecture_of(net), sort_keys=True)}
+    return save_tensors(state, metadata=meta)
+
+
+def save_weights(net: FameNodeNet, path: Path) -> Path:
+    path.write_bytes(weights_bytes(net))
+    return path
+
+
+def net_from_bytes(data: bytes, arch: Mapping[str, Any] | None = None) -> FameNodeNet:
+    """Build the model the safetensors `data` describe and load them, in eval mode.
+
+    `arch`, when given (the manifest's record), must equal the file's own metadata.
+    Raises WeightsError for a corrupt file, a disagreement, or tensors that do not fit.
+    """
+    own = _metadata_architecture(data)
+    if arch is not None and json.dumps(dict(arch), sort_keys=True) != json.dumps(
+        own, sort_keys=True
+    ):
+        raise WeightsError(
+            "the weights' own architecture differs from the one the manifest records; "
+            "the bundle is inconsistent: rebuild it with the trainer"
+        )
+    net = build_net(own)
+    try:
+        state = load_tensors(data)
+        net.load_state_dict(state, strict=True)
+    except (SafetensorError, RuntimeError) as exc:
+        raise WeightsError(f"the weights do not fit architecture {own}: {exc}") from exc
+    return net.eval()
+
+
+def load_bundle_net(bundle: Bundle) -> FameNodeNet:
+    """The torch model of a verified bundle, from its verified weights bytes."""
+    if not bundle.has(WEIGHTS_FILE):
+        raise WeightsError(
+            f"bundle {bundle.version_label} carries no {WEIGHTS_FILE} (it predates torch "
+            "weights in bundles): it can be run but not fine-tuned; install a bundle built "
+            "by this trainer version"
+        )
+    arch = bundle.manifest.training.get("model")
+    if not isinstance(arch, Mapping):
+        raise WeightsError(
+            f"bundle {bundle.version_label}: the manifest has no training.model architecture"
+        )
+    return net_from_bytes(bundle.data(WEIGHTS_FILE), arch)
+
+
+def _metadata_architecture(data: bytes) -> dict[str, Any]:
+    # safetensors: 8-byte little-endian header length, then the JSON header.
+    if len(data) < 8:
+        raise WeightsError(f"weights file of {len(data)} bytes is not a safetensors file")
+    size = int.from_bytes(data[:8], "little")
+    if size <= 0 or 8 + size > len(data):
+        raise WeightsError("weights file header is corrupt (length out of range)")
+    try:
+        header = json.loads(data[8 : 8 + size])
+        text = header["__metadata__"][_METADATA_KEY]
+        arch = json.loads(text)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise WeightsError(f"weights file has no readable architecture metadata: {exc}") from exc
+    if not isinstance(arch, dict):
+        raise WeightsError("weights file architecture metadata is not an object")
+    return arch
+
+
+__all__ = [
+    "FAMILY",
+    "WEIGHTS_FILE",
+    "WeightsError",
+    "architecture",
+    "architecture_of",
+    "build_net",
+    "load_bundle_net",
+    "net_from_bytes",
+    "save_weights",
+    "weights_bytes",
+]

@@ -42,6 +42,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "appliance.commands.export",
     "appliance.commands.jobs",
     "appliance.commands.doctor",
+    "appliance.commands.outbox",
 )
 
 
@@ -74,6 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="measure the installed bundle on a labelled data set")
     ev.add_argument("--manifest", type=Path, required=True, help="CSV: image,label,masks,split")
     ev.add_argument("--split", default="test", help="rows of this split ('all' for every row)")
+    ev.add_argument("--site", default=None, help="rows of this site only (column 'site')")
     ev.add_argument("--json", action="store_true")
 
     de = sub.add_parser("demo", help="set up a demo node, feed it real and broken files, run it")
@@ -244,7 +246,7 @@ def _evaluate(config: NodeConfig, args: argparse.Namespace) -> int:
     backend = create_backend(bundle, config.runtime)
     analyzer = Analyzer(bundle, backend, config.thresholds, config.runtime.batch_size)
     split = None if args.split == "all" else args.split
-    report = evaluate(analyzer, args.manifest, split)
+    report = evaluate(analyzer, args.manifest, split, site=args.site)
     print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))
     return 0
 

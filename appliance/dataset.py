@@ -31,6 +31,7 @@ class Case:
     masks: tuple[Path, ...]
     split: str
     line: int  # in the CSV, for messages
+    site: str | None = None  # the optional ``site`` column (BUS-BRA: the scanner)
 
 
 def read_dataset_manifest(manifest: Path) -> list[Case]:
@@ -63,6 +64,7 @@ def read_dataset_manifest(manifest: Path) -> list[Case]:
             masks=tuple(base / m.strip() for m in row["masks"].split(";") if m.strip()),
             split=row["split"].strip(),
             line=line,
+            site=(row.get("site") or "").strip() or None,
         )
         for line, row in rows
         if row["split"].strip() != EXCLUDED_SPLIT

@@ -33,6 +33,7 @@ from trainer.metrics import (
 class EvaluationReport:
     dataset: str
     split: str | None
+    site: str | None
     model: str
     backend: str
     n_cases: int
@@ -45,13 +46,21 @@ class EvaluationReport:
         return asdict(self)
 
 
-def read_cases(manifest: Path, split: str | None) -> list[Case]:
-    """The cases of `split` (all of them for None)."""
+def read_cases(manifest: Path, split: str | None, site: str | None = None) -> list[Case]:
+    """The cases of `split` (all of them for None), of `site` only where given."""
     every = read_dataset_manifest(manifest)
     cases = [c for c in every if split is None or c.split == split]
     if not cases:
         splits = sorted({c.split for c in every})
         raise DatasetError(f"{manifest}: no rows with split {split!r}; splits present: {splits}")
+    if site is not None:
+        sites = sorted({c.site for c in cases if c.site})
+        cases = [c for c in cases if c.site == site]
+        if not cases:
+            raise DatasetError(
+                f"{manifest}: no rows of site {site!r} in split {split!r}; sites present: "
+                f"{sites or 'none (the manifest has no site column)'}"
+            )
     return cases
 
 
@@ -67,9 +76,14 @@ def _truth_mask(case: Case, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def evaluate(
-    analyzer: Analyzer, manifest: Path, split: str | None = "test", *, max_frames: int = 1
+    analyzer: Analyzer,
+    manifest: Path,
+    split: str | None = "test",
+    *,
+    site: str | None = None,
+    max_frames: int = 1,
 ) -> EvaluationReport:
-    cases = read_cases(manifest, split)
+    cases = read_cases(manifest, split, site)
     classes = analyzer.classes
     unknown = sorted({c.label for c in cases} - set(classes))
     if unknown:
@@ -96,6 +110,7 @@ def evaluate(
     return EvaluationReport(
         dataset=str(manifest),
         split=split,
+        site=site,
         model=analyzer.bundle.version_label,
         backend=analyzer.backend.device,
         n_cases=len(labels),
@@ -112,7 +127,8 @@ def format_report(r: EvaluationReport) -> str:
 
     s, c = r.segmentation, r.classification
     lines = [
-        f"model {r.model} on {r.backend}; {r.dataset} split={r.split}: {r.n_cases} images "
+        f"model {r.model} on {r.backend}; {r.dataset} split={r.split}"
+        f"{'' if r.site is None else f' site={r.site}'}: {r.n_cases} images "
         f"({len(r.skipped)} skipped) in {r.seconds:.1f}s",
         "",
         "segmentation (images with a lesion)",

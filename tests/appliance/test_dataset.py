@@ -29,3 +29,24 @@ def test_missing_file_and_missing_columns(tmp_path: Path) -> None:
     bad.write_text("image,label\n")
     with pytest.raises(DatasetError, match=r"columns \['masks', 'split'\] missing"):
         read_dataset_manifest(bad)
+
+
+def test_the_site_column_is_read_and_filters_the_evaluated_cases(tmp_path: Path) -> None:
+    from appliance.evaluate import read_cases
+
+    csv = tmp_path / "manifest.csv"
+    csv.write_text(
+        "image,label,masks,split,site\n"
+        "a.png,benign,,test,logiq7\n"
+        "b.png,malignant,,test,aplio300\n"
+        "c.png,benign,,train,aplio300\n"
+    )
+    assert [c.site for c in read_dataset_manifest(csv)] == ["logiq7", "aplio300", "aplio300"]
+    assert [c.image.name for c in read_cases(csv, "test", "aplio300")] == ["b.png"]
+    with pytest.raises(DatasetError, match=r"no rows of site 'usystems'.*\['aplio300', 'logiq7'\]"):
+        read_cases(csv, "test", "usystems")
+    plain = tmp_path / "plain.csv"
+    plain.write_text("image,label,masks,split\na.png,benign,,test\n")
+    assert read_dataset_manifest(plain)[0].site is None
+    with pytest.raises(DatasetError, match="no site column"):
+        read_cases(plain, "test", "logiq7")

@@ -28,6 +28,7 @@ import re
 import sqlite3
 from pathlib import Path
 
+from appliance.store.audit_events import record_job_end
 from appliance.store.db import StoreError
 from appliance.store.instances import InstanceClaim, InstanceIdentity, register_instance
 from appliance.store.job_recovery import JobRecovery, path_text
@@ -153,7 +154,9 @@ class JobQueue(JobRecovery):
                 error_code=error_code,
                 finished=True,
             )
-            return fetch_job(conn, job_id, self.path)
+            job = fetch_job(conn, job_id, self.path)
+            record_job_end(conn, job, now)  # the audit row commits with the rejection
+            return job
 
     def known_sha256(self, sha256: str) -> bool:
         """True when `enqueue` of this content would record a duplicate."""
@@ -373,7 +376,10 @@ class JobQueue(JobRecovery):
                     job_id,
                 ),
             )
-            return fetch_job(conn, job_id, self.path)
+            job = fetch_job(conn, job_id, self.path)
+            if status in (JobStatus.REJECTED, JobStatus.FAILED):
+                record_job_end(conn, job, now)
+            return job
 
 
 def _check_sha256(sha256: str) -> str:

@@ -15,6 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from appliance.store.audit_events import record_model_event
 from appliance.store.db import (
     StoreBase,
     from_db_time,
@@ -54,12 +55,13 @@ class ModelEventStore(StoreBase):
             raise ValueError(f"unknown model action {action!r}; expected one of {ACTIONS}")
         if not actor:
             raise ValueError("a model event needs an actor (a user name or 'federation')")
+        now = to_db_time(self._clock())
         with self._db.write() as conn:
             cur = conn.execute(
                 "INSERT INTO model_events (at, model, bundle_path, action, actor, reason, figures)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
-                    to_db_time(self._clock()),
+                    now,
                     model,
                     None if bundle_path is None else str(bundle_path),
                     action,
@@ -71,7 +73,18 @@ class ModelEventStore(StoreBase):
             row = conn.execute(
                 "SELECT * FROM model_events WHERE id = ?", (cur.lastrowid,)
             ).fetchone()
-        return _event(row)
+            event = _event(row)
+            record_model_event(  # committed with the history row, or not at all
+                conn,
+                event_id=event.id,
+                model=model,
+                action=action,
+                actor=actor,
+                with_reason=bool(reason),
+                figures=event.figures,
+                at=now,
+            )
+        return event
 
     def history(self, limit: int = 200) -> list[ModelEvent]:
         """Newest first."""

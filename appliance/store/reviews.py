@@ -49,6 +49,7 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from appliance.results.durable import write_atomic
+from appliance.store.audit_events import record_review, record_review_undone
 from appliance.store.db import StoreBase, StoreError, from_db_time
 
 Decision = Literal["confirmed", "corrected", "mask_rejected"]
@@ -260,8 +261,11 @@ class ReviewStore(StoreBase):
                 target.unlink(missing_ok=True)
                 raise
 
-    def undo(self, review_id: int) -> Review:
+    def undo(self, review_id: int, *, by: str | None = None) -> Review:
         """Undo this review, which must be the current one of its frame; returns it, undone.
+
+        `by` is who takes it back, for the audit log (default: its reviewer; the GUI
+        undoes only its own session's decisions).
 
         Raises:
             ValueError: there is no such review, it was undone already, or a newer
@@ -281,8 +285,18 @@ class ReviewStore(StoreBase):
                     f"frame {review.frame_index}; undo review "
                     f"{current.id if current else '?'} first"
                 )
-            conn.execute("UPDATE reviews SET undone_at = ? WHERE id = ?", (self._now(), review_id))
+            now = self._now()
+            conn.execute("UPDATE reviews SET undone_at = ? WHERE id = ?", (now, review_id))
             undone = conn.execute("SELECT * FROM reviews WHERE id = ?", (review_id,)).fetchone()
+            record_review_undone(
+                conn,
+                review_id=review_id,
+                job_id=review.job_id,
+                frame_index=review.frame_index,
+                decision=review.decision,
+                by=_check_reviewer(by or review.reviewer),
+                at=now,
+            )
             return review_from_row(undone)
 
     def undo_last(self, job_id: int, frame_index: int) -> Review | None:
@@ -411,7 +425,20 @@ class ReviewStore(StoreBase):
             ),
         )
         row = conn.execute("SELECT * FROM reviews WHERE id = ?", (cur.lastrowid,)).fetchone()
-        return review_from_row(row)
+        review = review_from_row(row)
+        record_review(  # in the decision's transaction: both are committed or neither
+            conn,
+            review_id=review.id,
+            job_id=job_id,
+            frame_index=frame_index,
+            decision=decision,
+            diagnosis=diagnosis,
+            mask_redrawn=mask_path is not None,
+            with_note=bool(note),
+            reviewer=reviewer,
+            at=row["at"],
+        )
+        return review
 
 
 def _check_reviewer(reviewer: str) -> str:

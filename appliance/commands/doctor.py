@@ -18,7 +18,9 @@ _MARK = {"ok": "ok  ", "warn": "warn", "fail": "FAIL"}
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
-        "doctor", help="check packages, folders, store, model, backend and decoder; explain"
+        "doctor",
+        help="check packages, folders, store, model, GPU and backend, decoder, ports, "
+        "federation certificates, the installation; say what to do",
     )
     p.add_argument("--json", action="store_true", help="one JSON object per finding")
     p.set_defaults(handler=run)
@@ -32,8 +34,8 @@ def run(config: NodeConfig, args: argparse.Namespace) -> int:
         if args.json:
             print(strict_json.dumps(f.to_dict()))
             continue
-        line = f"{_MARK[f.level]}  {f.check:<9} {shown(f.detail)}"
-        print(line + (f"\n{'':16}-> {shown(f.fix)}" if f.fix and f.level != "ok" else ""))
+        line = f"{_MARK[f.level]}  {f.check:<11} {shown(f.detail)}"
+        print(line + (f"\n{'':18}-> {shown(f.fix)}" if f.fix and f.level != "ok" else ""))
     failed = sum(f.level == "fail" for f in findings)
     warned = sum(f.level == "warn" for f in findings)
     if not args.json:

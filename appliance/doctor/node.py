@@ -1,16 +1,10 @@
-"""`fame-node doctor`: what IT staff need to know about this machine and this node.
+"""The node's own checks: Python and packages, config, folders, store, service, model,
+backend, decoding sandbox, engine cache.
 
-Each check returns `Finding`s: ``ok``, ``warn`` (the node runs, but something deserves
-attention) or ``fail`` (it blocks the node), each with what was found and what to do. The
-checks look, they do not repair: the only things they create are the folders ``fame-node
-run`` would create, the initial model's copy in the registry (as ``run`` would) and a
-probe file removed at once. One decoder process is started and stopped to prove that
-inputs can be decoded under this installation.
-
-Checks, in order: Python and packages; the configuration; folders (exist, writable, not
-open to others, free space); the store (opens, schema, integrity, failed jobs waiting for
-a retry); the service lock; the model (verified under the node's trust policy, how it is
-signed); the inference backend really usable here; the decoding sandbox; the engine cache.
+The checks look, they do not repair: the only things they create are the folders
+``fame-node run`` would create, the initial model's copy in the registry (as ``run``
+would) and a probe file removed at once. One decoder process is started and stopped to
+prove that inputs can be decoded under this installation.
 """
 
 from __future__ import annotations
@@ -21,20 +15,17 @@ import shutil
 import sqlite3
 import stat
 import sys
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 from PIL import Image
 
 from appliance.config import NodeConfig, check_config
+from appliance.doctor.findings import Finding, Level
 from appliance.errors import FameNodeError, InputError
 from appliance.nodelock import lock_path, read_holder
-
-Level = Literal["ok", "warn", "fail"]
 
 # Free space below these: warn / fail (bytes). One BUSI image and its results take about
 # 0.5 MB; a cine can take far more.
@@ -51,45 +42,16 @@ REQUIRED = (
     "watchdog",
     "pydantic",
     "cryptography",
+    "pydantic_settings",
+    "highdicom",
+    "pynetdicom",
+    "prometheus_client",
 )
 DECODERS = {
     "pylibjpeg": "JPEG baseline DICOM (with openjpeg: JPEG 2000)",
     "openjpeg": "JPEG 2000 DICOM",
     "gdcm": "JPEG lossless DICOM",
 }
-
-
-@dataclass(frozen=True)
-class Finding:
-    check: str
-    level: Level
-    detail: str
-    fix: str = ""
-
-    def to_dict(self) -> dict[str, str]:
-        return {"check": self.check, "level": self.level, "detail": self.detail, "fix": self.fix}
-
-
-Check = Callable[[NodeConfig], Iterator[Finding]]
-
-
-def run_checks(config: NodeConfig, checks: tuple[Check, ...] | None = None) -> list[Finding]:
-    """Every check's findings; a check that crashes is a ``fail`` of its own, never fatal."""
-    findings: list[Finding] = []
-    for check in checks or CHECKS:
-        name = check.__name__.removeprefix("check_")
-        try:
-            findings.extend(check(config))
-        except Exception as exc:  # a doctor that dies on a sick machine is useless
-            findings.append(
-                Finding(
-                    name,
-                    "fail",
-                    f"the check itself failed: {type(exc).__name__}: {exc}",
-                    "report this with the output of `fame-node doctor --json`",
-                )
-            )
-    return findings
 
 
 def check_python(config: NodeConfig) -> Iterator[Finding]:
@@ -275,24 +237,6 @@ def check_model(config: NodeConfig) -> Iterator[Finding]:
         )
 
 
-def check_backend(config: NodeConfig) -> Iterator[Finding]:
-    from appliance.models.registry import ModelRegistry
-    from appliance.runtime import create_backend
-    from appliance.runtime.factory import available_providers
-
-    with ModelRegistry(config) as registry:
-        bundle = registry.load(registry.active().path)
-    backend = create_backend(bundle, config.runtime, workers=config.processing.worker_count())
-    yield Finding(
-        "backend",
-        "ok",
-        f"{backend.name} on {backend.device} (ran a warm-up batch); "
-        f"ONNX Runtime providers: {', '.join(available_providers())}",
-    )
-    for skipped in getattr(backend, "skipped", ()):
-        yield Finding("backend", "ok", f"not used: {skipped}")
-
-
 def check_decoder(config: NodeConfig) -> Iterator[Finding]:
     from appliance.io.sandbox import Decoder
     from appliance.service import read_limits
@@ -348,19 +292,6 @@ def check_engine_cache(config: NodeConfig) -> Iterator[Finding]:
             )
             return
     yield Finding("engines", "ok", f"engine cache {cache}")
-
-
-CHECKS: tuple[Check, ...] = (
-    check_python,
-    check_config_values,
-    check_folders,
-    check_store,
-    check_service,
-    check_model,
-    check_backend,
-    check_decoder,
-    check_engine_cache,
-)
 
 
 def _can_create(folder: Path) -> bool:

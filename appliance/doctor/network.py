@@ -1,0 +1,156 @@
+"""Doctor checks of the node's network ends: the DICOM receiver's port, the DICOM
+destination the results are sent to, the metrics endpoint's port.
+
+A port must be free, or held by this node's own running service (its pid from the
+service status file); anything else holding it blocks the start. A
+peer that does not answer is a warning: the node queues what it sends and retries.
+The ``dicom_send`` and ``metrics`` sections are read when this version of the config has
+them (they come with the sender and the metrics endpoint).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from appliance.config import NodeConfig
+from appliance.doctor.findings import Finding
+from appliance.doctor.ports import WILDCARDS, c_echo, probe_bind, tcp_reachable
+
+PEER_TIMEOUT_S = 10.0
+
+
+def check_dicom_receiver(config: NodeConfig) -> Iterator[Finding]:
+    net = config.dicom_net
+    if not net.enabled:
+        yield Finding("dicom-in", "ok", "DICOM receiver off (dicom_net.enabled = false)")
+        return
+    where = f"{net.bind_address}:{net.port}"
+    yield from _port("dicom-in", "dicom_net", net.bind_address, net.port, config)
+    if net.bind_address in WILDCARDS:
+        yield Finding(
+            "dicom-in",
+            "warn",
+            f"the receiver listens on every interface ({where})",
+            "set dicom_net.bind_address to the LAN address the scanners and the PACS reach",
+        )
+    elif net.bind_address.startswith("127.") or net.bind_address == "::1":
+        yield Finding(
+            "dicom-in",
+            "ok",
+            f"listening on {where}: only this machine can push (the LAN address lets "
+            "scanners push)",
+        )
+    if net.allow_any_caller:
+        yield Finding(
+            "dicom-in",
+            "warn",
+            "dicom_net.allow_any_caller = true: any device on the network may store images",
+            "list the scanners' and the PACS's AE titles in dicom_net.allowed_callers and set "
+            "allow_any_caller = false",
+        )
+    else:
+        callers = ", ".join(net.allowed_callers)
+        yield Finding("dicom-in", "ok", f"AE {net.ae_title}; allowed callers: {callers}")
+
+
+def check_dicom_send(config: NodeConfig) -> Iterator[Finding]:
+    send = getattr(config, "dicom_send", None)
+    if send is None or not getattr(send, "enabled", False):
+        yield Finding("dicom-out", "ok", "sending to a PACS not configured (dicom_send)")
+        return
+    host, port = str(send.host), int(send.port)
+    called = str(send.ae_title)
+    calling = str(getattr(send, "calling_ae_title", None) or config.dicom_net.ae_title)
+    # The doctor waits less than the sender would: it reports, the sender retries.
+    timeout = min(float(getattr(send, "acse_timeout_s", None) or PEER_TIMEOUT_S), PEER_TIMEOUT_S)
+    where = f"{called} at {host}:{port}"
+    why = tcp_reachable(host, port, timeout)
+    if why is not None:
+        yield Finding(
+            "dicom-out",
+            "warn",
+            f"the PACS {where} cannot be reached ({why}): results wait in the send queue",
+            "check dicom_send.host / port, the PACS and the firewall between them",
+        )
+        return
+    why = c_echo(host, port, called, calling, timeout)
+    if why is not None:
+        yield Finding(
+            "dicom-out",
+            "warn",
+            f"the PACS {where} is reachable but the C-ECHO from {calling} failed: {why}",
+            f"register the node's AE title {calling} (this host, its address) on the PACS "
+            "and check dicom_send.ae_title",
+        )
+        return
+    yield Finding("dicom-out", "ok", f"the PACS {where} answers C-ECHO from {calling}")
+
+
+def check_metrics(config: NodeConfig) -> Iterator[Finding]:
+    metrics = getattr(config, "metrics", None)
+    if metrics is None or not getattr(metrics, "enabled", False):
+        yield Finding("metrics", "ok", "metrics endpoint off")
+        return
+    address = str(getattr(metrics, "bind_address", "127.0.0.1"))
+    port = int(metrics.port)
+    yield from _port("metrics", "metrics", address, port, config)
+    if address in WILDCARDS:
+        yield Finding(
+            "metrics",
+            "warn",
+            f"the metrics endpoint listens on every interface ({address}:{port})",
+            "bind it to 127.0.0.1 (metrics.bind_address) and scrape it through a proxy or "
+            "the monitoring agent on this host",
+        )
+
+
+def _port(check: str, key: str, address: str, port: int, config: NodeConfig) -> Iterator[Finding]:
+    state = probe_bind(address, port)
+    where = f"{address}:{port}"
+    if state.free:
+        yield Finding(check, "ok", f"{where} is free for the node to listen on")
+        return
+    own = _own_pids(config)
+    if state.error == "EADDRINUSE":
+        if own and (set(state.holders) & own or not state.holders):
+            # Not seeing the holder (another user's process) while our service runs: the
+            # service listens there (it stops at start when it cannot).
+            yield Finding(check, "ok", f"{where} is held by this node's service (pid {min(own)})")
+            return
+        who = f"pid {', '.join(map(str, state.holders))}" if state.holders else "another program"
+        yield Finding(
+            check,
+            "fail",
+            f"{where} is in use by {who}: the node would refuse to start",
+            f"stop that program (`ss -ltnp 'sport = :{port}'` shows it) or choose another "
+            f"{key}.port",
+        )
+    elif state.error == "EACCES":
+        yield Finding(
+            check,
+            "fail",
+            f"port {port} below 1024 may not be bound by this user",
+            f"use a port of 1024 or above ({key}.port), or give the service "
+            "AmbientCapabilities=CAP_NET_BIND_SERVICE in its unit",
+        )
+    elif state.error in ("EADDRNOTAVAIL", "EAI"):
+        yield Finding(
+            check,
+            "fail",
+            f"{key}.bind_address {address!r} is not an address of this machine ({state.message})",
+            f"set {key}.bind_address to one of this host's addresses (`ip -br addr`)",
+        )
+    else:
+        yield Finding(
+            check, "fail", f"{where} cannot be bound: {state.message}", f"check {key}.port"
+        )
+
+
+def _own_pids(config: NodeConfig) -> set[int]:
+    """This node's running service: its status file fresh and its pid alive. (The lock
+    file's pid alone is not enough: a killed service leaves it behind, and pids recycle.)"""
+    from appliance.service_status import read_service_status
+
+    status: dict[str, Any] | None = read_service_status(config)
+    return {int(status["pid"])} if status is not None and status.get("alive") else set()

@@ -10,7 +10,7 @@ configured thresholds, masks compared at each image's own resolution).
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +75,38 @@ def _truth_mask(case: Case, shape: tuple[int, ...]) -> np.ndarray:
     return union.astype(np.uint8)
 
 
+@dataclass
+class CaseOutputs:
+    """What the node made of each readable case, in manifest order (skipped ones apart)."""
+
+    preds: list[np.ndarray] = field(default_factory=list)  # the node's masks, image size
+    truths: list[np.ndarray] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)  # index into the model's classes
+    probs: list[list[float]] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+
+def analyse_cases(analyzer: Analyzer, cases: list[Case], *, max_frames: int = 1) -> CaseOutputs:
+    """Run every case through the node's reader and `Analyzer` (first frame)."""
+    classes = analyzer.classes
+    out = CaseOutputs()
+    for case in cases:
+        try:
+            loaded = read_file(case.image, max_frames=max_frames)
+        except InputError as exc:
+            out.skipped.append({"image": str(case.image), "reason": exc.reason})
+            continue
+        if loaded.meta.crop is not None:  # its truth mask is drawn on the uncropped image
+            raise DatasetError(f"{case.image}: evaluation of cropped DICOM is not supported")
+        frame = loaded.frames[0]
+        result = analyzer.analyse([frame], loaded.meta.pixel_spacing_mm)[0]
+        out.preds.append(result.findings.mask)
+        out.truths.append(_truth_mask(case, frame.shape))
+        out.labels.append(classes.index(case.label))
+        out.probs.append([result.diagnosis.probabilities[c] for c in classes])
+    return out
+
+
 def evaluate(
     analyzer: Analyzer,
     manifest: Path,
@@ -89,23 +121,8 @@ def evaluate(
     if unknown:
         raise DatasetError(f"{manifest}: labels {unknown} are not classes of the model {classes}")
     start = time.perf_counter()
-    preds, truths, labels, probs = [], [], [], []
-    skipped: list[dict[str, str]] = []
-    for case in cases:
-        try:
-            loaded = read_file(case.image, max_frames=max_frames)
-        except InputError as exc:
-            skipped.append({"image": str(case.image), "reason": exc.reason})
-            continue
-        if loaded.meta.crop is not None:  # its truth mask is drawn on the uncropped image
-            raise DatasetError(f"{case.image}: evaluation of cropped DICOM is not supported")
-        frame = loaded.frames[0]
-        result = analyzer.analyse([frame], loaded.meta.pixel_spacing_mm)[0]
-        preds.append(result.findings.mask)
-        truths.append(_truth_mask(case, frame.shape))
-        labels.append(classes.index(case.label))
-        probs.append([result.diagnosis.probabilities[c] for c in classes])
-    if not labels:
+    out = analyse_cases(analyzer, cases, max_frames=max_frames)
+    if not out.labels:
         raise DatasetError(f"{manifest}: none of the {len(cases)} images could be read")
     return EvaluationReport(
         dataset=str(manifest),
@@ -113,11 +130,11 @@ def evaluate(
         site=site,
         model=analyzer.bundle.version_label,
         backend=analyzer.backend.device,
-        n_cases=len(labels),
-        skipped=skipped,
+        n_cases=len(out.labels),
+        skipped=out.skipped,
         seconds=round(time.perf_counter() - start, 2),
-        segmentation=segmentation_summary(preds, truths),
-        classification=classification_report(labels, np.array(probs), classes),
+        segmentation=segmentation_summary(out.preds, out.truths),
+        classification=classification_report(out.labels, np.array(out.probs), classes),
     )
 
 

@@ -66,3 +66,17 @@ def test_segmentation_summary_separates_lesion_and_normal_images() -> None:
     assert s.dice_lesion == pytest.approx(1.0)
     assert s.dice_all == pytest.approx(0.5)
     assert s.false_positive_rate_normal == pytest.approx(1.0)
+
+
+def test_hd95_of_shifted_squares_is_the_shift_and_none_when_empty() -> None:
+    from trainer.metrics import hd95
+
+    a = np.zeros((64, 64), np.uint8)
+    b = np.zeros((64, 64), np.uint8)
+    a[10:40, 10:40] = 1
+    b[10:40, 14:44] = 1  # the same square 4 px to the right
+    assert hd95(a, a) == 0.0
+    assert hd95(a, b) == pytest.approx(4.0, abs=0.01)
+    assert hd95(a, np.zeros_like(a)) is None
+    with pytest.raises(ValueError, match="differ in shape"):
+        hd95(a, b[:10])

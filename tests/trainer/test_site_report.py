@@ -1,0 +1,47 @@
+"""The per-site report: figures and bootstrap intervals from the node's own outputs."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from appliance.evaluate import CaseOutputs
+from trainer.site_report import bootstrap_ci, figures
+
+CLASSES = ("normal", "benign", "malignant")
+
+
+def _case(out: CaseOutputs, label: int, truth_box: bool, shift: int, p_mal: float) -> None:
+    truth = np.zeros((40, 40), np.uint8)
+    pred = np.zeros((40, 40), np.uint8)
+    if truth_box:
+        truth[10:30, 10:30] = 1
+        pred[10:30, 10 + shift : 30 + shift] = 1
+    out.preds.append(pred)
+    out.truths.append(truth)
+    out.labels.append(label)
+    out.probs.append([0.0, 1.0 - p_mal, p_mal])
+
+
+def test_figures_of_a_benign_malignant_site() -> None:
+    out = CaseOutputs()
+    for i in range(10):
+        _case(out, 1, True, 0, 0.1 + 0.01 * i)  # benign, perfect masks, low p(malignant)
+        _case(out, 2, True, 2, 0.8 + 0.01 * i)  # malignant, masks 2 px off, high p
+    fig = figures(out, CLASSES, boots=200)
+    seg, cls = fig["segmentation"], fig["classification"]
+    assert fig["n"] == 20 and fig["n_with_lesion"] == 20
+    assert 0.9 < seg["dice"] < 1.0 and seg["false_positive_rate_normal"] is None
+    low, high = seg["dice_ci95"]
+    assert low <= seg["dice"] <= high
+    assert cls["auc"] == 1.0 and cls["auc_kind"] == "malignant vs rest"
+    assert seg["hd95_px_median"] is not None and seg["hd95_px_median"] <= 2.0
+
+
+def test_bootstrap_interval_narrows_with_more_data_and_is_none_when_undefined() -> None:
+    rng = np.random.default_rng(0)
+    small, large = rng.normal(size=20), rng.normal(size=2000)
+    ci_small = bootstrap_ci(20, lambda idx: float(small[idx].mean()), 300)
+    ci_large = bootstrap_ci(2000, lambda idx: float(large[idx].mean()), 300)
+    assert ci_small is not None and ci_large is not None
+    assert ci_large[1] - ci_large[0] < (ci_small[1] - ci_small[0]) / 4
+    assert bootstrap_ci(5, lambda idx: None, 100) is None

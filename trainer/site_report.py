@@ -1,0 +1,153 @@
+"""The figures of one bundle on every site's test split, with 95 % bootstrap intervals.
+
+Each image goes through the node's own reader and `Analyzer` (`appliance.evaluate`), so
+these are the figures of the node as deployed, masks compared at each image's own size.
+Targets: the BUSI test split and the test split of each BUS-BRA scanner (there AUC is
+malignant vs benign: BUS-BRA has no normal class). Intervals: 2.5 / 97.5 percentiles over
+`--boot` resamples of the images (seeded).
+
+    python -m trainer.site_report --bundle models/default --out docs/results/default.json
+
+The bundle is loaded with its checksums verified (`appliance.bundle.load_bundle`): a bundle
+this trainer just wrote, before it is signed and installed; run on the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from appliance.analysis import Analyzer
+from appliance.bundle import load_bundle
+from appliance.config import RuntimeConfig, ThresholdsConfig
+from appliance.evaluate import CaseOutputs, analyse_cases, read_cases
+from appliance.runtime import create_backend
+from trainer.metrics import classification_report, dice, hd95, iou
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+BUSBRA_SITES = ("logiq7", "aplio300", "usystems")
+
+
+def bootstrap_ci(
+    n: int, statistic: Callable[[np.ndarray], float | None], boots: int, seed: int = 0
+) -> list[float] | None:
+    """[low, high] of `statistic` over `boots` resamples of the indices 0..n-1."""
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(boots):
+        v = statistic(rng.integers(0, n, n))
+        if v is not None and np.isfinite(v):
+            values.append(v)
+    if len(values) < boots // 2:
+        return None
+    return [
+        round(float(np.percentile(values, 2.5)), 4),
+        round(float(np.percentile(values, 97.5)), 4),
+    ]
+
+
+def figures(out: CaseOutputs, classes: Sequence[str], boots: int) -> dict[str, Any]:
+    """Segmentation and classification figures of one target, with bootstrap intervals."""
+    d = np.array([dice(p, t) for p, t in zip(out.preds, out.truths, strict=True)])
+    j = np.array([iou(p, t) for p, t in zip(out.preds, out.truths, strict=True)])
+    has = np.array([bool(t.any()) for t in out.truths])
+    h = [hd95(p, t) for p, t, k in zip(out.preds, out.truths, has, strict=True) if k]
+    h_ok = [x for x in h if x is not None]
+    labels, probs = np.array(out.labels), np.array(out.probs)
+    report = classification_report(list(labels), probs, classes)
+
+    def mean_dice(idx: np.ndarray) -> float | None:
+        sel = idx[has[idx]]
+        return float(d[sel].mean()) if len(sel) else None
+
+    def auc(idx: np.ndarray) -> float | None:
+        return classification_report(list(labels[idx]), probs[idx], classes).macro_auc
+
+    empty = ~has
+    fp_normal = [bool(p.any()) for p, e in zip(out.preds, empty, strict=True) if e]
+    missed = sum(1 for p, k in zip(out.preds, has, strict=True) if k and not p.any())
+    return {
+        "n": len(labels),
+        "n_with_lesion": int(has.sum()),
+        "skipped": len(out.skipped),
+        "segmentation": {
+            "dice": round(float(d[has].mean()), 4) if has.any() else None,
+            "dice_ci95": bootstrap_ci(len(d), mean_dice, boots),
+            "iou": round(float(j[has].mean()), 4) if has.any() else None,
+            "hd95_px_median": round(float(np.median(h_ok)), 2) if h_ok else None,
+            "lesions_missed": missed,
+            "false_positive_rate_normal": (
+                round(float(np.mean(fp_normal)), 4) if fp_normal else None
+            ),
+        },
+        "classification": {
+            "accuracy": round(report.accuracy, 4),
+            "macro_f1": round(report.macro_f1, 4),
+            "auc": None if report.macro_auc is None else round(report.macro_auc, 4),
+            "auc_ci95": bootstrap_ci(len(labels), auc, boots),
+            "auc_kind": report.auc_kind,
+            "per_class": report.per_class,
+            "confusion": report.confusion,
+        },
+    }
+
+
+def targets(busi: Path, busbra: Path) -> list[tuple[str, Path, str | None]]:
+    """(name, manifest, site) of every test split present on this machine."""
+    found: list[tuple[str, Path, str | None]] = []
+    if busi.is_file():
+        found.append(("busi", busi, None))
+    if busbra.is_file():
+        found += [(f"busbra-{s}", busbra, s) for s in BUSBRA_SITES]
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trainer.site_report", description=__doc__)
+    parser.add_argument("--bundle", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
+    parser.add_argument("--busi", type=Path, default=SHARED / "busi" / "manifest.csv")
+    parser.add_argument("--busbra", type=Path, default=SHARED / "busbra" / "manifest.csv")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--boot", type=int, default=1000, help="bootstrap resamples")
+    a = parser.parse_args(argv)
+    bundle = load_bundle(a.bundle)
+    backend = create_backend(bundle, RuntimeConfig(backend="onnxruntime-cpu"))
+    analyzer = Analyzer(bundle, backend, ThresholdsConfig())
+    found = targets(a.busi, a.busbra)
+    if not found:
+        raise SystemExit(f"no data: neither {a.busi} nor {a.busbra} exists")
+    result: dict[str, Any] = {
+        "model": bundle.version_label,
+        "bundle_files": dict(bundle.manifest.files),
+        "split": a.split,
+        "measured": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()} {platform.processor() or 'CPU'}, ONNX Runtime CPU",
+        "bootstrap_resamples": a.boot,
+        "targets": {},
+    }
+    for name, manifest, site in found:
+        t0 = time.perf_counter()
+        out = analyse_cases(analyzer, read_cases(manifest, a.split, site))
+        result["targets"][name] = figures(out, analyzer.classes, a.boot)
+        result["targets"][name]["seconds"] = round(time.perf_counter() - t0, 1)
+        seg, cls = (
+            result["targets"][name]["segmentation"],
+            result["targets"][name]["classification"],
+        )
+        print(f"{name}: n={len(out.labels)} Dice {seg['dice']} AUC {cls['auc']}", flush=True)
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -296,6 +296,75 @@ class DicomNetConfig(_Section):
         return self
 
 
+class DicomSendConfig(_Section):
+    enabled: bool = Field(
+        False,
+        description="send every SEG / SR written to paths.outbox to the PACS below (DICOM "
+        "C-STORE), from a durable queue in the store that survives restarts",
+    )
+    ae_title: str | None = Field(
+        None, pattern=_AE_TITLE, description="the PACS's AE title (called AE); needed when enabled"
+    )
+    host: str | None = Field(
+        None, min_length=1, description="the PACS's host name or address; needed when enabled"
+    )
+    port: int = Field(104, ge=1, le=65535, description="the PACS's DICOM port")
+    calling_ae_title: str = Field(
+        "FAMENODE", pattern=_AE_TITLE, description="this node's AE title when it sends"
+    )
+    acse_timeout_s: float = Field(
+        30.0, gt=0, description="seconds to wait for the PACS to accept an association"
+    )
+    dimse_timeout_s: float = Field(
+        60.0, gt=0, description="seconds to wait for the PACS to answer one C-STORE"
+    )
+    network_timeout_s: float = Field(
+        60.0, gt=0, description="an association silent this long is aborted"
+    )
+    retry_initial_s: float = Field(
+        10.0, gt=0, description="first wait before a failed send is tried again"
+    )
+    retry_max_s: float = Field(
+        900.0, gt=0, description="longest wait between tries (the backoff doubles up to it)"
+    )
+    max_attempts: int = Field(
+        10,
+        ge=1,
+        description="an object the PACS refused this many times is set aside as failed "
+        "(`fame-node outbox retry`); a PACS that cannot be reached is waited out instead",
+    )
+    batch_size: int = Field(32, ge=1, le=1000, description="objects sent per association")
+    poll_interval_s: float = Field(
+        2.0, gt=0, le=60, description="how often the queue is checked for objects due"
+    )
+
+    @model_validator(mode="after")
+    def _has_destination(self) -> DicomSendConfig:
+        if self.enabled and (not self.ae_title or not self.host):
+            missing = [k for k in ("ae_title", "host") if not getattr(self, k)]
+            raise ValueError(
+                f"dicom_send.enabled = true but dicom_send.{' and '.join(missing)} is not set: "
+                'name the PACS to send to (ae_title = "PACS", host = "pacs.example.org", '
+                "port = 104), or set enabled = false"
+            )
+        if self.retry_max_s < self.retry_initial_s:
+            raise ValueError(
+                f"dicom_send.retry_max_s = {self.retry_max_s} is below retry_initial_s = "
+                f"{self.retry_initial_s}: the backoff cap must be at least the first wait"
+            )
+        return self
+
+    def queued_for(self) -> str | None:
+        """The destination a done job's SEG / SR are queued for; None when not sending."""
+        return self.destination() if self.enabled else None
+
+    def destination(self) -> str:
+        """The PACS as the send queue names it: ``AE@host:port``."""
+        if not self.ae_title or not self.host:
+            raise ConfigError(["dicom_send: no destination configured (ae_title, host)"])
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
 class NodeConfig(BaseSettings):
     """Everything the node is configured with. Parsed once at start, then passed down."""
 
@@ -314,6 +383,7 @@ class NodeConfig(BaseSettings):
     models: ModelsConfig = ModelsConfig()
     dicom_out: DicomOutConfig = DicomOutConfig()
     dicom_net: DicomNetConfig = DicomNetConfig()
+    dicom_send: DicomSendConfig = DicomSendConfig()
 
     @field_validator("schema_version")
     @classmethod
@@ -321,6 +391,15 @@ class NodeConfig(BaseSettings):
         if v != CONFIG_SCHEMA_VERSION:
             raise ValueError(f"this node reads config schema_version {CONFIG_SCHEMA_VERSION}")
         return v
+
+    @model_validator(mode="after")
+    def _send_needs_output(self) -> NodeConfig:
+        if self.dicom_send.enabled and not self.dicom_out.enabled:
+            raise ValueError(
+                "dicom_send.enabled = true but dicom_out.enabled = false: nothing would be "
+                "written to send; enable dicom_out or disable dicom_send"
+            )
+        return self
 
     @classmethod
     def settings_customise_sources(

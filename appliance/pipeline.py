@@ -47,6 +47,7 @@ from appliance.results.writers import job_result_dir, write_frame_files, write_r
 from appliance.store.db import StoreError
 from appliance.store.instances import InstanceIdentity, InstanceVerdict, identity_digest
 from appliance.store.jobs import Job, JobQueue
+from appliance.store.outbound import OutboundItem
 from appliance.store.results import FrameResultRow, ResultStore
 
 if TYPE_CHECKING:  # highdicom is imported only once a DICOM job is exported
@@ -77,6 +78,9 @@ class PipelineSettings:
     # this node in them.
     outbox_dir: Path | None = None
     device_serial: str = "fame-node"
+    # The PACS (``AE@host:port``) the SEG / SR are queued for in the job's done transaction
+    # (None: not sent; `appliance.dicom_send`).
+    send_destination: str | None = None
 
 
 @dataclass
@@ -166,7 +170,12 @@ class Pipeline:
         files = () if outbox is None else outbox.files
         rows = self._write_files(job, loaded, analyses, analyzer, conflict_of, files)
         self.results.save_completed(
-            job.id, loaded.meta, rows, analyzer.bundle.version_label, analyzer.backend.device
+            job.id,
+            loaded.meta,
+            rows,
+            analyzer.bundle.version_label,
+            analyzer.backend.device,
+            outbound=outbound_items(outbox, self.settings.send_destination),
         )
         self._release(job)
         first = analyses[0].diagnosis
@@ -399,6 +408,13 @@ class Pipeline:
             frames_json,
         )
         return rows
+
+
+def outbound_items(exported: Exported | None, destination: str | None) -> list[OutboundItem]:
+    """The job's SEG / SR to queue for `destination` (none when nothing is sent)."""
+    if exported is None or destination is None:
+        return []
+    return [OutboundItem(k, p, uid, destination) for k, p, uid in exported.objects()]
 
 
 def conflict_flags(conflict_of: int | None) -> tuple[str, ...]:

@@ -38,6 +38,7 @@ from typing import Any
 from appliance.analysis import Analyzer
 from appliance.bundle import Bundle
 from appliance.config import NodeConfig
+from appliance.dicom_send.sender import DicomSender, start_sender
 from appliance.errors import BundleError, ConfigError, TransientError
 from appliance.health import Conditions
 from appliance.ingest.dicom_receiver import DicomReceiver
@@ -162,6 +163,7 @@ def build_parts(
             retry_max_s=ing.retry_max_s,
             outbox_dir=config.folder("outbox") if config.dicom_out.enabled else None,
             device_serial=config.dicom_out.device_serial or config.node_name,
+            send_destination=config.dicom_send.queued_for(),
         ),
         analyzer,
         queue,
@@ -202,6 +204,7 @@ class Node:
         self._watchdog: threading.Thread | None = None
         self._watcher: InboxWatcher | None = None
         self._receiver: DicomReceiver | None = None
+        self._sender: DicomSender | None = None
         self._heartbeat: threading.Thread | None = None
         self._model_watch: threading.Thread | None = None
         self._model_seen: int | None = None  # newest model event already acted on
@@ -251,6 +254,7 @@ class Node:
                         "address is not this machine's; choose another port or stop it"
                     ]
                 ) from exc
+        self._sender = start_sender(self.config)  # None unless dicom_send.enabled
         self._watchdog = threading.Thread(
             target=self._watch_jobs, name="fame-watchdog", daemon=True
         )
@@ -279,6 +283,8 @@ class Node:
         self._wake.set()
         if self._receiver is not None:  # before the watcher: nothing stored goes untaken
             self._receiver.stop()
+        if self._sender is not None:  # after the object in hand; the rest stays queued
+            self._sender.stop()
         if self._watcher is not None:
             self._watcher.stop()
         deadline = time.monotonic() + timeout

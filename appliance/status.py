@@ -21,6 +21,7 @@ from appliance.runtime import create_backend
 from appliance.runtime.factory import available_providers, describe_sharing
 from appliance.service_status import read_service_status
 from appliance.store.jobs import JobQueue
+from appliance.store.outbound import OutboundQueue
 from appliance.store.results import ResultStore
 
 
@@ -45,6 +46,7 @@ def gather_status(config: NodeConfig) -> dict[str, Any]:
         "waiting_jobs": waiting_jobs,
         "waiting_for": (service or {}).get("waiting_for", []) if service else [],
         "lock_holder": _live_holder(read_holder(lock)),
+        "outbox": _outbox_counts(config),
     }
     if service is not None and service["alive"]:
         data.update(
@@ -68,6 +70,12 @@ def gather_status(config: NodeConfig) -> dict[str, Any]:
     except FameNodeError as exc:
         data.update(model=None, backend=None, provider=None, problem=str(exc))
     return data
+
+
+def _outbox_counts(config: NodeConfig) -> dict[str, int]:
+    """The DICOM send queue by state (pending, sent, failed)."""
+    with OutboundQueue(config.database_path) as outbound:
+        return outbound.counts()
 
 
 def _live_holder(holder: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -121,6 +129,11 @@ def format_status(d: dict[str, Any]) -> str:
         )
     if q.get("failed"):
         lines.append(f"set aside {q['failed']} failed job(s): `fame-node jobs retry --all`")
+    out = d.get("outbox") or {}
+    if any(out.values()):
+        lines.append("outbox    " + ", ".join(f"{k} {v}" for k, v in out.items()))
+    if out.get("failed"):
+        lines.append(f"set aside {out['failed']} failed send(s): `fame-node outbox list`")
     if d.get("problem"):
         lines.append(f"problem   {shown(d['problem'])}")
     return "\n".join(lines)

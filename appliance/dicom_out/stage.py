@@ -30,6 +30,15 @@ from appliance.io.types import ImageMeta
 class Exported:
     files: tuple[Path, ...] = ()
     note: str | None = None  # why nothing was written, for the job's notes
+    # The SOP Instance UID of each of `files`, in the same order (the send queue's record).
+    sop_instance_uids: tuple[str, ...] = ()
+
+    def objects(self) -> list[tuple[str, Path, str]]:
+        """(kind ``seg`` / ``sr``, file, SOP Instance UID) of each file written."""
+        return [
+            ("sr" if path.name.endswith("-sr.dcm") else "seg", path, uid)
+            for path, uid in zip(self.files, self.sop_instance_uids, strict=True)
+        ]
 
 
 def export_job(
@@ -72,4 +81,8 @@ def export_job(
         output = build_job_output(inp)
     except DicomOutError as exc:
         return Exported(note=f"no DICOM SEG / SR written: {exc.reason}")
-    return Exported(files=tuple(write_outbox(outbox, job_id, output.datasets)))
+    datasets = output.datasets  # SR last already: write_outbox keeps this order
+    paths = write_outbox(outbox, job_id, datasets)
+    return Exported(
+        files=tuple(paths), sop_instance_uids=tuple(str(ds.SOPInstanceUID) for ds in datasets)
+    )

@@ -27,6 +27,7 @@ from appliance.store.db import (
     to_db_time,
 )
 from appliance.store.jobs import Job, JobStatus, fetch_job, require_status
+from appliance.store.outbound import OutboundItem, insert_outbound
 
 
 def _opt_float(value: float | None) -> float | None:
@@ -138,8 +139,13 @@ class ResultStore(StoreBase):
         frames: Sequence[FrameResultRow],
         model_version: str,
         backend: str,
+        outbound: Sequence[OutboundItem] = (),
     ) -> Job:
         """Store the image and its frames' results and mark the running job done, atomically.
+
+        `outbound`: the job's SEG / SR to queue for the PACS (`appliance.store.outbound`),
+        in the same transaction, so a done job never lacks its sends and no send is queued
+        for a job that is not done.
 
         On any error (the job is not running, two rows for one frame, ...) nothing is
         written and the job stays as it was. Returns the job, now done.
@@ -168,6 +174,7 @@ class ResultStore(StoreBase):
                 "waiting_for = NULL WHERE id = ?",
                 (model_version, now, now, job_id),
             )
+            insert_outbound(conn, job_id, outbound, now)
             return fetch_job(conn, job_id, self.path)
 
     def results_for_job(self, job_id: int) -> list[StoredResult]:

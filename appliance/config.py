@@ -33,6 +33,7 @@ from pydantic_settings import (
 
 from appliance.cpus import usable_cpus
 from appliance.errors import ConfigError
+from appliance.federation.config import FederationConfig
 
 CONFIG_SCHEMA_VERSION = 1
 ENV_PREFIX = "FAME_NODE_"
@@ -383,6 +384,7 @@ class NodeConfig(BaseSettings):
     models: ModelsConfig = ModelsConfig()
     dicom_out: DicomOutConfig = DicomOutConfig()
     dicom_net: DicomNetConfig = DicomNetConfig()
+    federation: FederationConfig = FederationConfig()
     dicom_send: DicomSendConfig = DicomSendConfig()
 
     @field_validator("schema_version")

@@ -221,11 +221,67 @@ def _migrate_to_v4(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+_V5 = (
+    # The node's privacy ledger (appliance.federation.ledger): one row per time it trained
+    # for the federation, with what the accountant composes (noise multiplier, sampling
+    # rate, steps) and the cumulative epsilon after it. Append-only: a deleted or changed
+    # row would hand the node back budget it has spent.
+    """
+    CREATE TABLE federation_rounds (
+        id INTEGER PRIMARY KEY,
+        at TEXT NOT NULL,
+        run_id TEXT NOT NULL,
+        server_round INTEGER NOT NULL CHECK (server_round >= 0),
+        mode TEXT NOT NULL CHECK (mode IN ('example', 'client')),
+        noise_multiplier REAL NOT NULL CHECK (noise_multiplier > 0),
+        sample_rate REAL NOT NULL CHECK (sample_rate > 0 AND sample_rate <= 1),
+        steps INTEGER NOT NULL CHECK (steps >= 1),
+        delta REAL NOT NULL CHECK (delta > 0 AND delta < 1),
+        n_examples INTEGER NOT NULL CHECK (n_examples >= 0),
+        metrics TEXT NOT NULL DEFAULT '{}',
+        epsilon REAL NOT NULL CHECK (epsilon >= 0)
+    )
+    """,
+    """
+    CREATE TRIGGER federation_rounds_no_update BEFORE UPDATE ON federation_rounds
+    BEGIN SELECT RAISE(ABORT, 'the privacy ledger is append-only'); END
+    """,
+    """
+    CREATE TRIGGER federation_rounds_no_delete BEFORE DELETE ON federation_rounds
+    BEGIN SELECT RAISE(ABORT, 'the privacy ledger is append-only'); END
+    """,
+    # Which cases are held out of training (appliance.federation.heldout): one row per group
+    # (a keyed digest of the patient, or the job), assigned once and never changed, so a
+    # case validated on is never trained on in a later round.
+    """
+    CREATE TABLE federation_heldout (
+        group_key TEXT PRIMARY KEY,
+        heldout INTEGER NOT NULL CHECK (heldout IN (0, 1)),
+        assigned_at TEXT NOT NULL
+    )
+    """,
+    """
+    CREATE TRIGGER federation_heldout_no_update BEFORE UPDATE ON federation_heldout
+    BEGIN SELECT RAISE(ABORT, 'held-out assignments never change'); END
+    """,
+    """
+    CREATE TRIGGER federation_heldout_no_delete BEFORE DELETE ON federation_heldout
+    BEGIN SELECT RAISE(ABORT, 'held-out assignments never change'); END
+    """,
+)
+
+
+def _migrate_to_v5(conn: sqlite3.Connection) -> None:
+    for statement in _V5:
+        conn.execute(statement)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     _migrate_to_v1,
     _migrate_to_v2,
     _migrate_to_v3,
     _migrate_to_v4,
+    _migrate_to_v5,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -43,6 +43,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "appliance.commands.jobs",
     "appliance.commands.doctor",
     "appliance.commands.outbox",
+    "appliance.commands.audit",
 )
 
 
@@ -126,6 +127,7 @@ def _main(args: argparse.Namespace) -> int:
         setup_logging(
             config.log_level,
             config.folder("work") / "logs" if args.command == "run" else None,
+            fmt=config.logging.format,
         )
         builtin = {
             "run": _run,

@@ -366,6 +366,29 @@ class DicomSendConfig(_Section):
         return f"{self.ae_title}@{self.host}:{self.port}"
 
 
+class LoggingConfig(_Section):
+    format: Literal["text", "json"] = Field(
+        "text",
+        description="text: one line per record for a person; json: one JSON object per line "
+        "(time, level, logger, message, thread, job) for a log collector",
+    )
+
+
+class MetricsConfig(_Section):
+    enabled: bool = Field(
+        False,
+        description="serve /metrics (Prometheus) and /healthz (the node's health as JSON, 503 "
+        "when it is blocked) over HTTP",
+    )
+    bind_address: str = Field(
+        "127.0.0.1",
+        min_length=1,
+        description="address listened on; 127.0.0.1: only this machine (a scraper elsewhere: "
+        "the host's address, behind the hospital's firewall)",
+    )
+    port: int = Field(9464, ge=0, le=65535, description="TCP port listened on (0: any free one)")
+
+
 class NodeConfig(BaseSettings):
     """Everything the node is configured with. Parsed once at start, then passed down."""
 
@@ -384,8 +407,10 @@ class NodeConfig(BaseSettings):
     models: ModelsConfig = ModelsConfig()
     dicom_out: DicomOutConfig = DicomOutConfig()
     dicom_net: DicomNetConfig = DicomNetConfig()
-    federation: FederationConfig = FederationConfig()
+    logging: LoggingConfig = LoggingConfig()
+    metrics: MetricsConfig = MetricsConfig()
     dicom_send: DicomSendConfig = DicomSendConfig()
+    federation: FederationConfig = FederationConfig()
 
     @field_validator("schema_version")
     @classmethod

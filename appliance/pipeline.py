@@ -41,6 +41,8 @@ from appliance.errors import PASSING_ERRNOS, CorruptFileError, InputError, Trans
 from appliance.health import Conditions
 from appliance.ingest.snapshot import Spool
 from appliance.io.types import LoadedImage
+from appliance.logs import job_context
+from appliance.metrics import NodeMetrics
 from appliance.privacy import Pseudonymizer
 from appliance.quarantine import Quarantine
 from appliance.results.writers import job_result_dir, write_frame_files, write_result_json
@@ -93,6 +95,7 @@ class Pipeline:
     decode: Decode
     spool: Spool
     health: Conditions = field(default_factory=Conditions)
+    metrics: NodeMetrics = field(default_factory=NodeMetrics)  # latencies and outcomes
     # Waits up to the given seconds; True when the node is stopping (stop retrying then).
     wait: Callable[[float], bool] = field(default_factory=lambda: threading.Event().wait)
 
@@ -123,6 +126,10 @@ class Pipeline:
 
     def process(self, job: Job) -> None:
         """Process one claimed (running) job to its outcome. Never raises."""
+        with job_context(job.id):  # JSON log records name the job
+            self._run(job)
+
+    def _run(self, job: Job) -> None:
         analyzer = self.analyzer  # the one snapshot this job uses throughout
         tag = self.tag(job)
         try:
@@ -140,13 +147,15 @@ class Pipeline:
                 f"`fame-node jobs retry {job.id}`."
             )
             self._record(lambda: self.queue.mark_failed(job.id, "internal_error", reason), tag)
+            self.metrics.finished(job, "failed")
 
     # -- stages ----------------------------------------------------------------------------
 
     def _process(self, job: Job, tag: str, analyzer: Analyzer) -> None:
         try:
             source = self._source(job)
-            loaded = self.decode(source, Path(job.path).suffix or None)
+            with self.metrics.decode_seconds.time():
+                loaded = self.decode(source, Path(job.path).suffix or None)
         except InputError as exc:
             self._reject(job, exc, tag)
             return
@@ -159,9 +168,10 @@ class Pipeline:
                 f"SOP Instance UID also carried by job {conflict_of}, another image (other "
                 "patient, study or pixels): analysed on its own",
             )
-        analyses = analyzer.analyse(
-            loaded.frames, loaded.meta.pixel_spacing_mm, loaded.meta.frame_indices
-        )
+        with self.metrics.inference_seconds.time():
+            analyses = analyzer.analyse(
+                loaded.frames, loaded.meta.pixel_spacing_mm, loaded.meta.frame_indices
+            )
         extra_flags = conflict_flags(conflict_of)
         outbox = self._export_dicom(job, source, loaded, analyses, analyzer, conflict_of)
         if outbox is not None and outbox.note:
@@ -177,6 +187,7 @@ class Pipeline:
             analyzer.backend.device,
             outbound=outbound_items(outbox, self.settings.send_destination),
         )
+        self.metrics.finished(job, "done")
         self._release(job)
         first = analyses[0].diagnosis
         log.info(
@@ -209,6 +220,7 @@ class Pipeline:
                 "study and pixels): a re-send from the PACS; not processed again",
             )
             log.info("%s: re-send of job %d (same instance)", tag, claim.other)
+            self.metrics.finished(job, "duplicate")
             self._release(job)
             return True, None
         if claim.verdict is InstanceVerdict.CONFLICT:
@@ -285,6 +297,7 @@ class Pipeline:
             except OSError as err:
                 log.warning("%s: could not copy to quarantine: %s", tag, err.strerror)
         self.queue.mark_rejected(job.id, exc.code, exc.reason, quarantine_path=copy)
+        self.metrics.finished(job, "rejected")
         self._release(job)
         log.warning("%s rejected (%s): %s", tag, exc.code, exc.reason)
 
@@ -296,6 +309,7 @@ class Pipeline:
         self.health.report("processing", exc.condition)
         log.warning("%s waits for %s (%s); retried in %.0f s", tag, exc.condition, exc, delay)
         self._record(lambda: self.queue.defer(job.id, exc.condition, delay), tag)
+        self.metrics.finished(job, "deferred")
 
     def _record(self, action: Callable[[], object], tag: str) -> None:
         """Run a store write, retrying while the database is locked or full.
@@ -355,6 +369,7 @@ class Pipeline:
                 "confidence": a.diagnosis.confidence,
                 "probabilities": a.diagnosis.probabilities,
                 "flags": flags,
+                "ood_score": a.ood_score,  # out_of_distribution above the bundle's threshold
                 "n_lesions": f.n_lesions,
                 "lesion_area_px": f.area_px,
                 "lesion_area_mm2": f.area_mm2,

@@ -47,6 +47,7 @@ from appliance.ingest.snapshot import FileStillChangingError, Spool
 from appliance.ingest.watcher import InboxWatcher
 from appliance.io.sandbox import Decoder
 from appliance.io.types import ReadLimits
+from appliance.metrics_http import MetricsEndpoint
 from appliance.models.registry import ActiveModel, ModelRegistry
 from appliance.nodelock import NodeLock
 from appliance.pipeline import Pipeline, PipelineSettings
@@ -196,6 +197,7 @@ class Node:
         self._busy = 0
         self._busy_lock = threading.Lock()
         self._lock = NodeLock(config.database_path)
+        self._metrics = MetricsEndpoint(config, self.parts, self._stop)  # /metrics, /healthz
         # What each worker holds: thread name -> (job id, monotonic start). A worker the
         # watchdog replaced is in `_retired`: it ends after its job.
         self._holding: dict[str, tuple[int, float]] = {}
@@ -218,9 +220,10 @@ class Node:
 
         Raises:
             NodeLockedError: another service runs on this store (nothing was changed).
-            ConfigError: the DICOM receiver's port cannot be bound (the node is stopped).
+            ConfigError: the DICOM receiver's or the metrics port cannot be bound (stopped).
         """
         self._lock.acquire()
+        self._metrics.start(on_error=self._lock.release)  # ConfigError: its port is taken
         recovered = self.parts.queue.recover_interrupted(self.config.ingest.max_attempts)
         if recovered:
             log.warning("recovered %d job(s) interrupted by an earlier stop", len(recovered))
@@ -309,6 +312,7 @@ class Node:
             self._model_watch.join(max(2.0, deadline - time.monotonic()))
         if self._watchdog is not None:
             self._watchdog.join(2.0)
+        self._metrics.stop()
         self._write_status(running=False)
         self._lock.release()
         if not unfinished:

@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Any
 
 from appliance.io.types import ImageMeta
+from appliance.store.audit_events import record_result
 from appliance.store.db import (
     StoreBase,
     StoreError,
@@ -175,7 +176,9 @@ class ResultStore(StoreBase):
                 (model_version, now, now, job_id),
             )
             insert_outbound(conn, job_id, outbound, now)
-            return fetch_job(conn, job_id, self.path)
+            job = fetch_job(conn, job_id, self.path)
+            record_result(conn, job, frames, model_version, backend, now)  # same transaction
+            return job
 
     def results_for_job(self, job_id: int) -> list[StoredResult]:
         """The job's results by frame index; empty when it has none."""

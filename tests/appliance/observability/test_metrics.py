@@ -264,3 +264,22 @@ def test_disabled_metrics_listen_nowhere(parts: NodeParts, tmp_path: Path) -> No
     endpoint.start()
     assert endpoint.port is None
     endpoint.stop()
+
+
+def test_federation_figures_are_the_privacy_ledgers(tmp_path: Path) -> None:
+    """The rounds and epsilon served are what the federation's ledger (Opacus accountant)
+    recorded: the real figures, through the audit rows it writes with each round."""
+    pytest.importorskip("opacus")
+    from appliance.federation.ledger import PrivacyLedger
+
+    db = tmp_path / "s.sqlite3"
+    with PrivacyLedger(db) as ledger:
+        first = ledger.record_round("run-a", 1, "example", 1.1, 0.02, 50, 1e-5, 120)
+        ledger.record_declined("run-a", 2, 1e-5)
+        spent = ledger.record_round("run-a", 3, "example", 1.1, 0.02, 50, 1e-5, 130)
+    assert spent > first > 0
+    got = scrape(StoreCollector(db))
+    assert got[("fame_node_federation_rounds_total", (("decision", "joined"),))] == 2
+    assert got[("fame_node_federation_rounds_total", (("decision", "declined"),))] == 1
+    assert got[("fame_node_federation_epsilon_spent", ())] == pytest.approx(spent)
+    assert got[("fame_node_federation_delta", ())] == 1e-5

@@ -33,7 +33,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
-from pynetdicom.events import Event
+from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS
 
 from appliance.config import DicomSendConfig
@@ -160,7 +160,7 @@ def _send(
                 f"{primitive.result_str}, {primitive.source_str}: {primitive.reason_str}"
             )
 
-    handlers = [
+    handlers: list[EventHandlerType] = [
         (evt.EVT_ACSE_RECV, on_acse),
         (evt.EVT_CONN_OPEN, lambda _e: seen.setdefault("connected", "yes")),
         (evt.EVT_ACCEPTED, lambda _e: seen.setdefault("accepted", "yes")),

@@ -8,8 +8,9 @@ that crashes is a ``fail`` of its own, never the end of the report.
 Modules: `findings` (the types), `node` (Python and packages, config, folders and free
 space, store, service, model, decoding sandbox, engine cache), `install` (what
 install.sh recorded, logs, logrotate, units), `accel` (GPU, CUDA, TensorRT, ONNX Runtime
-providers, the backend against the config), `network` + `ports` (the DICOM receiver's and
-the metrics' ports, the DICOM destination), `federation` (address and certificates).
+providers, the backend against the config), `telemetry` (ONNX Runtime's and Flower's usage
+reports off), `network` + `ports` (the DICOM receiver's and the metrics' ports, the DICOM
+destination), `federation` (address and certificates).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from appliance.doctor.node import (
     check_service,
     check_store,
 )
+from appliance.doctor.telemetry import check_telemetry
 
 __all__ = ["CHECKS", "Check", "Finding", "Level", "run_checks"]
 
@@ -44,6 +46,7 @@ CHECKS: tuple[Check, ...] = (
     check_model,
     check_accelerators,
     check_backend,
+    check_telemetry,
     check_decoder,
     check_engine_cache,
     check_dicom_receiver,

@@ -230,7 +230,12 @@ def _check_key(path: Path, cert: x509.Certificate | None) -> Iterator[Finding]:
             f"chmod 0600 {path}",
         )
     try:
-        key = serialization.load_pem_private_key(data, password=None)
+        # The SuperNode's authentication key is OpenSSH's format (flower-supernode reads it
+        # with load_ssh_private_key); a TLS key is PEM.
+        if data.lstrip().startswith(b"-----BEGIN OPENSSH PRIVATE KEY-----"):
+            key: Any = serialization.load_ssh_private_key(data, password=None)
+        else:
+            key = serialization.load_pem_private_key(data, password=None)
     except TypeError:
         yield Finding(
             CHECK,

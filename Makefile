@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: demo test lint typecheck pytest train bench clean-venv
+.PHONY: demo test lint typecheck pytest train bench reliability reliability-long clean-venv
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,18 @@ train: $(VENV)/.dev
 # Benchmarks (not part of `make test`): writes docs/PERFORMANCE.md; see bench/README.md.
 bench: $(VENV)/.dev
 	$(PY) -m bench
+	$(MAKE) reliability-long
+
+# Reliability figures: docs/reliability/*.json, then docs/RELIABILITY.md; see tests/reliability.
+# The CI-sized run (a few minutes on 2 cores), then the long ones (about 75 minutes).
+RELIABILITY := FAME_RELIABILITY_OUT=docs/reliability $(VENV)/bin/pytest -q -p no:cacheprovider
+reliability: $(VENV)/.dev
+	$(RELIABILITY) -m "reliability and not slow" tests/reliability
+	$(PY) -m bench.reliability
+
+reliability-long: $(VENV)/.dev
+	$(RELIABILITY) -m "reliability and slow" tests/reliability
+	$(PY) -m bench.reliability
 
 clean-venv:
 	rm -rf $(VENV)

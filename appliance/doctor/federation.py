@@ -10,8 +10,10 @@ the certificate, and the SuperLink reachable with a certificate that verifies ag
 CA for its host name. An unreachable SuperLink is a warning (the SuperNode retries);
 broken certificates or keys fail: the federation the config turns on cannot run.
 
-The check is written against the section as `FederationTarget` (`target_of` maps the
-config's section to it); a config without the section is "federation not configured".
+The check looks at a `FederationTarget` (`target_of` maps the config's section to it;
+the certificate of the node itself is for an mTLS setup: Flower 1.42 has none); a node
+with ``federation.enabled = false`` is "federation not configured". The SuperNode's local
+port must be free, or held by the service's own SuperNode.
 """
 
 from __future__ import annotations
@@ -28,10 +30,12 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import verification
 
 from appliance.config import NodeConfig
 from appliance.doctor.findings import Finding
+from appliance.federation.config import FederationConfig
 
 EXPIRY_WARN_DAYS = 30
 TIMEOUT_S = 10.0
@@ -49,32 +53,28 @@ class FederationTarget:
     insecure: bool = False  # no TLS at all
 
 
-def target_of(section: Any) -> FederationTarget:
+def target_of(section: FederationConfig) -> FederationTarget:
     """The federation section of the config as a `FederationTarget`."""
-
-    def path(*names: str) -> Path | None:
-        for name in names:
-            value = getattr(section, name, None)
-            if value:
-                return Path(value).expanduser()
-        return None
-
-    address = getattr(section, "superlink", None) or getattr(section, "address", None)
     return FederationTarget(
-        address=str(address) if address else None,
-        root_certificates=path("root_certificates", "ca_certificate"),
-        certificate=path("certificate", "node_certificate"),
-        private_key=path("private_key", "auth_private_key", "auth_supernode_private_key"),
-        insecure=bool(getattr(section, "insecure", False)),
+        address=section.superlink,
+        root_certificates=section.root_certificates,
+        private_key=section.private_key,
+        insecure=section.insecure,
     )
 
 
 def check_federation(config: NodeConfig) -> Iterator[Finding]:
-    section = getattr(config, "federation", None)
-    if section is None or not getattr(section, "enabled", True):
-        yield Finding(CHECK, "ok", "federation not configured")
+    section = config.federation
+    if not section.enabled:
+        yield Finding(CHECK, "ok", "federation not configured (federation.enabled = false)")
         return
     yield from federation_findings(target_of(section), datetime.now(UTC))
+    # The SuperNode the service starts listens on 127.0.0.1 for its ClientApps.
+    from appliance.doctor.network import port_findings
+
+    yield from port_findings(
+        CHECK, "federation.supernode", "127.0.0.1", section.supernode_port, config
+    )
 
 
 def federation_findings(t: FederationTarget, now: datetime) -> Iterator[Finding]:
@@ -234,6 +234,16 @@ def _check_key(path: Path, cert: x509.Certificate | None) -> Iterator[Finding]:
         # with load_ssh_private_key); a TLS key is PEM.
         if data.lstrip().startswith(b"-----BEGIN OPENSSH PRIVATE KEY-----"):
             key: Any = serialization.load_ssh_private_key(data, password=None)
+            if not isinstance(key, ec.EllipticCurvePrivateKey):
+                yield Finding(
+                    CHECK,
+                    "fail",
+                    f"the SuperNode key {path} is not an ECDSA key: flower-supernode refuses it",
+                    "make one with ssh-keygen -t "
+                    "ecdsa -b 384 -N '' and register its public half at the "
+                    "coordinator",
+                )
+                return
         else:
             key = serialization.load_pem_private_key(data, password=None)
     except TypeError:

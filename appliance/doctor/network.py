@@ -4,8 +4,6 @@ destination the results are sent to, the metrics endpoint's port.
 A port must be free, or held by this node's own running service (its pid from the
 service status file); anything else holding it blocks the start. A
 peer that does not answer is a warning: the node queues what it sends and retries.
-The ``dicom_send`` and ``metrics`` sections are read when this version of the config has
-them (they come with the sender and the metrics endpoint).
 """
 
 from __future__ import annotations
@@ -15,7 +13,7 @@ from typing import Any
 
 from appliance.config import NodeConfig
 from appliance.doctor.findings import Finding
-from appliance.doctor.ports import WILDCARDS, c_echo, probe_bind, tcp_reachable
+from appliance.doctor.ports import WILDCARDS, c_echo, descendants, probe_bind, tcp_reachable
 
 PEER_TIMEOUT_S = 10.0
 
@@ -26,7 +24,7 @@ def check_dicom_receiver(config: NodeConfig) -> Iterator[Finding]:
         yield Finding("dicom-in", "ok", "DICOM receiver off (dicom_net.enabled = false)")
         return
     where = f"{net.bind_address}:{net.port}"
-    yield from _port("dicom-in", "dicom_net", net.bind_address, net.port, config)
+    yield from port_findings("dicom-in", "dicom_net", net.bind_address, net.port, config)
     if net.bind_address in WILDCARDS:
         yield Finding(
             "dicom-in",
@@ -55,15 +53,13 @@ def check_dicom_receiver(config: NodeConfig) -> Iterator[Finding]:
 
 
 def check_dicom_send(config: NodeConfig) -> Iterator[Finding]:
-    send = getattr(config, "dicom_send", None)
-    if send is None or not getattr(send, "enabled", False):
+    send = config.dicom_send
+    if not send.enabled or not send.host or not send.ae_title:
         yield Finding("dicom-out", "ok", "sending to a PACS not configured (dicom_send)")
         return
-    host, port = str(send.host), int(send.port)
-    called = str(send.ae_title)
-    calling = str(getattr(send, "calling_ae_title", None) or config.dicom_net.ae_title)
+    host, port, called, calling = send.host, send.port, send.ae_title, send.calling_ae_title
     # The doctor waits less than the sender would: it reports, the sender retries.
-    timeout = min(float(getattr(send, "acse_timeout_s", None) or PEER_TIMEOUT_S), PEER_TIMEOUT_S)
+    timeout = min(send.acse_timeout_s, PEER_TIMEOUT_S)
     where = f"{called} at {host}:{port}"
     why = tcp_reachable(host, port, timeout)
     if why is not None:
@@ -88,13 +84,15 @@ def check_dicom_send(config: NodeConfig) -> Iterator[Finding]:
 
 
 def check_metrics(config: NodeConfig) -> Iterator[Finding]:
-    metrics = getattr(config, "metrics", None)
-    if metrics is None or not getattr(metrics, "enabled", False):
-        yield Finding("metrics", "ok", "metrics endpoint off")
+    metrics = config.metrics
+    if not metrics.enabled:
+        yield Finding("metrics", "ok", "metrics endpoint off (metrics.enabled = false)")
         return
-    address = str(getattr(metrics, "bind_address", "127.0.0.1"))
-    port = int(metrics.port)
-    yield from _port("metrics", "metrics", address, port, config)
+    address, port = metrics.bind_address, metrics.port
+    if port == 0:
+        yield Finding("metrics", "ok", f"metrics on {address}, any free port (metrics.port = 0)")
+    else:
+        yield from port_findings("metrics", "metrics", address, port, config)
     if address in WILDCARDS:
         yield Finding(
             "metrics",
@@ -105,7 +103,9 @@ def check_metrics(config: NodeConfig) -> Iterator[Finding]:
         )
 
 
-def _port(check: str, key: str, address: str, port: int, config: NodeConfig) -> Iterator[Finding]:
+def port_findings(
+    check: str, key: str, address: str, port: int, config: NodeConfig
+) -> Iterator[Finding]:
     state = probe_bind(address, port)
     where = f"{address}:{port}"
     if state.free:
@@ -153,4 +153,7 @@ def _own_pids(config: NodeConfig) -> set[int]:
     from appliance.service_status import read_service_status
 
     status: dict[str, Any] | None = read_service_status(config)
-    return {int(status["pid"])} if status is not None and status.get("alive") else set()
+    if status is None or not status.get("alive"):
+        return set()
+    pid = int(status["pid"])
+    return {pid, *descendants(pid)}  # its SuperNode child listens on the federation port

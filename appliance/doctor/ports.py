@@ -110,3 +110,27 @@ def c_echo(host: str, port: int, called: str, calling: str, timeout_s: float) ->
     if code is None:
         return "no answer to the C-ECHO"
     return None if int(code) == 0 else f"C-ECHO answered status 0x{int(code):04X}"
+
+
+def descendants(pid: int) -> set[int]:
+    """The pids of every process below `pid` (from the parent pids in /proc/*/stat)."""
+    parent: dict[int, int] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text(encoding="ascii", errors="replace")
+        except OSError:
+            continue
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses
+        fields = stat.rpartition(")")[2].split()
+        if len(fields) > 1:
+            parent[int(proc.name)] = int(fields[1])
+    found: set[int] = set()
+    frontier = [pid]
+    while frontier:
+        p = frontier.pop()
+        children = [c for c, pp in parent.items() if pp == p and c not in found]
+        found.update(children)
+        frontier.extend(children)
+    return found

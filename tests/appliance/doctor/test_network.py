@@ -4,9 +4,13 @@ a real C-ECHO, refusing the node's AE title, or unreachable."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -15,7 +19,8 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from appliance.config import NodeConfig, load_config
 from appliance.doctor import Finding
-from appliance.doctor.network import check_dicom_receiver, check_dicom_send
+from appliance.doctor.network import check_dicom_receiver, check_dicom_send, check_metrics
+from appliance.service_status import STATUS_FILE
 
 
 def _config(tmp_path: Path, **env: str) -> NodeConfig:
@@ -128,3 +133,44 @@ def test_an_unreachable_pacs_warns_but_does_not_block(tmp_path: Path) -> None:
     (f,) = _send(tmp_path, _free_port())  # nobody listens there
     assert f.level == "warn", f
     assert "cannot be reached" in f.detail and "send queue" in f.detail
+
+
+def test_metrics_port_conflict_wildcard_and_any_port(tmp_path: Path) -> None:
+    def metrics(**env: str) -> list[Finding]:
+        return list(check_metrics(_config(tmp_path, FAME_NODE_METRICS__ENABLED="true", **env)))
+
+    assert [f.level for f in metrics(FAME_NODE_METRICS__PORT="0")] == ["ok"]
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen(1)
+        (fail,) = metrics(FAME_NODE_METRICS__PORT=str(other.getsockname()[1]))
+    assert fail.level == "fail" and "metrics.port" in fail.fix
+    found = metrics(FAME_NODE_METRICS__BIND_ADDRESS="0.0.0.0", FAME_NODE_METRICS__PORT="0")
+    assert any(f.level == "warn" and "every interface" in f.detail for f in found)
+
+
+def test_a_port_held_by_a_child_of_the_running_service_is_its_own(tmp_path: Path) -> None:
+    """The service's status file names this process; a process it started (as the service
+    starts its SuperNode) listens on the port: that is the node's own, not a conflict."""
+    config = _config(tmp_path)
+    work = config.folder("work")
+    work.mkdir(parents=True)
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    (work / STATUS_FILE).write_text(
+        json.dumps({"pid": os.getpid(), "running": True, "heartbeat_at": now})
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import socket, sys, time\n"
+         "s = socket.create_server(('127.0.0.1', 0)); print(s.getsockname()[1], flush=True)\n"
+         "time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert child.stdout is not None
+        port = int(child.stdout.readline())
+        findings = _receiver(tmp_path, port)
+    finally:
+        child.kill()
+        child.wait()
+    assert any(f"held by this node's service (pid {os.getpid()})" in f.detail for f in findings)
+    assert not [f for f in findings if f.level == "fail"], findings

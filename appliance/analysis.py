@@ -26,6 +26,7 @@ class FrameAnalysis:
     findings: LesionFindings
     diagnosis: Diagnosis
     lesion_prob: np.ndarray  # at the frame's own size, float32
+    ood_score: float | None = None  # where the model computes one (trainer.ood)
 
 
 class Analyzer:
@@ -55,6 +56,9 @@ class Analyzer:
             else post.get("min_lesion_area_px", 20)
         )
         self.low_confidence = thresholds.low_confidence
+        # None: the model has no out-of-distribution score, or its bundle sets no threshold.
+        ood = post.get("ood_threshold")
+        self.ood_threshold = None if ood is None else float(ood)
         self.batch_size = batch_size
         self.classes = list(bundle.manifest.classes)
 
@@ -73,7 +77,9 @@ class Analyzer:
             chunk = prepared[start : start + self.batch_size]
             batch = np.stack([a for a, _ in chunk])[:, None].astype(np.float32)
             outputs = self.backend.infer(batch)
+            scores = outputs.ood_score
             for k, (_, geo) in enumerate(chunk):
+                ood = None if scores is None else float(scores[k])
                 prob = unletterbox(outputs.lesion_prob[k], geo)
                 min_area = self.min_area_input_px / (geo.scale**2)
                 findings = analyse_lesions(
@@ -84,6 +90,11 @@ class Analyzer:
                     self.classes,
                     low_confidence=self.low_confidence,
                     lesion_found=findings.n_lesions > 0,
+                    out_of_distribution=(
+                        ood is not None
+                        and self.ood_threshold is not None
+                        and not ood <= self.ood_threshold  # NaN counts as out
+                    ),
                 )
-                out.append(FrameAnalysis(indices[start + k], findings, dx, prob))
+                out.append(FrameAnalysis(indices[start + k], findings, dx, prob, ood))
         return out

@@ -151,19 +151,22 @@ def diagnose(
     low_confidence: float,
     lesion_found: bool,
     normal_class: str = "normal",
+    out_of_distribution: bool = False,
 ) -> Diagnosis:
     """The most probable class, with flags for a reviewer.
 
-    Flags: ``low_confidence`` (top probability below the threshold) and
-    ``segmentation_disagrees`` (a lesion was segmented on an image classified normal,
-    or none on an image classified benign / malignant).
+    Flags: ``out_of_distribution`` (the image is unlike the breast ultrasound the model was
+    trained on: its diagnosis means nothing, whatever its confidence), ``low_confidence``
+    (top probability below the threshold) and ``segmentation_disagrees`` (a lesion was
+    segmented on an image classified normal, or none on an image classified benign /
+    malignant).
     """
     p = np.asarray(class_prob, dtype=np.float64).reshape(-1)
     if p.shape[0] != len(classes):
         raise ValueError(f"{p.shape[0]} class probabilities for {len(classes)} classes")
     top = int(p.argmax())
     label = classes[top]
-    flags: list[str] = []
+    flags: list[str] = ["out_of_distribution"] if out_of_distribution else []
     if p[top] < low_confidence:
         flags.append("low_confidence")
     if normal_class in classes and (label == normal_class) == lesion_found:

@@ -38,6 +38,13 @@ from trainer.loops import (  # re-exported: the settings and metrics of a run
     validate,
 )
 from trainer.models import CLASSES, FameNodeNet, LesionClassifier, MAUNet
+from trainer.ood import (
+    OOD_OUTPUT,
+    FameNodeNetWithOOD,
+    OODStats,
+    classifier_features,
+    threshold_at,
+)
 from trainer.resume import StageCheckpoint
 from trainer.seed import seed_everything
 from trainer.weights import WEIGHTS_FILE, architecture_of, save_weights
@@ -53,6 +60,8 @@ __all__ = [
     "run",
     "segmentation_metrics",
 ]
+
+OOD_FLAGGED_SHARE = 0.05  # of in-distribution (val) images flagged out_of_distribution
 
 DATASET_CITATION = (
     "W. Al-Dhabyani, M. Gomaa, H. Khaled, A. Fahmy, 'Dataset of breast ultrasound images', "
@@ -112,16 +121,25 @@ def export_checkpoint(cfg: TrainConfig, checkpoint: Path, log_path: Path) -> Pat
     from appliance.bundle import TensorSpec, sha256_file
     from exporters.bundle import write_bundle
     from exporters.onnx_export import export_onnx
+    from trainer.models.combined import OUTPUT_NAMES
 
     torch.set_num_threads(cfg.threads)
     net, counts = load_checkpoint(cfg, checkpoint)
     log = json.loads(log_path.read_text(encoding="utf-8"))
     seg, cls = log["stage1_summary"], log["stage2_summary"]
-    val = load_datasets(cfg.manifests, cfg.preprocess_params(), cfg.cache_dir)["val"]
+    data = load_datasets(cfg.manifests, cfg.preprocess_params(), cfg.cache_dir)
+    val = data["val"]
     onnx_path = cfg.work_dir / "model.onnx"
     weights_path = save_weights(net, cfg.work_dir / WEIGHTS_FILE)
+    stats = OODStats.fit(classifier_features(net, data["train"].images), data["train"].labels)
+    val_scores = stats.score(classifier_features(net, val.images))
+    ood_threshold = threshold_at(val_scores, OOD_FLAGGED_SHARE)
     report = export_onnx(
-        net, onnx_path, cfg.size, real_inputs=torch.from_numpy(val.images[:8, None])
+        FameNodeNetWithOOD(net, stats),
+        onnx_path,
+        cfg.size,
+        output_names=(*OUTPUT_NAMES, OOD_OUTPUT),
+        real_inputs=torch.from_numpy(val.images[:8, None]),
     )
     print(f"onnx: {report}", flush=True)
     figures = validate(net, val, cfg.min_lesion_area_px)
@@ -154,11 +172,14 @@ def export_checkpoint(cfg: TrainConfig, checkpoint: Path, log_path: Path) -> Pat
         outputs=[
             TensorSpec(name="lesion_prob", shape=[n, 1, s, s]),
             TensorSpec(name="class_prob", shape=[n, len(CLASSES)]),
+            TensorSpec(name=OOD_OUTPUT, shape=[n]),
         ],
         preprocessing=cfg.preprocess_params().to_dict(),
         postprocessing={
             "mask_threshold": figures["mask_threshold"],
             "min_lesion_area_px": cfg.min_lesion_area_px,
+            # Flags about OOD_FLAGGED_SHARE of the val images: see trainer.ood.
+            "ood_threshold": round(ood_threshold, 6),
         },
         training={
             "data": (
@@ -192,6 +213,11 @@ def export_checkpoint(cfg: TrainConfig, checkpoint: Path, log_path: Path) -> Pat
             },
             # What trainer.weights rebuilds the torch model from (weights.safetensors).
             "model": architecture_of(net),
+            "ood": (
+                "Mahalanobis distance of the classifier features to the nearest class mean, "
+                f"shared covariance fitted on the train split; threshold flags "
+                f"{OOD_FLAGGED_SHARE:.0%} of the val split"
+            ),
             "wall_seconds": log.get("wall_seconds"),
             "seed": cfg.seed,
             "torch": torch.__version__,

@@ -37,6 +37,7 @@ NEUTRAL_RGB: RGB = (120, 126, 134)
 FLAG_RGB: RGB = OKABE_ITO["orange"]
 
 FLAG_LABELS: dict[str, str] = {
+    "out_of_distribution": "Not like the training images",
     "low_confidence": "Low confidence",
     "segmentation_disagrees": "Mask vs diagnosis",
     "ensemble_disagrees": "Ensemble disagrees",
@@ -44,6 +45,10 @@ FLAG_LABELS: dict[str, str] = {
     "uid_conflict": "UID conflict",
 }
 FLAG_HELP: dict[str, str] = {
+    "out_of_distribution": (
+        "the image is unlike the breast ultrasound the model was trained on (another body "
+        "part, a phantom, a screenshot?): its diagnosis and mask mean nothing"
+    ),
     "low_confidence": "the most probable class is below the node's confidence threshold",
     "segmentation_disagrees": (
         "a lesion was segmented on an image classified normal, or none on one classified "

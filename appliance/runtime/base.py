@@ -8,11 +8,23 @@ from typing import Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+OOD_OUTPUT = "ood_score"
+"""The optional third output: how unlike the training images each image is (trainer.ood)."""
+
 
 @dataclass(frozen=True)
 class ModelOutputs:
     lesion_prob: NDArray[np.float32]  # (N, S, S)
     class_prob: NDArray[np.float32]  # (N, n_classes)
+    ood_score: NDArray[np.float32] | None = None  # (N,), where the model has the output
+
+    def rows(self, start: int, stop: int) -> ModelOutputs:
+        """The outputs of images start..stop-1."""
+        return ModelOutputs(
+            lesion_prob=self.lesion_prob[start:stop],
+            class_prob=self.class_prob[start:stop],
+            ood_score=None if self.ood_score is None else self.ood_score[start:stop],
+        )
 
 
 class InferenceBackend(Protocol):

@@ -156,12 +156,7 @@ class MicroBatcher:
                 start = 0
                 for r in group:
                     stop = start + len(r.batch)
-                    results.append(
-                        ModelOutputs(
-                            lesion_prob=merged.lesion_prob[start:stop],
-                            class_prob=merged.class_prob[start:stop],
-                        )
-                    )
+                    results.append(merged.rows(start, stop))
                     start = stop
         except BaseException as exc:  # every waiting caller gets the error, none hangs
             for r in group:

@@ -19,7 +19,7 @@ from numpy.typing import NDArray
 
 from appliance.cpus import usable_cpus
 from appliance.errors import BackendError
-from appliance.runtime.base import ModelOutputs
+from appliance.runtime.base import OOD_OUTPUT, ModelOutputs
 
 log = logging.getLogger("fame_node.runtime")
 
@@ -74,6 +74,10 @@ class OnnxRuntimeBackend:
         missing = {LESION_OUTPUT, CLASS_OUTPUT} - outputs
         if missing:
             raise BackendError(f"{label}: outputs {sorted(missing)} missing (has {outputs})")
+        # The out-of-distribution score is optional: older bundles do not compute it.
+        self._names = [LESION_OUTPUT, CLASS_OUTPUT]
+        if OOD_OUTPUT in outputs:
+            self._names.append(OOD_OUTPUT)
 
     @property
     def device(self) -> str:
@@ -82,10 +86,9 @@ class OnnxRuntimeBackend:
     def infer(self, batch: NDArray[np.float32]) -> ModelOutputs:
         if batch.ndim != 4 or batch.shape[1] != 1:
             raise ValueError(f"expected a batch of shape (N, 1, S, S), got {batch.shape}")
-        lesion, cls = self._session.run(
-            [LESION_OUTPUT, CLASS_OUTPUT], {self._input: np.ascontiguousarray(batch)}
-        )
+        got = self._session.run(self._names, {self._input: np.ascontiguousarray(batch)})
         return ModelOutputs(
-            lesion_prob=np.asarray(lesion, dtype=np.float32)[:, 0],
-            class_prob=np.asarray(cls, dtype=np.float32),
+            lesion_prob=np.asarray(got[0], dtype=np.float32)[:, 0],
+            class_prob=np.asarray(got[1], dtype=np.float32),
+            ood_score=np.asarray(got[2], dtype=np.float32) if len(got) > 2 else None,
         )

@@ -177,6 +177,7 @@ class TorchBackend:
         n = int(batch.shape[0])
         lesions: list[NDArray[np.float32]] = []
         classes: list[NDArray[np.float32]] = []
+        oods: list[NDArray[np.float32]] = []
         with self._lock, torch.inference_mode():
             for start in range(0, n, self.max_batch):
                 chunk = batch[start : start + self.max_batch]
@@ -185,10 +186,13 @@ class TorchBackend:
                 x[: len(chunk)] = torch.from_numpy(np.ascontiguousarray(chunk)).to(self._device)
                 if self._device.type == "cuda":
                     x = x.contiguous(memory_format=torch.channels_last)
-                lesion, cls = self._model(x)
-                lesions.append(lesion[: len(chunk), 0].float().cpu().numpy())
-                classes.append(cls[: len(chunk)].float().cpu().numpy())
+                got = self._model(x)
+                lesions.append(got[0][: len(chunk), 0].float().cpu().numpy())
+                classes.append(got[1][: len(chunk)].float().cpu().numpy())
+                if len(got) > 2:  # a model with the out-of-distribution score
+                    oods.append(got[2][: len(chunk)].float().cpu().numpy())
         return ModelOutputs(
             lesion_prob=np.concatenate(lesions).astype(np.float32, copy=False),
             class_prob=np.concatenate(classes).astype(np.float32, copy=False),
+            ood_score=np.concatenate(oods).astype(np.float32, copy=False) if oods else None,
         )

@@ -54,7 +54,7 @@ def test_the_weights_rebuild_the_exported_model(tiny_bundle: Path) -> None:
     net = load_bundle_net(bundle)
     x = np.random.default_rng(1).normal(size=(3, 1, 32, 32)).astype(np.float32)
     session = ort.InferenceSession(bundle.model_bytes, providers=["CPUExecutionProvider"])
-    onnx_seg, onnx_cls = session.run(None, {"image": x})
+    onnx_seg, onnx_cls = session.run(["lesion_prob", "class_prob"], {"image": x})
     with torch.no_grad():
         seg, cls = net(torch.from_numpy(x))
     assert float(np.abs(seg.numpy() - onnx_seg).max()) <= 1e-4

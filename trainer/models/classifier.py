@@ -85,7 +85,8 @@ class LesionClassifier(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(previous, num_classes)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def features(self, x: Tensor) -> Tensor:
+        """The pooled features the last layer classifies, (N, widths[-1])."""
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(
                 f"the classifier expects a (N, {self.in_channels}, S, S) tensor "
@@ -93,5 +94,7 @@ class LesionClassifier(nn.Module):
             )
         x = self.blocks(self.stem(x))
         x = self.act(self.final_norm(x))
-        x = torch.mean(x, dim=(2, 3))
-        return self.fc(self.dropout(x))
+        return torch.mean(x, dim=(2, 3))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.dropout(self.features(x)))

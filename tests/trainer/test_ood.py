@@ -1,0 +1,85 @@
+"""The out-of-distribution score: fitted on training features, exported in the graph, and
+turned into the ``out_of_distribution`` flag by the node's Analyzer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from appliance.analysis import Analyzer
+from appliance.bundle import load_bundle
+from appliance.config import RuntimeConfig, ThresholdsConfig
+from appliance.runtime import create_backend
+from tests.trainer.test_train import write_tiny_busi
+from trainer.ood import MahalanobisHead, OODStats, threshold_at
+from trainer.train import TrainConfig, run
+
+
+def test_the_score_is_the_distance_to_the_nearest_class_and_the_head_computes_it() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.normal(0.0, 1.0, (400, 4))
+    b = rng.normal(6.0, 1.0, (400, 4))
+    stats = OODStats.fit(np.concatenate([a, b]), np.array([0] * 400 + [1] * 400))
+    near_a, near_b, far = np.zeros((1, 4)), np.full((1, 4), 6.0), np.full((1, 4), 30.0)
+    scores = stats.score(np.concatenate([near_a, near_b, far]))
+    assert scores[0] < 0.1 and scores[1] < 0.1 and scores[2] > 100
+    head = MahalanobisHead(stats)
+    x = rng.normal(3.0, 5.0, (16, 4))
+    torch_scores = head(torch.tensor(x, dtype=torch.float32)).numpy()
+    np.testing.assert_allclose(torch_scores, stats.score(x), rtol=1e-4)
+    assert threshold_at(np.arange(100.0), 0.05) == pytest.approx(94.05)
+    with pytest.raises(ValueError, match="flagged_share"):
+        threshold_at(np.arange(10.0), 1.0)
+    with pytest.raises(ValueError, match="features"):
+        OODStats.fit(np.zeros((2, 64)), np.array([0, 1]))
+
+
+@pytest.fixture(scope="module")
+def ood_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("ood")
+    manifest = write_tiny_busi(root / "busi", per_class=4)
+    cfg = TrainConfig(
+        manifest=manifest,
+        out=root / "bundle",
+        work_dir=root / "work",
+        cache_dir=root / "cache",
+        size=32,
+        base_width=4,
+        cls_widths=(4, 8),
+        batch_size=4,
+        epochs_seg=1,
+        epochs_cls=1,
+    )
+    return run(cfg)
+
+
+def test_the_node_flags_images_above_the_bundles_threshold(ood_bundle: Path) -> None:
+    bundle = load_bundle(ood_bundle)
+    assert [o.name for o in bundle.manifest.outputs][-1] == "ood_score"
+    threshold = bundle.manifest.postprocessing["ood_threshold"]
+    backend = create_backend(bundle, RuntimeConfig(backend="onnxruntime-cpu"))
+    analyzer = Analyzer(bundle, backend, ThresholdsConfig())
+    assert analyzer.ood_threshold == threshold
+    rng = np.random.default_rng(3)
+    smooth = rng.integers(60, 120, (48, 64)).astype(np.uint8)
+    checker = (np.indices((48, 64)).sum(axis=0) % 2 * 255).astype(np.uint8)
+    results = analyzer.analyse([smooth, checker], None)
+    for r in results:
+        assert r.ood_score is not None and np.isfinite(r.ood_score)
+        flagged = "out_of_distribution" in r.diagnosis.flags
+        assert flagged == (r.ood_score > threshold)
+    # The same images with the threshold moved below / above their scores.
+    scores = [r.ood_score for r in results]
+    analyzer.ood_threshold = min(s for s in scores if s is not None) / 2
+    assert all(
+        "out_of_distribution" in r.diagnosis.flags
+        for r in analyzer.analyse([smooth, checker], None)
+    )
+    analyzer.ood_threshold = max(s for s in scores if s is not None) * 2
+    assert not any(
+        "out_of_distribution" in r.diagnosis.flags
+        for r in analyzer.analyse([smooth, checker], None)
+    )

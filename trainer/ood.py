@@ -1,0 +1,111 @@
+"""Out-of-distribution score: how unlike the training images an image is, to the classifier.
+
+An image the model was not trained for (another body part, a phantom, a screenshot) still
+gets a softmax that sums to one, often a confident one. The score here is the Mahalanobis
+distance of the classifier's pooled features to the nearest class mean, with one shared
+covariance fitted on the training split (Lee et al., "A Simple Unified Framework for
+Detecting Out-of-Distribution Samples and Adversarial Attacks", NeurIPS 2018). The threshold
+is a percentile of the validation split's scores, so about that share of in-distribution
+images is flagged; the test images and the pydicom-data ultrasound frames (obstetric,
+abdominal: not breast) measure how well it separates (`trainer.site_report`).
+
+`FameNodeNetWithOOD` computes the score inside the exported graph (output ``ood_score``,
+one value per image), so every backend gets it with the other outputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import Tensor, nn
+
+from trainer.models import FameNodeNet
+
+OOD_OUTPUT = "ood_score"
+SHRINKAGE = 1e-3  # ridge on the covariance, relative to its mean variance: keeps it invertible
+
+
+@dataclass(frozen=True)
+class OODStats:
+    """Class means (K, D) and the shared precision matrix (D, D) of the features."""
+
+    means: NDArray[np.float64]
+    precision: NDArray[np.float64]
+
+    @classmethod
+    def fit(cls, features: NDArray[np.float64], labels: NDArray[np.int64]) -> OODStats:
+        f = np.asarray(features, np.float64)
+        classes = sorted(set(int(k) for k in labels))
+        if f.ndim != 2 or len(f) != len(labels) or len(f) <= f.shape[1] // 4:
+            raise ValueError(
+                f"need (N, D) features with one label each and N well above D/4, got "
+                f"{f.shape} and {len(labels)} labels"
+            )
+        means = np.stack([f[labels == k].mean(axis=0) for k in classes])
+        centred = f - means[np.searchsorted(classes, labels)]
+        cov = centred.T @ centred / max(len(f) - len(classes), 1)
+        cov += SHRINKAGE * float(np.trace(cov)) / cov.shape[0] * np.eye(cov.shape[0])
+        return cls(means=means, precision=np.linalg.inv(cov))
+
+    def score(self, features: NDArray[np.float64]) -> NDArray[np.float64]:
+        """Squared Mahalanobis distance to the nearest class mean per feature, per row."""
+        d = features[:, None, :] - self.means[None]
+        dim = self.means.shape[1]
+        return np.einsum("nkd,de,nke->nk", d, self.precision, d).min(axis=1) / dim
+
+
+class MahalanobisHead(nn.Module):
+    """`OODStats.score` in torch, on the classifier's features (exported into the graph)."""
+
+    means: Tensor
+    precision: Tensor
+
+    def __init__(self, stats: OODStats) -> None:
+        super().__init__()
+        self.register_buffer("means", torch.tensor(stats.means, dtype=torch.float32))
+        self.register_buffer("precision", torch.tensor(stats.precision, dtype=torch.float32))
+
+    def forward(self, features: Tensor) -> Tensor:
+        d = features[:, None, :] - self.means[None]  # (N, K, D)
+        m = torch.matmul(d, self.precision)  # (N, K, D)
+        # Per feature, so the score is of order 1 whatever the width (and float32-exact).
+        return (m * d).sum(dim=2).min(dim=1).values / self.means.shape[1]
+
+
+class FameNodeNetWithOOD(nn.Module):
+    """`FameNodeNet` plus the out-of-distribution score: (lesion_prob, class_prob, ood)."""
+
+    def __init__(self, net: FameNodeNet, stats: OODStats) -> None:
+        super().__init__()
+        self.net = net
+        self.head = MahalanobisHead(stats)
+
+    def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        lesion_prob = torch.sigmoid(self.net.segmenter(image))
+        features = self.net.classifier.features(torch.cat([image, lesion_prob], dim=1))
+        class_prob = torch.softmax(self.net.classifier.fc(self.net.classifier.dropout(features)), 1)
+        return lesion_prob, class_prob, self.head(features)
+
+
+def classifier_features(
+    net: FameNodeNet, images: NDArray[np.float32], batch: int = 64
+) -> NDArray[np.float64]:
+    """The classifier's pooled features of preprocessed images (N, S, S), eval mode."""
+    net.eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(images), batch):
+            x = torch.from_numpy(np.ascontiguousarray(images[i : i + batch, None]))
+            lesion = torch.sigmoid(net.segmenter(x))
+            out.append(net.classifier.features(torch.cat([x, lesion], dim=1)).double().numpy())
+    return np.concatenate(out)
+
+
+def threshold_at(scores: NDArray[np.float64], flagged_share: float) -> float:
+    """The score above which `flagged_share` of these (in-distribution) scores lie."""
+    if not 0.0 < flagged_share < 1.0:
+        raise ValueError(f"flagged_share must be in (0, 1), got {flagged_share}")
+    return float(np.quantile(scores, 1.0 - flagged_share))

@@ -162,6 +162,8 @@ def _config(config: NodeConfig, action: str) -> int:
 def _run(config: NodeConfig, args: argparse.Namespace) -> int:
     from appliance.service import Node
 
+    if args.config is not None:  # the federation's ClientApp reads the same file
+        os.environ["FAME_NODE_CONFIG"] = str(Path(args.config).resolve())
     node = Node(config)
 
     def stop(signum: int, frame: FrameType | None) -> None:

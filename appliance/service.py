@@ -40,6 +40,7 @@ from appliance.bundle import Bundle
 from appliance.config import NodeConfig
 from appliance.dicom_send.sender import DicomSender, start_sender
 from appliance.errors import BundleError, ConfigError, TransientError
+from appliance.federation.supervisor import SupernodeSupervisor, start_federation
 from appliance.health import Conditions
 from appliance.ingest.dicom_receiver import DicomReceiver
 from appliance.ingest.intake import Intake
@@ -207,6 +208,7 @@ class Node:
         self._watcher: InboxWatcher | None = None
         self._receiver: DicomReceiver | None = None
         self._sender: DicomSender | None = None
+        self._federation: SupernodeSupervisor | None = None
         self._heartbeat: threading.Thread | None = None
         self._model_watch: threading.Thread | None = None
         self._model_seen: int | None = None  # newest model event already acted on
@@ -258,6 +260,7 @@ class Node:
                     ]
                 ) from exc
         self._sender = start_sender(self.config)  # None unless dicom_send.enabled
+        self._federation = start_federation(self.config)  # None unless federation.enabled
         self._watchdog = threading.Thread(
             target=self._watch_jobs, name="fame-watchdog", daemon=True
         )
@@ -288,6 +291,8 @@ class Node:
             self._receiver.stop()
         if self._sender is not None:  # after the object in hand; the rest stays queued
             self._sender.stop()
+        if self._federation is not None:  # the SuperNode and its training, first
+            self._federation.stop()
         if self._watcher is not None:
             self._watcher.stop()
         deadline = time.monotonic() + timeout

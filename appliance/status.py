@@ -13,6 +13,7 @@ from typing import Any
 
 from appliance.config import NodeConfig
 from appliance.errors import FameNodeError
+from appliance.federation.report import federation_report, format_federation
 from appliance.models.registry import ModelRegistry
 from appliance.nodelock import lock_path, read_holder
 from appliance.oneshot import describe
@@ -47,6 +48,7 @@ def gather_status(config: NodeConfig) -> dict[str, Any]:
         "waiting_for": (service or {}).get("waiting_for", []) if service else [],
         "lock_holder": _live_holder(read_holder(lock)),
         "outbox": _outbox_counts(config),
+        "federation": federation_report(config),
     }
     if service is not None and service["alive"]:
         data.update(
@@ -134,6 +136,8 @@ def format_status(d: dict[str, Any]) -> str:
         lines.append("outbox    " + ", ".join(f"{k} {v}" for k, v in out.items()))
     if out.get("failed"):
         lines.append(f"set aside {out['failed']} failed send(s): `fame-node outbox list`")
+    if d.get("federation"):
+        lines += format_federation(d["federation"])
     if d.get("problem"):
         lines.append(f"problem   {shown(d['problem'])}")
     return "\n".join(lines)

@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-
-from opacus.accountants import RDPAccountant  # type: ignore[import-untyped]
+from typing import Any
 
 from appliance.federation import LedgerError
 
@@ -70,7 +69,10 @@ class PrivacyAccountant:
     step_record = staticmethod(step_record)
 
     def __init__(self) -> None:
-        self._accountant = RDPAccountant()
+        # Imported here: opacus brings torch, which `fame-node status` should not pay for.
+        from opacus.accountants import RDPAccountant  # type: ignore[import-untyped]
+
+        self._accountant: Any = RDPAccountant()
 
     @classmethod
     def from_history(cls, history: Iterable[Sequence[float | int]]) -> PrivacyAccountant:

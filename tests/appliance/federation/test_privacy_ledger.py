@@ -116,3 +116,11 @@ def test_metrics_carry_numbers_only(tmp_path: Path) -> None:
         with pytest.raises(LedgerError, match="mode"):
             ledger.record_round("r", 1, "central", 1.0, 0.1, 5, DELTA, 3)
         assert ledger.rounds() == []
+
+
+def test_spent_at_another_delta_is_recomputed_by_the_accountant(tmp_path: Path) -> None:
+    with PrivacyLedger(tmp_path / "node.sqlite3") as ledger:
+        for nm, q, s in HISTORY:
+            ledger.record_round("r", 1, "example", nm, q, s, DELTA, 40)
+        assert ledger.spent(1e-3) == pytest.approx(opacus_epsilon(HISTORY, 1e-3), rel=1e-12)
+        assert ledger.spent(1e-3) < ledger.spent(DELTA)

@@ -70,7 +70,7 @@ class PrivacyAccountant:
 
     def __init__(self) -> None:
         # Imported here: opacus brings torch, which `fame-node status` should not pay for.
-        from opacus.accountants import RDPAccountant  # type: ignore[import-untyped]
+        from opacus.accountants import RDPAccountant
 
         self._accountant: Any = RDPAccountant()
 

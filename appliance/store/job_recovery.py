@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from appliance.store.audit_events import record_job_end
 from appliance.store.db import StoreBase, from_db_time, to_db_time
 from appliance.store.job_types import (
     INTERRUPTED_ERROR_CODE,
@@ -124,6 +125,8 @@ class JobRecovery(StoreBase):
                             row["id"],
                         ),
                     )
+                    # In the same transaction: the audit log sees every job set aside.
+                    record_job_end(conn, fetch_job(conn, row["id"], self.path), now)
                 else:
                     conn.execute(
                         "UPDATE jobs SET status = 'queued', started_at = NULL, updated_at = ? "

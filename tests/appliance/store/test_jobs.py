@@ -326,6 +326,11 @@ def test_recover_interrupted_requeues_then_sets_aside(queue: JobQueue) -> None:
         f"log). Retry it with `fame-node jobs retry {crashy}`."
     )
     assert queue.get(waiting).status is JobStatus.QUEUED
+    # The job set aside is in the audit log, with its code and no file name.
+    from appliance.store.audit import AuditLog
+
+    (entry,) = AuditLog(queue.path).read(action="job_failed")
+    assert entry.subject == f"job:{crashy}" and "crashy" not in str(entry.detail)
     assert queue.recover_interrupted() == []
     nxt = queue.claim_next()
     assert nxt is not None and nxt.id == waiting

@@ -1,0 +1,42 @@
+"""Fixtures of the federation tests: a tiny starting bundle and the coordinator's key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from appliance.models.signing import generate_keypair
+from tests.trainer.test_train import write_tiny_busi
+from trainer.train import TrainConfig, run
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bundle with torch weights, trained for one epoch on 48 px images (seconds)."""
+    root = tmp_path_factory.mktemp("fed-bundle")
+    manifest = write_tiny_busi(root / "busi", per_class=4)
+    cfg = TrainConfig(
+        manifest=manifest,
+        out=root / "bundle",
+        work_dir=root / "work",
+        cache_dir=root / "cache",
+        size=32,
+        base_width=4,
+        cls_widths=(4, 8),
+        batch_size=4,
+        epochs_seg=1,
+        epochs_cls=1,
+    )
+    return run(cfg)
+
+
+@pytest.fixture(scope="session")
+def federation_keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The coordinator's model-signing key, and a folder holding its public key."""
+    root = tmp_path_factory.mktemp("fed-keys")
+    private, public = generate_keypair(root / "keys" / "federation")
+    trusted = root / "trusted"
+    trusted.mkdir()
+    (trusted / "federation.pub").write_bytes(public.read_bytes())
+    return private, trusted

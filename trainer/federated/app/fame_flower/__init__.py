@@ -1,0 +1,1 @@
+"""FAME Node's Flower app bundle: shims over the installed `trainer.federated`."""

@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -56,13 +57,20 @@ def _system_python() -> str | None:
 
 PYTHON = _system_python()
 MINOR = f"python{sys.version_info[0]}.{sys.version_info[1]}"
-pytestmark = [
+INSTALL = REPO_ROOT / "packaging" / "install.sh"
+as_root = [
     pytest.mark.skipif(os.geteuid() != 0, reason="install.sh runs as root"),
     pytest.mark.skipif(shutil.which("runuser") is None, reason="runuser (util-linux) missing"),
     pytest.mark.skipif(shutil.which("useradd") is None, reason="useradd (passwd) missing"),
     pytest.mark.skipif(PYTHON is None, reason=f"no system-wide {MINOR}"),
     pytest.mark.skipif(not SAMPLES, reason="pydicom-data is not installed"),
 ]
+
+
+def as_root_marks(test: Any) -> Any:
+    for mark in reversed(as_root):
+        test = mark(test)
+    return test
 
 
 @dataclass
@@ -141,9 +149,27 @@ def _spawn(unit: Unit, argv: list[str], log: Path) -> subprocess.Popen[bytes]:
             group=unit.group,
             extra_groups=[],
             umask=unit.umask,
+            start_new_session=True,  # its own process group, as a unit has its own cgroup
             stdout=fh,
             stderr=subprocess.STDOUT,
         )
+
+
+def _stop(proc: subprocess.Popen[bytes], timeout: float) -> tuple[int, bool]:
+    """Stop as systemd does with KillMode=mixed: SIGTERM to the main process, then SIGKILL
+    to whatever of its group is left once it is gone. Returns its exit code and whether
+    anything was left."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        code = proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        code = proc.wait(10)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return code, False
+    return code, True
 
 
 def _run(unit: Unit, argv: list[str], log: Path, timeout: float = 300) -> int:
@@ -179,13 +205,39 @@ def _listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def test_the_plan_says_what_and_why() -> None:
+    """--print-plan changes nothing and needs no root: the extras and the reason."""
+    plan = subprocess.run(["bash", str(INSTALL), "--print-plan"], capture_output=True, text=True)
+    assert plan.returncode == 0, plan.stderr
+    gpu = shutil.which("nvidia-smi") is not None
+    assert ("nvidia-smi lists" in plan.stdout) if gpu else ("no NVIDIA GPU" in plan.stdout)
+    assert "torch" not in plan.stdout  # no extra here needs it
+    plan = subprocess.run(
+        ["bash", str(INSTALL), "--print-plan", "--gpu", "yes", "--extras", "federation,gui"],
+        capture_output=True,
+        text=True,
+    )
+    assert "extras: gpu,federation,gui (gpu: --gpu yes given)" in plan.stdout
+    assert "torch: torch==2.13.0 (needed by: federation)" in plan.stdout
+    for bad, said in (
+        (["--prefix", "relative"], "--prefix must be an absolute path, got 'relative'"),
+        (["--gpu", "maybe"], "--gpu takes auto, yes or no, got 'maybe'"),
+        (["--extras", "cuda"], "unknown extra 'cuda'"),
+        (["--user", "Root Admin"], "is not a plain user name"),
+    ):
+        done = subprocess.run(
+            ["bash", str(INSTALL), *bad, "--print-plan"], capture_output=True, text=True
+        )
+        assert done.returncode == 2 and said in done.stderr, (bad, done.stderr)
+
+
 @pytest.fixture(scope="module")
 def installed() -> Iterator[tuple[Path, subprocess.CompletedProcess[str]]]:
     root = Path(tempfile.mkdtemp(prefix="fame-install-"))
     root.chmod(0o755)  # the service user walks through it to its folders
     cmd = [
         "bash",
-        str(REPO_ROOT / "packaging" / "install.sh"),
+        str(INSTALL),
         "--prefix", f"{root}/opt/fame-node",
         "--config-dir", f"{root}/etc/fame-node",
         "--data-dir", f"{root}/var/lib/fame-node",
@@ -205,6 +257,7 @@ def installed() -> Iterator[tuple[Path, subprocess.CompletedProcess[str]]]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+@as_root_marks
 def test_install_then_doctor_is_green(
     installed: tuple[Path, subprocess.CompletedProcess[str]],
 ) -> None:
@@ -241,6 +294,22 @@ def test_install_then_doctor_is_green(
     # Program files are root's: the service cannot change its own code.
     venv_python = root / "opt/fame-node/.venv/bin/python"
     assert venv_python.parent.stat().st_uid == 0 and mode(venv_python.parent) & 0o022 == 0
+    assert f"su {USER} {USER}" in (root / "etc/logrotate.d/fame-node").read_text()
+    if shutil.which("systemd-analyze"):  # the units as systemd reads them, and their exposure
+        for name in ("fame-node.service", "fame-node-supernode.service"):
+            unit = str(root / "etc/systemd/system" / name)
+            verify = subprocess.run(
+                ["systemd-analyze", "verify", "--man=no", unit], capture_output=True, text=True
+            )
+            assert verify.returncode == 0 and not verify.stderr.strip(), verify.stderr
+            score = subprocess.run(
+                ["systemd-analyze", "security", "--offline=true", unit],
+                capture_output=True,
+                text=True,
+            )
+            exposure = float(score.stdout.rsplit(f"{name}: ", 1)[1].split()[0])
+            print(f"systemd-analyze security {name}: {exposure}")
+            assert exposure <= 3.5, score.stdout[-3000:]
     if shutil.which("logrotate"):
         check = subprocess.run(
             ["logrotate", "-d", str(root / "etc/logrotate.d/fame-node")],
@@ -252,7 +321,7 @@ def test_install_then_doctor_is_green(
     # Idempotent: a second run keeps the config (changed here by hand) and is green again.
     config.write_text(config.read_text().replace('node_name = "fame-node"', 'node_name = "n1"'))
     again = subprocess.run(
-        ["bash", str(REPO_ROOT / "packaging/install.sh"), *_options(root), "--no-doctor"],
+        ["bash", str(INSTALL), *_options(root), "--no-doctor"],
         capture_output=True,
         text=True,
         timeout=600,
@@ -275,6 +344,7 @@ def _options(root: Path) -> list[str]:
     ]  # fmt: skip
 
 
+@as_root_marks
 def test_the_unit_processes_a_dropped_and_a_pushed_file_then_stops(
     installed: tuple[Path, subprocess.CompletedProcess[str]],
 ) -> None:
@@ -332,10 +402,11 @@ def test_the_unit_processes_a_dropped_and_a_pushed_file_then_stops(
         assert f"127.0.0.1:{port} is held by this node's service (pid {proc.pid})" in report
         assert f"running, pid {proc.pid}" in report
     finally:
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(90)  # the unit's TimeoutStopSec
+        code, left = _stop(proc, 90)  # the unit's TimeoutStopSec
     out = log.read_text()
     assert code == 0, out[-5000:]
+    assert not left, "the service left processes behind"
+    assert unit.other["KillMode"] == ["mixed"]
     assert "node stopped" in out
 
     names = sorted(Path(str(j["path"])).name for j in jobs(data / "fame-node.sqlite3"))
@@ -354,6 +425,7 @@ def test_the_unit_processes_a_dropped_and_a_pushed_file_then_stops(
     assert not (data / ".cache" / "Microsoft").exists()
 
 
+@as_root_marks
 def test_the_supernode_unit_runs_flower_supernode(
     installed: tuple[Path, subprocess.CompletedProcess[str]],
 ) -> None:
@@ -389,22 +461,26 @@ def test_the_supernode_unit_runs_flower_supernode(
     os.chown(keyfile, pwd.getpwnam(USER).pw_uid, gid)
     keyfile.chmod(0o600)
     unit.env["SUPERLINK"] = f"127.0.0.1:{_free_port()}"
-    unit.env["FLWR_HOME"] = str(root / "var/lib/fame-node/federation")
+    assert unit.env["PATH"].split(":")[0] == str(Path(argv[0]).parent)  # flower-superexec
     argv = unit.argv(unit.exec_start)
     log = root / "supernode.log"
     for pre in unit.exec_start_pre:
         assert _run(unit, unit.argv(pre), log) == 0, log.read_text()
     proc = _spawn(unit, argv, log)
     try:
-        time.sleep(5)
-        assert proc.poll() is None, log.read_text()[-3000:]  # flags and key accepted
+        # Flags, CA and key accepted, the Runtime API up, the SuperExec started (from
+        # PATH) and the SuperLink retried, not given up on.
+        wait_for(
+            lambda: "Starting Flower SuperExec" in log.read_text() or proc.poll() is not None,
+            120,
+            "the SuperNode to start its SuperExec",
+        )
+        time.sleep(2)
+        assert proc.poll() is None, log.read_text()[-3000:]
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        _stop(proc, 30)
     out = log.read_text()
-    assert "Starting Flower SuperNode" in out, out[-3000:]
-    assert "Unable to parse the private key" not in out and "usage:" not in out
+    port = unit.argv(unit.exec_start)[-1]
+    assert f"Uvicorn running on http://127.0.0.1:{port}" in out, out[-3000:]
+    assert "Connection attempt failed, retrying" in out, out[-3000:]
+    assert "Traceback" not in out and "usage:" not in out, out[-3000:]

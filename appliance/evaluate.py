@@ -83,6 +83,7 @@ class CaseOutputs:
     truths: list[np.ndarray] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)  # index into the model's classes
     probs: list[list[float]] = field(default_factory=list)
+    ood_scores: list[float | None] = field(default_factory=list)  # where the model has one
     skipped: list[dict[str, str]] = field(default_factory=list)
 
 
@@ -104,6 +105,7 @@ def analyse_cases(analyzer: Analyzer, cases: list[Case], *, max_frames: int = 1)
         out.truths.append(_truth_mask(case, frame.shape))
         out.labels.append(classes.index(case.label))
         out.probs.append([result.diagnosis.probabilities[c] for c in classes])
+        out.ood_scores.append(result.ood_score)
     return out
 
 

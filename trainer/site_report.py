@@ -28,9 +28,11 @@ import numpy as np
 from appliance.analysis import Analyzer
 from appliance.bundle import load_bundle
 from appliance.config import RuntimeConfig, ThresholdsConfig
+from appliance.errors import InputError
 from appliance.evaluate import CaseOutputs, analyse_cases, read_cases
+from appliance.io.reader import read_file
 from appliance.runtime import create_backend
-from trainer.metrics import classification_report, dice, hd95, iou
+from trainer.metrics import classification_report, dice, hd95, iou, roc_auc
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 BUSBRA_SITES = ("logiq7", "aplio300", "usystems")
@@ -100,6 +102,54 @@ def figures(out: CaseOutputs, classes: Sequence[str], boots: int) -> dict[str, A
     }
 
 
+def ood_figures(
+    analyzer: Analyzer, inside: Sequence[float | None], boots: int
+) -> dict[str, Any] | None:
+    """How the out-of-distribution score separates the test images (`inside`) from the
+    ultrasound frames of pydicom-data (obstetric, abdominal, cardiac: no breast)."""
+    if analyzer.ood_threshold is None or any(s is None for s in inside):
+        return None
+    from appliance.io.sample_data import ultrasound_sample_files
+
+    outside: list[float] = []
+    per_file: list[float] = []
+    for path in ultrasound_sample_files():
+        try:
+            loaded = read_file(path, max_frames=16)
+        except InputError:
+            continue
+        analysed = analyzer.analyse(loaded.frames, None)
+        frame_scores = [float(r.ood_score) for r in analysed if r.ood_score is not None]
+        outside += frame_scores
+        per_file.append(float(np.median(frame_scores)))
+    if not outside:
+        return None
+    ins = np.array(inside, dtype=np.float64)
+    out = np.array(outside)
+    scores = np.concatenate([ins, out])
+    is_out = np.concatenate([np.zeros(len(ins), bool), np.ones(len(out), bool)])
+
+    def auroc(idx: np.ndarray) -> float | None:
+        return roc_auc(scores[idx], is_out[idx])
+
+    t = analyzer.ood_threshold
+    return {
+        "threshold": t,
+        "n_in_distribution": len(ins),
+        "n_out_frames": len(out),
+        "n_out_files": len(per_file),
+        "auroc_frames": roc_auc(scores, is_out),
+        "auroc_frames_ci95": bootstrap_ci(len(scores), auroc, boots),
+        "auroc_files": roc_auc(
+            np.concatenate([ins, per_file]),
+            np.concatenate([np.zeros(len(ins), bool), np.ones(len(per_file), bool)]),
+        ),
+        "in_distribution_flagged": round(float(np.mean(ins > t)), 4),
+        "out_frames_flagged": round(float(np.mean(out > t)), 4),
+        "out_files_flagged_median_frame": round(float(np.mean(np.array(per_file) > t)), 4),
+    }
+
+
 def targets(busi: Path, busbra: Path) -> list[tuple[str, Path, str | None]]:
     """(name, manifest, site) of every test split present on this machine."""
     found: list[tuple[str, Path, str | None]] = []
@@ -134,9 +184,11 @@ def main(argv: list[str] | None = None) -> int:
         "bootstrap_resamples": a.boot,
         "targets": {},
     }
+    inside: list[float | None] = []
     for name, manifest, site in found:
         t0 = time.perf_counter()
         out = analyse_cases(analyzer, read_cases(manifest, a.split, site))
+        inside += out.ood_scores
         result["targets"][name] = figures(out, analyzer.classes, a.boot)
         result["targets"][name]["seconds"] = round(time.perf_counter() - t0, 1)
         seg, cls = (
@@ -144,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
             result["targets"][name]["classification"],
         )
         print(f"{name}: n={len(out.labels)} Dice {seg['dice']} AUC {cls['auc']}", flush=True)
+    result["out_of_distribution"] = ood_figures(analyzer, inside, a.boot)
+    print(f"out of distribution: {result['out_of_distribution']}", flush=True)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     return 0

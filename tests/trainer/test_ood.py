@@ -83,3 +83,20 @@ def test_the_node_flags_images_above_the_bundles_threshold(ood_bundle: Path) -> 
         "out_of_distribution" in r.diagnosis.flags
         for r in analyzer.analyse([smooth, checker], None)
     )
+
+
+def test_the_report_measures_the_flag_on_pydicom_datas_ultrasound(ood_bundle: Path) -> None:
+    from trainer.site_report import ood_figures
+
+    bundle = load_bundle(ood_bundle)
+    backend = create_backend(bundle, RuntimeConfig(backend="onnxruntime-cpu"))
+    analyzer = Analyzer(bundle, backend, ThresholdsConfig())
+    threshold = analyzer.ood_threshold
+    assert threshold is not None
+    inside = [threshold / 4, threshold / 2, threshold * 0.9]
+    fig = ood_figures(analyzer, inside, boots=20)
+    assert fig is not None and fig["n_out_files"] >= 5 and fig["n_out_frames"] >= fig["n_out_files"]
+    assert fig["in_distribution_flagged"] == 0.0
+    assert 0.0 <= fig["auroc_frames"] <= 1.0
+    # A model without the score: nothing to measure.
+    assert ood_figures(analyzer, [None], boots=20) is None

@@ -76,17 +76,23 @@ class MahalanobisHead(nn.Module):
 
 
 class FameNodeNetWithOOD(nn.Module):
-    """`FameNodeNet` plus the out-of-distribution score: (lesion_prob, class_prob, ood)."""
+    """`FameNodeNet` plus the out-of-distribution score: (lesion_prob, class_prob, ood).
 
-    def __init__(self, net: FameNodeNet, stats: OODStats) -> None:
+    `temperature` divides the classifier's logits (`trainer.calibration`): 1 leaves them."""
+
+    def __init__(self, net: FameNodeNet, stats: OODStats, temperature: float = 1.0) -> None:
         super().__init__()
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
         self.net = net
         self.head = MahalanobisHead(stats)
+        self.temperature = float(temperature)
 
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         lesion_prob = torch.sigmoid(self.net.segmenter(image))
         features = self.net.classifier.features(torch.cat([image, lesion_prob], dim=1))
-        class_prob = torch.softmax(self.net.classifier.fc(self.net.classifier.dropout(features)), 1)
+        logits = self.net.classifier.fc(self.net.classifier.dropout(features))
+        class_prob = torch.softmax(logits / self.temperature, dim=1)
         return lesion_prob, class_prob, self.head(features)
 
 
@@ -102,6 +108,13 @@ def classifier_features(
             lesion = torch.sigmoid(net.segmenter(x))
             out.append(net.classifier.features(torch.cat([x, lesion], dim=1)).double().numpy())
     return np.concatenate(out)
+
+
+def classifier_logits(net: FameNodeNet, features: NDArray[np.float64]) -> NDArray[np.float64]:
+    """The classifier's logits from its pooled features (`classifier_features`)."""
+    with torch.no_grad():
+        fc = net.classifier.fc
+        return fc(torch.from_numpy(features).to(fc.weight.dtype)).double().numpy()
 
 
 def threshold_at(scores: NDArray[np.float64], flagged_share: float) -> float:

@@ -23,8 +23,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
+from trainer.calibration import expected_calibration_error, fit_temperature
 from trainer.data import SITE_SHIFT, AugmentParams, load_datasets
 from trainer.loops import (  # re-exported: the settings and metrics of a run
     THRESHOLDS,
@@ -43,6 +45,7 @@ from trainer.ood import (
     FameNodeNetWithOOD,
     OODStats,
     classifier_features,
+    classifier_logits,
     threshold_at,
 )
 from trainer.resume import StageCheckpoint
@@ -132,10 +135,21 @@ def export_checkpoint(cfg: TrainConfig, checkpoint: Path, log_path: Path) -> Pat
     onnx_path = cfg.work_dir / "model.onnx"
     weights_path = save_weights(net, cfg.work_dir / WEIGHTS_FILE)
     stats = OODStats.fit(classifier_features(net, data["train"].images), data["train"].labels)
-    val_scores = stats.score(classifier_features(net, val.images))
-    ood_threshold = threshold_at(val_scores, OOD_FLAGGED_SHARE)
+    val_features = classifier_features(net, val.images)
+    ood_threshold = threshold_at(stats.score(val_features), OOD_FLAGGED_SHARE)
+    val_logits = classifier_logits(net, val_features)
+    temperature = fit_temperature(val_logits, val.labels)
+    calibration = {
+        "temperature": round(temperature, 4),
+        "fitted_on": "val",
+        "val_ece_before": round(expected_calibration_error(_softmax(val_logits), val.labels), 4),
+        "val_ece_after": round(
+            expected_calibration_error(_softmax(val_logits / temperature), val.labels), 4
+        ),
+    }
+    print(f"calibration: {calibration}", flush=True)
     report = export_onnx(
-        FameNodeNetWithOOD(net, stats),
+        FameNodeNetWithOOD(net, stats, temperature),
         onnx_path,
         cfg.size,
         output_names=(*OUTPUT_NAMES, OOD_OUTPUT),
@@ -213,6 +227,7 @@ def export_checkpoint(cfg: TrainConfig, checkpoint: Path, log_path: Path) -> Pat
             },
             # What trainer.weights rebuilds the torch model from (weights.safetensors).
             "model": architecture_of(net),
+            "calibration": calibration,
             "ood": (
                 "Mahalanobis distance of the classifier features to the nearest class mean, "
                 f"shared covariance fitted on the train split; threshold flags "
@@ -229,6 +244,12 @@ def export_checkpoint(cfg: TrainConfig, checkpoint: Path, log_path: Path) -> Pat
         evaluation={"busi_val": evaluation},
         extra_files={"training_log.json": log_path, WEIGHTS_FILE: weights_path},
     )
+
+
+def _softmax(logits: Any) -> Any:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
 
 
 def _shown(manifest: Path) -> str:

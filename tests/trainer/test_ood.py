@@ -100,3 +100,31 @@ def test_the_report_measures_the_flag_on_pydicom_datas_ultrasound(ood_bundle: Pa
     assert 0.0 <= fig["auroc_frames"] <= 1.0
     # A model without the score: nothing to measure.
     assert ood_figures(analyzer, [None], boots=20) is None
+
+
+def test_temperature_scaling_calibrates_an_overconfident_model() -> None:
+    from trainer.calibration import expected_calibration_error, fit_temperature, reliability_bins
+
+    rng = np.random.default_rng(0)
+    n = 3000
+    labels = rng.integers(0, 3, n)
+    true_logits = rng.normal(0, 1.0, (n, 3))
+    true_logits[np.arange(n), labels] += 1.0
+    # Sample labels from the true probabilities, then make the model 3x over-confident.
+    p = np.exp(true_logits) / np.exp(true_logits).sum(1, keepdims=True)
+    labels = np.array([rng.choice(3, p=row) for row in p])
+    logits = 3.0 * true_logits
+
+    def softmax(z: np.ndarray) -> np.ndarray:
+        e = np.exp(z - z.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+    t = fit_temperature(logits, labels)
+    assert 2.5 < t < 3.5
+    before = expected_calibration_error(softmax(logits), labels)
+    after = expected_calibration_error(softmax(logits / t), labels)
+    assert after < before / 3 and after < 0.03
+    rows = reliability_bins(softmax(logits / t), labels, bins=10)
+    assert sum(r["n"] for r in rows) == n and len(rows) == 10
+    with pytest.raises(ValueError, match="logits"):
+        fit_temperature(np.zeros(3), labels[:3])

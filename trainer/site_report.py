@@ -32,6 +32,7 @@ from appliance.errors import InputError
 from appliance.evaluate import CaseOutputs, analyse_cases, read_cases
 from appliance.io.reader import read_file
 from appliance.runtime import create_backend
+from trainer.calibration import expected_calibration_error, reliability_bins
 from trainer.metrics import classification_report, dice, hd95, iou, roc_auc
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -96,6 +97,9 @@ def figures(out: CaseOutputs, classes: Sequence[str], boots: int) -> dict[str, A
             "auc": None if report.macro_auc is None else round(report.macro_auc, 4),
             "auc_ci95": bootstrap_ci(len(labels), auc, boots),
             "auc_kind": report.auc_kind,
+            # Of the calibrated probabilities the node shows (15 equal-width bins).
+            "ece": round(expected_calibration_error(probs, labels), 4),
+            "reliability": reliability_bins(probs, labels, bins=10),
             "per_class": report.per_class,
             "confusion": report.confusion,
         },

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from appliance.evaluate import CaseOutputs
@@ -45,3 +47,30 @@ def test_bootstrap_interval_narrows_with_more_data_and_is_none_when_undefined() 
     assert ci_small is not None and ci_large is not None
     assert ci_large[1] - ci_large[0] < (ci_small[1] - ci_small[0]) / 4
     assert bootstrap_ci(5, lambda idx: None, 100) is None
+
+
+def test_results_doc_renders_every_target_from_the_json(tmp_path: Path) -> None:
+    import json
+
+    from trainer.results_doc import main
+
+    out = CaseOutputs()
+    for i in range(6):
+        _case(out, 1, True, 0, 0.2 + 0.01 * i)
+        _case(out, 2, True, 1, 0.7 + 0.01 * i)
+    data = {
+        "model": "fame-node-test@1",
+        "measured": "2026-12-01T00:00:00+00:00",
+        "machine": "x86_64 CPU",
+        "split": "test",
+        "bootstrap_resamples": 50,
+        "targets": {"busbra-aplio300": figures(out, CLASSES, boots=50)},
+        "out_of_distribution": None,
+    }
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "run.json").write_text(json.dumps(data))
+    main(["--results", str(tmp_path / "results"), "--out", str(tmp_path / "R.md")])
+    text = (tmp_path / "R.md").read_text()
+    dice = data["targets"]["busbra-aplio300"]["segmentation"]["dice"]
+    assert "BUS-BRA Aplio 300 test | 12 |" in text and f"{dice:.3f}" in text
+    assert "malignant vs rest" in text

@@ -1,14 +1,17 @@
-"""Two rounds of a real federation: one SuperLink and three SuperNodes as processes.
+"""A real federation: one SuperLink and three SuperNodes as processes on 127.0.0.1.
 
-Marker ``federation``. Checks: the global weights changed; each node's recorded epsilon
-is what Opacus's RDP accountant gives for the recorded (noise, sample rate, steps)
-history; nothing a node sent names a file or patient or carries an image.
+Marker ``federation``. Two runs of two rounds each on the same nodes, both with
+example-level DP-SGD: the first with Flower's plain fit workflow, the second with SecAgg+.
+Checks: the global weights changed in each; each node's recorded epsilon is what Opacus's
+RDP accountant gives for the recorded (noise, sample rate, steps) history; the node whose
+budget a further round would exceed declines it (and still takes part in SecAgg+ with
+zero weight); nothing a node sent names a file or patient or carries an image. Prints
+the round times of both runs and their ratio.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +35,7 @@ from tests.federation.harness import (
 pytestmark = pytest.mark.federation
 
 
-def test_two_rounds_of_fedavg_with_dp_sgd_insecure(
+def test_dp_sgd_rounds_plain_then_secagg_budget_enforced_replies_clean(
     tmp_path: Path, tiny_bundle: Path, federation_keys: tuple[Path, Path]
 ) -> None:
     signing_key, trusted = federation_keys
@@ -49,10 +52,22 @@ def test_two_rounds_of_fedavg_with_dp_sgd_insecure(
             seed=10 + i,
             n_images=8 + 2 * i,
             markers=PATIENT_MARKERS[2 * i : 2 * i + 2],
+            # Node 2 (9 training images, 3 steps at rate 1/3 a round) spends 6.84 in two
+            # rounds and would reach 8.11 with a third: its budget lets it do two.
+            budget=7.5 if i == 2 else 50.0,
         )
         for i in range(3)
     ]
     out = tmp_path / "coordinator"
+    out_secagg = tmp_path / "coordinator-secagg"
+    common: dict[str, object] = {
+        "num-server-rounds": 2,
+        "min-nodes": 3,
+        "batch-size": 4,
+        "learning-rate": 0.05,
+        "initial-bundle": str(tiny_bundle),
+        "signing-key": str(signing_key),
+    }
     with processes(tmp_path / "logs") as procs:
         procs.start(
             "superlink",
@@ -83,42 +98,47 @@ def test_two_rounds_of_fedavg_with_dp_sgd_insecure(
                 ],
                 env,
             )
-        started = time.monotonic()
-        done = run_app(
-            env,
-            {
-                "num-server-rounds": 2,
-                "min-nodes": 3,
-                "batch-size": 4,
-                "learning-rate": 0.05,
-                "initial-bundle": str(tiny_bundle),
-                "signing-key": str(signing_key),
-                "out-dir": str(out),
-            },
-            timeout=400,
-        )
-        elapsed = time.monotonic() - started
-        logs = {name: procs.log(name) for name, _ in procs.running}
-    assert (out / "round-2.json").is_file(), (done.stdout[-4000:], done.stderr[-2000:], logs)
-    print(f"two rounds in {elapsed:.1f} s")
-    first = np.load(out / "round-0.npz")
-    last = np.load(out / "round-2.npz")
-    assert any(not np.array_equal(first[k], last[k]) for k in first.files), (
-        "the global weights did not change"
+        done = run_app(env, {**common, "out-dir": str(out)}, timeout=400)
+        logs = {name: procs.log(name)[-3000:] for name, _ in procs.running}
+        assert (out / "round-2.json").is_file(), (done.stdout[-3000:], done.stderr[-2000:], logs)
+        done = run_app(env, {**common, "out-dir": str(out_secagg), "secagg": True}, timeout=400)
+        logs = {name: procs.log(name)[-3000:] for name, _ in procs.running}
+        assert (out_secagg / "round-2.json").is_file(), (done.stdout[-3000:], logs)
+    plain_s, secagg_s = _round_seconds(out), _round_seconds(out_secagg)
+    print(
+        f"round time, 3 nodes, DP-SGD: plain {plain_s:.1f} s, SecAgg+ {secagg_s:.1f} s "
+        f"(x{secagg_s / plain_s:.2f})"
     )
-    figures = json.loads((out / "round-2.json").read_text())["figures"]
-    assert figures["nodes_trained"] == 3 and figures["failures"] == 0
-    for node in nodes:
+    for folder in (out, out_secagg):
+        first = np.load(folder / "round-0.npz")
+        last = np.load(folder / "round-2.npz")
+        assert any(not np.array_equal(first[k], last[k]) for k in first.files), (
+            f"the global weights did not change in {folder.name}"
+        )
+    for label in (1, 2):
+        figures = json.loads((out / f"round-{label}.json").read_text())["figures"]
+        assert figures["nodes_trained"] == 3 and figures["failures"] == 0
+        figures = json.loads((out_secagg / f"round-{label}.json").read_text())["figures"]
+        assert (figures["nodes_trained"], figures["nodes_declined"]) == (2, 1), figures
+        assert figures["failures"] == 0
+    for i, node in enumerate(nodes):
         config = load_config(node.config)
         with PrivacyLedger(config.database_path) as ledger:
             rounds = ledger.rounds()
-            assert [r.server_round for r in rounds] == [1, 2]
+            assert [r.server_round for r in rounds] == ([1, 2] if i == 2 else [1, 2, 1, 2])
+            assert ledger.declined_count() == (2 if i == 2 else 0)
             accountant = RDPAccountant()
             accountant.history = [(r.noise_multiplier, r.sample_rate, r.steps) for r in rounds]
             expected = accountant.get_epsilon(delta=1e-5)
             assert rounds[-1].epsilon == pytest.approx(expected, rel=1e-9)
             assert ledger.spent(1e-5) == pytest.approx(expected, rel=1e-9)
         _assert_replies_clean(node.reply_log, node.manifest.parent, node.markers)
+
+
+def _round_seconds(folder: Path) -> float:
+    """Mean time of the rounds of one run (gaps between the written global models)."""
+    at = [json.loads((folder / f"round-{r}.json").read_text())["written_at"] for r in (0, 1, 2)]
+    return (at[2] - at[0]) / 2
 
 
 def _assert_replies_clean(reply_log: Path, site: Path, markers: tuple[str, ...]) -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -160,6 +161,7 @@ class SignedDeltaFedAvg(FedAvg):
             "digest": config[DIGEST],
             "signature": base64.b64encode(config[SIGNATURE]).decode("ascii"),  # type: ignore[arg-type]
             "figures": figures,
+            "written_at": time.time(),  # round times are the gaps between these
         }
         (self.out_dir / f"round-{label}.json").write_text(json.dumps(record, indent=1))
 

@@ -242,6 +242,17 @@ def sigterm(r: Record) -> list[str]:
         "",
         f"Exactly once: {_check(f['check'])}.",
         "",
+        *(
+            []
+            if any("back in the queue" in j["fate"] for j in f["in_hand"])
+            else [
+                f"No job here outlasted the {f['grace_s']:g} s grace, so none was put back; "
+                "that path (a job unfinished at the stop goes back to the queue, its attempt "
+                "not counted) is tested with a held decoder in "
+                "`tests/appliance/test_service_faults.py`.",
+                "",
+            ]
+        ),
     ]
 
 

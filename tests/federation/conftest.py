@@ -1,4 +1,9 @@
-"""Fixtures of the federation tests: a tiny starting bundle and the coordinator's key."""
+"""Fixtures of the federation tests: a tiny starting bundle and the coordinator's key.
+
+The tests marked ``federation`` start a SuperLink and three SuperNodes and take about
+five minutes on two cores: they run when ``-m federation`` asks (CI runs them so), and
+are skipped with that reason otherwise; the other tests here are fast and always run.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,15 @@ import pytest
 from appliance.models.signing import generate_keypair
 from tests.trainer.test_train import write_tiny_busi
 from trainer.train import TrainConfig, run
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if "federation" in (config.getoption("-m") or ""):
+        return
+    skip = pytest.mark.skip(reason="starts a real federation (minutes): run `pytest -m federation`")
+    for item in items:
+        if item.get_closest_marker("federation") is not None and "tests/federation" in item.nodeid:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

@@ -23,10 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from trainer.calibration import expected_calibration_error, fit_temperature
 from trainer.data import SITE_SHIFT, AugmentParams, load_datasets
 from trainer.loops import (  # re-exported: the settings and metrics of a run
     THRESHOLDS,
@@ -40,17 +38,8 @@ from trainer.loops import (  # re-exported: the settings and metrics of a run
     validate,
 )
 from trainer.models import CLASSES, FameNodeNet, LesionClassifier, MAUNet
-from trainer.ood import (
-    OOD_OUTPUT,
-    FameNodeNetWithOOD,
-    OODStats,
-    classifier_features,
-    classifier_logits,
-    threshold_at,
-)
 from trainer.resume import StageCheckpoint
 from trainer.seed import seed_everything
-from trainer.weights import WEIGHTS_FILE, architecture_of, save_weights
 
 __all__ = [
     "THRESHOLDS",
@@ -63,8 +52,6 @@ __all__ = [
     "run",
     "segmentation_metrics",
 ]
-
-OOD_FLAGGED_SHARE = 0.05  # of in-distribution (val) images flagged out_of_distribution
 
 DATASET_CITATION = (
     "W. Al-Dhabyani, M. Gomaa, H. Khaled, A. Fahmy, 'Dataset of breast ultrasound images', "
@@ -120,11 +107,11 @@ def load_checkpoint(cfg: TrainConfig, checkpoint: Path) -> tuple[FameNodeNet, di
 
 
 def export_checkpoint(cfg: TrainConfig, checkpoint: Path, log_path: Path) -> Path:
-    """Export the checkpoint's `FameNodeNet` to ONNX (parity-checked) and write the bundle."""
-    from appliance.bundle import TensorSpec, sha256_file
-    from exporters.bundle import write_bundle
-    from exporters.onnx_export import export_onnx
-    from trainer.models.combined import OUTPUT_NAMES
+    """Export the checkpoint's `FameNodeNet` as the bundle ``cfg.out``: the mask threshold
+    chosen on val here, the OOD head (train) and temperature (val) by the shared
+    `exporters.fame_bundle.export_fame_bundle`, which the federation's deployment uses too."""
+    from appliance.bundle import sha256_file
+    from exporters.fame_bundle import BundleIdentity, export_fame_bundle
 
     torch.set_num_threads(cfg.threads)
     net, counts = load_checkpoint(cfg, checkpoint)
@@ -132,30 +119,6 @@ def export_checkpoint(cfg: TrainConfig, checkpoint: Path, log_path: Path) -> Pat
     seg, cls = log["stage1_summary"], log["stage2_summary"]
     data = load_datasets(cfg.manifests, cfg.preprocess_params(), cfg.cache_dir)
     val = data["val"]
-    onnx_path = cfg.work_dir / "model.onnx"
-    weights_path = save_weights(net, cfg.work_dir / WEIGHTS_FILE)
-    stats = OODStats.fit(classifier_features(net, data["train"].images), data["train"].labels)
-    val_features = classifier_features(net, val.images)
-    ood_threshold = threshold_at(stats.score(val_features), OOD_FLAGGED_SHARE)
-    val_logits = classifier_logits(net, val_features)
-    temperature = fit_temperature(val_logits, val.labels)
-    calibration = {
-        "temperature": round(temperature, 4),
-        "fitted_on": "val",
-        "val_ece_before": round(expected_calibration_error(_softmax(val_logits), val.labels), 4),
-        "val_ece_after": round(
-            expected_calibration_error(_softmax(val_logits / temperature), val.labels), 4
-        ),
-    }
-    print(f"calibration: {calibration}", flush=True)
-    report = export_onnx(
-        FameNodeNetWithOOD(net, stats, temperature),
-        onnx_path,
-        cfg.size,
-        output_names=(*OUTPUT_NAMES, OOD_OUTPUT),
-        real_inputs=torch.from_numpy(val.images[:8, None]),
-    )
-    print(f"onnx: {report}", flush=True)
     figures = validate(net, val, cfg.min_lesion_area_px)
     log["busi_val"] = figures
     log_path.write_text(json.dumps(log, indent=1), encoding="utf-8")
@@ -174,27 +137,19 @@ def export_checkpoint(cfg: TrainConfig, checkpoint: Path, log_path: Path) -> Pat
         ),
         confusion=figures["confusion"],
     )
-    s, n = cfg.size, "batch"
-    return write_bundle(
+    bundle = export_fame_bundle(
+        net,
         cfg.out,
-        onnx_path,
-        name="fame-node-busi",
-        version="0.1.0",
-        task="segmentation+classification",
-        classes=list(CLASSES),
-        inputs=[TensorSpec(name="image", shape=[n, 1, s, s])],
-        outputs=[
-            TensorSpec(name="lesion_prob", shape=[n, 1, s, s]),
-            TensorSpec(name="class_prob", shape=[n, len(CLASSES)]),
-            TensorSpec(name=OOD_OUTPUT, shape=[n]),
-        ],
-        preprocessing=cfg.preprocess_params().to_dict(),
-        postprocessing={
-            "mask_threshold": figures["mask_threshold"],
-            "min_lesion_area_px": cfg.min_lesion_area_px,
-            # Flags about OOD_FLAGGED_SHARE of the val images: see trainer.ood.
-            "ood_threshold": round(ood_threshold, 6),
-        },
+        identity=BundleIdentity(
+            name="fame-node-busi",
+            version="0.1.0",
+            preprocessing=cfg.preprocess_params().to_dict(),
+            mask_threshold=figures["mask_threshold"],
+            min_lesion_area_px=cfg.min_lesion_area_px,
+        ),
+        train=data["train"],
+        val=val,
+        work_dir=cfg.work_dir,
         training={
             "data": (
                 f"train split ({counts['train']} images) of "
@@ -225,14 +180,6 @@ def export_checkpoint(cfg: TrainConfig, checkpoint: Path, log_path: Path) -> Pat
                 "best_epoch": cls["best_epoch"],
                 "seconds": cls["seconds"],
             },
-            # What trainer.weights rebuilds the torch model from (weights.safetensors).
-            "model": architecture_of(net),
-            "calibration": calibration,
-            "ood": (
-                "Mahalanobis distance of the classifier features to the nearest class mean, "
-                f"shared covariance fitted on the train split; threshold flags "
-                f"{OOD_FLAGGED_SHARE:.0%} of the val split"
-            ),
             "wall_seconds": log.get("wall_seconds"),
             "seed": cfg.seed,
             "torch": torch.__version__,
@@ -242,14 +189,16 @@ def export_checkpoint(cfg: TrainConfig, checkpoint: Path, log_path: Path) -> Pat
             "rounds": 0,
         },
         evaluation={"busi_val": evaluation},
-        extra_files={"training_log.json": log_path, WEIGHTS_FILE: weights_path},
+        extra_files={"training_log.json": log_path},
     )
+    print(f"calibration: {_calibration_of(bundle)}", flush=True)
+    return bundle
 
 
-def _softmax(logits: Any) -> Any:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+def _calibration_of(bundle: Path) -> Any:
+    from appliance.bundle import load_bundle
+
+    return load_bundle(bundle).manifest.training["calibration"]
 
 
 def _shown(manifest: Path) -> str:

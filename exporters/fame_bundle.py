@@ -1,0 +1,184 @@
+"""A `FameNodeNet` as a complete, verified model bundle: the one export both the trainer
+(`trainer.train.export_checkpoint`) and the federation (`appliance.federation.deploy`) use.
+
+`export_fame_bundle` fits what the graph carries besides the weights, then writes it:
+
+- the out-of-distribution head (`trainer.ood`): class means and shared covariance of the
+  classifier's features fitted on the *train* arrays, its threshold set so that
+  `OOD_FLAGGED_SHARE` of the *validation* arrays are flagged;
+- the calibration temperature (`trainer.calibration`) fitted on the *validation* logits,
+  divided into the logits inside the graph; ECE before / after recorded;
+- ``model.onnx`` (parity-checked against the eager model on real validation images,
+  `exporters.onnx_export`), ``weights.safetensors`` (`trainer.weights`) and the manifest,
+  whose ``training`` gets the architecture (``model``), ``calibration`` and ``ood``
+  entries on top of the caller's provenance.
+
+The bundle is read back with `appliance.bundle.load_bundle` before it is returned
+(`exporters.bundle.write_bundle`), so nothing the node would refuse leaves this function.
+Too few cases to fit the head or the temperature is an `ExportDataError` that says how
+many were given and how many are needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from appliance.bundle import TensorSpec
+from appliance.errors import BundleError
+from exporters.bundle import write_bundle
+from exporters.onnx_export import export_onnx
+from trainer.calibration import expected_calibration_error, fit_temperature
+from trainer.data import ArraySet
+from trainer.models import CLASSES, FameNodeNet
+from trainer.models.combined import OUTPUT_NAMES
+from trainer.ood import (
+    OOD_OUTPUT,
+    FameNodeNetWithOOD,
+    OODStats,
+    classifier_features,
+    classifier_logits,
+    threshold_at,
+)
+from trainer.weights import WEIGHTS_FILE, architecture_of, save_weights
+
+OOD_FLAGGED_SHARE = 0.05  # of in-distribution (validation) images flagged out_of_distribution
+TASK = "segmentation+classification"
+
+
+class ExportDataError(BundleError):
+    """The arrays given cannot fit the OOD head or the temperature (too few, wrong shape)."""
+
+
+@dataclass(frozen=True)
+class BundleIdentity:
+    """What the exported bundle is called and how the node runs it."""
+
+    name: str
+    version: str
+    preprocessing: Mapping[str, Any]  # `PreprocessParams.to_dict()` of the arrays given
+    mask_threshold: float
+    min_lesion_area_px: float
+
+
+def export_fame_bundle(
+    net: FameNodeNet,
+    out: Path,
+    *,
+    identity: BundleIdentity,
+    train: ArraySet,
+    val: ArraySet,
+    work_dir: Path,
+    training: Mapping[str, Any],
+    evaluation: Mapping[str, Any],
+    val_name: str = "val",
+    extra_files: Mapping[str, Path] | None = None,
+) -> Path:
+    """Write `net` as the bundle `out` and verify it; returns `out`.
+
+    `train` fits the OOD statistics; `val` sets the OOD threshold, fits the temperature
+    and feeds the ONNX parity check (`val_name` says in the manifest what it was).
+    `training` is the caller's provenance (data, optimiser, federation ...), `evaluation`
+    its measured figures; `work_dir` holds the intermediate ONNX and weights files.
+
+    Raises
+    ------
+    ExportDataError
+        the arrays are too few or not of the network's input size.
+    BundleError
+        the written bundle does not verify.
+    """
+    size = int(identity.preprocessing.get("size", 0))
+    for split, arrays in (("train", train), (val_name, val)):
+        if arrays.images.ndim != 3 or arrays.images.shape[1:] != (size, size):
+            raise ExportDataError(
+                f"{split} images have shape {tuple(arrays.images.shape)}, expected "
+                f"(N, {size}, {size}) (the preprocessing's size): preprocess them with the "
+                "bundle's parameters"
+            )
+    if len(val) < 2:
+        raise ExportDataError(
+            f"{len(val)} {val_name} case(s): the temperature and the OOD threshold need at "
+            "least 2; review more cases before exporting"
+        )
+    net.eval()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    features = classifier_features(net, train.images)
+    try:
+        stats = OODStats.fit(features, train.labels)
+    except ValueError as exc:
+        raise ExportDataError(
+            f"the OOD statistics cannot be fitted on {len(train)} training case(s) of "
+            f"{features.shape[1]} features each ({exc}); more than {features.shape[1] // 4} "
+            "are needed"
+        ) from None
+    val_features = classifier_features(net, val.images)
+    ood_threshold = threshold_at(stats.score(val_features), OOD_FLAGGED_SHARE)
+    val_logits = classifier_logits(net, val_features)
+    temperature = fit_temperature(val_logits, val.labels)
+    calibration = {
+        "temperature": round(temperature, 4),
+        "fitted_on": val_name,
+        f"{val_name}_ece_before": _ece(val_logits, val.labels, 1.0),
+        f"{val_name}_ece_after": _ece(val_logits, val.labels, temperature),
+    }
+    onnx_path = work_dir / "model.onnx"
+    export_onnx(
+        FameNodeNetWithOOD(net, stats, temperature),
+        onnx_path,
+        size,
+        output_names=(*OUTPUT_NAMES, OOD_OUTPUT),
+        real_inputs=torch.from_numpy(np.ascontiguousarray(val.images[:8, None])),
+    )
+    weights_path = save_weights(net, work_dir / WEIGHTS_FILE)
+    n = "batch"
+    return write_bundle(
+        out,
+        onnx_path,
+        name=identity.name,
+        version=identity.version,
+        task=TASK,
+        classes=list(CLASSES),
+        inputs=[TensorSpec(name="image", shape=[n, 1, size, size])],
+        outputs=[
+            TensorSpec(name="lesion_prob", shape=[n, 1, size, size]),
+            TensorSpec(name="class_prob", shape=[n, len(CLASSES)]),
+            TensorSpec(name=OOD_OUTPUT, shape=[n]),
+        ],
+        preprocessing=dict(identity.preprocessing),
+        postprocessing={
+            "mask_threshold": identity.mask_threshold,
+            "min_lesion_area_px": identity.min_lesion_area_px,
+            # Flags about OOD_FLAGGED_SHARE of the validation images: see trainer.ood.
+            "ood_threshold": round(ood_threshold, 6),
+        },
+        training={
+            **training,
+            # What trainer.weights rebuilds the torch model from (weights.safetensors).
+            "model": architecture_of(net),
+            "calibration": calibration,
+            "ood": (
+                "Mahalanobis distance of the classifier features to the nearest class mean, "
+                f"shared covariance fitted on the train split ({len(train)} images); "
+                f"threshold flags {OOD_FLAGGED_SHARE:.0%} of the {val_name} split"
+            ),
+        },
+        evaluation=dict(evaluation),
+        extra_files={**(extra_files or {}), WEIGHTS_FILE: weights_path},
+    )
+
+
+def _ece(logits: NDArray[Any], labels: NDArray[np.int64], temperature: float) -> float:
+    z = logits / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return round(expected_calibration_error(e / e.sum(axis=1, keepdims=True), labels), 4)
+
+
+__all__ = ["OOD_FLAGGED_SHARE", "BundleIdentity", "ExportDataError", "export_fame_bundle"]

@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: demo test lint typecheck pytest train bench reliability reliability-long clean-venv
+.PHONY: demo test lint typecheck pytest federation train bench reliability reliability-long clean-venv
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ pytest: $(VENV)/.dev
 	$(VENV)/bin/pytest -q
 
 test: lint typecheck pytest
+
+# A real federation on 127.0.0.1 (SuperLink with TLS and node authentication, SuperNodes,
+# fame-node run): the deployment test and the fault tests (tests/federation, minutes).
+federation: $(VENV)/.dev
+	$(VENV)/bin/pytest -q -m federation tests/federation
 
 # Retrain the default bundle on BUSI (about 40 minutes on 2 CPU cores).
 train: $(VENV)/.dev

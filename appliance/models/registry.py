@@ -39,6 +39,7 @@ from appliance.config import NodeConfig
 from appliance.errors import BundleError, FameNodeError
 from appliance.models.install import write_copy
 from appliance.models.listing import InstalledModel, list_installed
+from appliance.models.node_key import own_trusted_key
 from appliance.models.signing import (
     TrustedKey,
     load_trusted_keys,
@@ -85,6 +86,7 @@ class ModelRegistry(Closing):
         self.initial_bundle = config.models.bundle
         self.require_signature = config.models.require_signature
         self.trusted_key_paths = tuple(config.models.trusted_keys)
+        self._config = config
         self._owns_events = events is None
         if events is None:
             config.database_path.parent.mkdir(parents=True, exist_ok=True)  # as `run` does
@@ -134,8 +136,11 @@ class ModelRegistry(Closing):
 
     # -- verifying ---------------------------------------------------------------------
     def trusted_keys(self) -> list[TrustedKey]:
-        """The keys of ``models.trusted_keys``, read now (`KeyFileError` if one is bad)."""
-        return load_trusted_keys(self.trusted_key_paths)
+        """The keys of ``models.trusted_keys`` and the node's own bundle-signing key
+        (`appliance.models.node_key`, once created), read now (`KeyFileError` if bad)."""
+        keys = load_trusted_keys(self.trusted_key_paths)
+        own = own_trusted_key(self._config)
+        return keys if own is None else [*keys, own]
 
     def load(self, path: Path) -> Bundle:
         """Load and fully verify a bundle under this node's trust policy.

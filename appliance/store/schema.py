@@ -276,12 +276,49 @@ def _migrate_to_v5(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+_V6 = (
+    # The global models this node received from its federation and what became of each
+    # (appliance.federation.deploy): deployed as a new bundle version, or refused with the
+    # reason (bad signature, other shapes, worse on the held-out cases, too few cases).
+    # One row per received model (run, round, digest of what was received); append-only,
+    # so a decision is never rewritten.
+    """
+    CREATE TABLE federation_models (
+        id INTEGER PRIMARY KEY,
+        at TEXT NOT NULL,
+        run_id TEXT NOT NULL,
+        model_round INTEGER NOT NULL CHECK (model_round >= 0),
+        digest TEXT NOT NULL,
+        decision TEXT NOT NULL CHECK (decision IN ('deployed', 'refused')),
+        reason TEXT NOT NULL,
+        model TEXT,
+        figures TEXT NOT NULL DEFAULT '{}',
+        UNIQUE (run_id, model_round, digest)
+    )
+    """,
+    """
+    CREATE TRIGGER federation_models_no_update BEFORE UPDATE ON federation_models
+    BEGIN SELECT RAISE(ABORT, 'deployment decisions are append-only'); END
+    """,
+    """
+    CREATE TRIGGER federation_models_no_delete BEFORE DELETE ON federation_models
+    BEGIN SELECT RAISE(ABORT, 'deployment decisions are append-only'); END
+    """,
+)
+
+
+def _migrate_to_v6(conn: sqlite3.Connection) -> None:
+    for statement in _V6:
+        conn.execute(statement)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     _migrate_to_v1,
     _migrate_to_v2,
     _migrate_to_v3,
     _migrate_to_v4,
     _migrate_to_v5,
+    _migrate_to_v6,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -9,8 +9,9 @@ budget (`PrivacyLedger.check_round`) *before* training; train
 reply with the weight delta, clipped to the SecAgg+ range, and named numbers only.
 
 ``evaluate`` (the last round): verify the final global model the same way, score it on
-the held-out cases against the running model, and keep it with its signature for the
-node's deployment step (`Node.keep_global`).
+the held-out cases against the running model, keep it with its signature
+(`Node.keep_global`), then hand it to the node's deployment (`appliance.federation.deploy`:
+re-verified from the file, validated, exported and activated, or refused with the reason).
 
 A node that does not train this round replies with zero examples, a zero delta and
 ``declined = 1`` with a `DeclineCode` (it stays in the round, so SecAgg+ goes on): the
@@ -75,6 +76,7 @@ log = logging.getLogger("fame_node.federation.client")
 
 # Keys of the instructions' config the ServerApp sets (`trainer.federated.strategy`).
 DIGEST, SIGNATURE, MODEL_ROUND = "model-digest", "model-signature", "model-round"
+NODES = "model-nodes"
 
 
 class DeclineCode(enum.IntEnum):
@@ -134,13 +136,19 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     settings = parse_run_config(context.run_config)
-    del settings  # parsed so that a malformed run config fails here as well
     ins = recorddict_to_evaluateins(msg.content, keep_input=True)
     node = Node.open(config_path_of(dict(context.node_config)))
     metrics: dict[str, int | float] = {}
     n = 0
+    about: dict[str, str | int | float | bool] = {
+        "strategy": settings.strategy,
+        "secagg": settings.secagg,
+        "model_group": settings.model_group,
+    }
+    if isinstance(ins.config.get(NODES), int):
+        about["nodes"] = int(ins.config[NODES])
     try:
-        got = _received(node, msg, parameters_to_ndarrays(ins.parameters), ins.config)
+        got = _received(node, msg, parameters_to_ndarrays(ins.parameters), ins.config, about)
         data = node.local_data()
         threshold, area = node.postprocessing
         new = evaluate_heldout(got.net, data.heldout, threshold, area)
@@ -155,6 +163,8 @@ def evaluate(msg: Message, context: Context) -> Message:
         log.warning("final global model not kept: %s", why)
         metrics = {"declined": 1, "decline_code": int(why.code)}
         loss = 0.0
+    if n > 0:
+        _deploy(node)
     res = EvaluateRes(Status(Code.OK, "declined" if n == 0 else "ok"), loss, n, dict(metrics))
     return Message(evaluateres_to_recorddict(res), reply_to=msg)
 
@@ -265,8 +275,24 @@ def _train(
     return figures, update, result.n_examples
 
 
+def _deploy(node: Node) -> None:
+    """Validate, export and deploy the global model just kept (`appliance.federation.deploy`,
+    which re-verifies it from the file). Whatever goes wrong there, the reply still goes."""
+    from appliance.federation.deploy import deploy_pending  # torch export code: only here
+
+    try:
+        for decision in deploy_pending(node.config):
+            log.info("global model of round %d: %s", decision.model_round, decision.decision)
+    except Exception:
+        log.exception("the global model could not be validated and deployed")
+
+
 def _received(
-    node: Node, msg: Message, arrays: list[np.ndarray], config: Mapping[str, object]
+    node: Node,
+    msg: Message,
+    arrays: list[np.ndarray],
+    config: Mapping[str, object],
+    about: Mapping[str, str | int | float | bool] | None = None,
 ) -> Received:
     """The global model, verified: signature over its digest, then its shapes."""
     digest, signature, label = config.get(DIGEST), config.get(SIGNATURE), config.get(MODEL_ROUND)
@@ -289,7 +315,7 @@ def _received(
     except (GlobalModelError, FederatedError, FameNodeError) as exc:
         raise Declined(DeclineCode.MODEL_REFUSED, str(exc)) from None
     if msg.metadata.message_type == "evaluate":
-        node.keep_global(net, msg.metadata.run_id, label, got, signer, signature)
+        node.keep_global(net, msg.metadata.run_id, label, got, signer, signature, about)
     return Received(net, [np.asarray(a, np.float32) for a in arrays], got, label)
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -118,9 +118,19 @@ class Node:
         )
 
     def keep_global(
-        self, net: FameNodeNet, run_id: int, label: int, digest: str, signer: TrustedKey, sig: bytes
+        self,
+        net: FameNodeNet,
+        run_id: int,
+        label: int,
+        digest: str,
+        signer: TrustedKey,
+        sig: bytes,
+        about: Mapping[str, str | int | float | bool] | None = None,
     ) -> Path:
-        """Store a verified global model (safetensors + what verified it) for deployment."""
+        """Store a verified global model (safetensors + what verified it) for deployment.
+
+        `about` is what the run config and the coordinator said of the run (strategy,
+        SecAgg+, nodes that trained): recorded with the deployed bundle, not verified."""
         folder = self.state_dir() / "received"
         folder.mkdir(exist_ok=True, mode=0o700)
         stem = f"run-{run_id}-round-{label}"
@@ -131,6 +141,7 @@ class Node:
             "digest": digest,
             "signature": base64.b64encode(sig).decode("ascii"),
             "signer": signer.fingerprint,
+            "about": dict(about or {}),
         }
         _write_atomic(folder / f"{stem}.json", lambda fh: fh.write(json.dumps(record).encode()))
         return folder / f"{stem}.safetensors"

@@ -52,6 +52,7 @@ from trainer.federated.wire import Arrays, add, arrays_digest
 log = logging.getLogger("fame_node.federation.server")
 
 DIGEST, SIGNATURE, MODEL_ROUND = "model-digest", "model-signature", "model-round"
+NODES = "model-nodes"  # nodes that trained in the round that made the model
 
 
 class SignedDeltaFedAvg(FedAvg):
@@ -103,7 +104,10 @@ class SignedDeltaFedAvg(FedAvg):
         if server_round != self.settings.num_server_rounds:
             return []
         pairs = super().configure_evaluate(server_round, self._parameters(), client_manager)
-        ins = EvaluateIns(self._parameters(), self.signed_config())
+        last = self.round_figures.get(self.label, {})
+        # Recorded with a node's deployed bundle (not part of what is signed).
+        nodes = {NODES: int(last.get("nodes_trained", 0))}
+        ins = EvaluateIns(self._parameters(), {**self.signed_config(), **nodes})
         return [(client, ins) for client, _ in pairs]
 
     # -- what comes back ---------------------------------------------------------------------

@@ -34,10 +34,10 @@ def test_open_creates_the_latest_schema_with_wal_and_foreign_keys(tmp_path: Path
     db = tmp_path / "node.sqlite3"
     conn = connect(db)
     try:
-        assert SCHEMA_VERSION == 5
+        assert SCHEMA_VERSION == 6
         expected = {"schema_version", "jobs", "sop_uids", "images", "results"}
         assert expected | {"model_events", "reviews", "outbound", "audit"} <= _tables(conn)
-        assert {"federation_rounds", "federation_heldout"} <= _tables(conn)
+        assert {"federation_rounds", "federation_heldout", "federation_models"} <= _tables(conn)
         job_columns = {r[1] for r in conn.execute("PRAGMA table_info(jobs)")}
         assert {"spool_path", "not_before", "waiting_for", "retries", "conflict_of"} <= job_columns
         uid_columns = {r[1] for r in conn.execute("PRAGMA table_info(sop_uids)")}

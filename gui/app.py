@@ -25,6 +25,7 @@ from PyQt6.QtWidgets import (
 )
 
 from appliance.app.display import diagnosis_label, person_name, provider_label, study_date
+from appliance.app.federation_panel import FederationPanelModel
 from appliance.app.mask_editor import Tool
 from appliance.app.models_panel import ModelRegistryLike
 from appliance.app.node_status import NodeStatus
@@ -33,6 +34,7 @@ from appliance.app.viewer import Change, ViewerModel
 from appliance.app.worklist import WorklistModel
 from appliance.config import NodeConfig
 from appliance.errors import FameNodeError
+from gui.federation_panel import FederationPanel
 from gui.models_panel import ModelsPanel
 from gui.review import ReviewPanel
 from gui.theme import apply_theme
@@ -188,6 +190,11 @@ class MainWindow(QMainWindow):
         self.tabs.addTab(self.worklist, "Worklist")
         self.tabs.addTab(self.viewer_page, "Viewer")
         self.tabs.addTab(self.models, "Models")
+        self.federation = FederationPanel(FederationPanelModel(app.config))
+        self.tabs.addTab(self.federation, "Federation")
+        self.tabs.currentChanged.connect(
+            lambda i: self.federation.refresh() if self.tabs.widget(i) is self.federation else None
+        )
         for i, key in enumerate(("Ctrl+1", "Ctrl+2", "Ctrl+3")):
             self.tabs.setTabToolTip(i, f"{self.tabs.tabText(i)} ({key})")
             QShortcut(QKeySequence(key), self, lambda i=i: self.tabs.setCurrentIndex(i))

@@ -115,8 +115,9 @@ def export_fame_bundle(
     except ValueError as exc:
         raise ExportDataError(
             f"the OOD statistics cannot be fitted on {len(train)} training case(s) of "
-            f"{features.shape[1]} features each ({exc}); more than {features.shape[1] // 4} "
-            "are needed"
+            f"{features.shape[1]} features each ({exc}): more than {features.shape[1] // 4} "
+            "cases are needed, whose features are not all alike (a model whose classifier "
+            "features are constant cannot be exported)"
         ) from None
     val_features = classifier_features(net, val.images)
     ood_threshold = threshold_at(stats.score(val_features), OOD_FLAGGED_SHARE)

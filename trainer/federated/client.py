@@ -1,5 +1,9 @@
 """The ClientApp: one node's part in a round, on the node's own installed code.
 
+In a run with client-level DP (``client-dp-noise-multiplier`` > 0) every node's delta is
+clipped to the run's L2 norm and weighs 1; a node in ``federation.privacy.mode =
+"client"`` trains without DP-SGD and records (z, 1, 1) per round in its ledger.
+
 ``train`` (each round): parse the run config; verify the global model (digest and the
 coordinator's signature, `trainer.federated.signing`; then its shapes against the node's
 running model, `trainer.federated.wire.load_arrays`); score it on the node's held-out
@@ -16,7 +20,8 @@ re-verified from the file, validated, exported and activated, or refused with th
 A node that does not train this round replies with zero examples, a zero delta and
 ``declined = 1`` with a `DeclineCode` (it stays in the round, so SecAgg+ goes on): the
 budget would be exceeded, no training cases, the global model refused, another model
-group, a model without torch weights, a privacy mode this app does not run. Why, in
+group, a model without torch weights, a node in client mode and a run without enough
+client-level noise (`trainer.federated.client_dp`). Why, in
 words, goes to the node's own log, never to the coordinator.
 
 Messages use Flower's legacy train / evaluate layout (``fitins`` / ``fitres``), the one
@@ -54,6 +59,7 @@ from flwr.compat.common.recorddict_compat import (
 
 from appliance.errors import FameNodeError
 from trainer.federated import FederatedError, GlobalModelError
+from trainer.federated.client_dp import clip_update, refusal, round_record
 from trainer.federated.evaluate import HeldoutScore, evaluate_heldout
 from trainer.federated.guard import reply_guard
 from trainer.federated.local_train import DpSgd, LocalSettings, plan_round, train_local
@@ -185,12 +191,11 @@ def _train(
             f"{own_group!r} ({GROUP_KEY} in its SuperNode's node config)",
         )
     privacy = node.config.federation.privacy
-    if privacy.mode != "example":
-        raise Declined(
-            DeclineCode.MODE_UNSUPPORTED,
-            f"federation.privacy.mode = {privacy.mode!r}: this ClientApp trains with "
-            "example-level DP-SGD only; set mode = 'example'",
-        )
+    client_dp = settings.client_dp_noise_multiplier > 0  # this run: client-level DP
+    if privacy.mode == "client":
+        why = refusal(settings.client_dp_noise_multiplier, privacy.noise_multiplier)
+        if why is not None:
+            raise Declined(DeclineCode.MODE_UNSUPPORTED, why)
     got = _received(node, msg, arrays_in, config)
     data = node.local_data()
     if data.empty:
@@ -206,15 +211,14 @@ def _train(
         threads=node.config.federation.max_threads,
     )
     plan = plan_round(len(data.train), local)
+    spend = (  # what the round spends: (noise multiplier, sample rate, steps)
+        round_record(settings.client_dp_noise_multiplier)
+        if privacy.mode == "client"
+        else (privacy.noise_multiplier, plan.sample_rate, plan.steps)
+    )
     run_id, server_round = str(msg.metadata.run_id), got.label + 1
     with node.ledger() as ledger:
-        decision = ledger.check_round(
-            privacy.noise_multiplier,
-            plan.sample_rate,
-            plan.steps,
-            privacy.delta,
-            privacy.epsilon_budget,
-        )
+        decision = ledger.check_round(*spend, privacy.delta, privacy.epsilon_budget)
         if not decision.allowed:
             ledger.record_declined(run_id, server_round, privacy.delta)
             raise Declined(DeclineCode.BUDGET, decision.reason)
@@ -228,22 +232,27 @@ def _train(
             got.net,
             data.train,
             local,
-            DpSgd(privacy.noise_multiplier, privacy.max_grad_norm),
+            None
+            if privacy.mode == "client"
+            else DpSgd(privacy.noise_multiplier, privacy.max_grad_norm),
             global_state=got.arrays,
         )
-        if result.dp != (privacy.noise_multiplier, plan.sample_rate, plan.steps):
-            raise FederatedError(
-                f"Opacus spent {result.dp}, the budget was checked for "
-                f"{(privacy.noise_multiplier, plan.sample_rate, plan.steps)}"
-            )
+        if privacy.mode == "example" and result.dp != spend:
+            raise FederatedError(f"Opacus spent {result.dp}, the budget was checked for {spend}")
         trained = state_arrays(got.net)
-        update, clipped = clip(subtract(trained, got.arrays), settings.clip_range)
+        update = subtract(trained, got.arrays)
+        if client_dp:  # never more loosely than the node's own norm in client mode
+            norm = settings.client_dp_clipping_norm
+            if privacy.mode == "client":
+                norm = min(norm, privacy.max_grad_norm)
+            update, _ = clip_update(update, norm)
+        update, clipped = clip(update, settings.clip_range)
         figures: dict[str, int | float] = {
             "n_examples": result.n_examples,
             "declined": 0,
-            "noise_multiplier": privacy.noise_multiplier,
-            "sample_rate": plan.sample_rate,
-            "steps": plan.steps,
+            "noise_multiplier": spend[0],
+            "sample_rate": spend[1],
+            "steps": spend[2],
             "delta": privacy.delta,
             "train_seconds": round(result.seconds, 3),
             "clipped_values": clipped,
@@ -252,10 +261,8 @@ def _train(
         epsilon = ledger.record_round(
             run_id,
             server_round,
-            "example",
-            privacy.noise_multiplier,
-            plan.sample_rate,
-            plan.steps,
+            privacy.mode,
+            *spend,
             privacy.delta,
             result.n_examples,
             figures,
@@ -272,7 +279,8 @@ def _train(
         privacy.epsilon_budget,
         privacy.delta,
     )
-    return figures, update, result.n_examples
+    # In a client-level DP run every node weighs the same (its count stays in the figures).
+    return figures, update, 1 if client_dp else result.n_examples
 
 
 def _deploy(node: Node) -> None:

@@ -5,7 +5,9 @@ bundle whose verified torch weights start the federation (``initial-bundle``), t
 Ed25519 key that signs every global model (``signing-key``) and where the signed models
 are kept (``out-dir``). With ``secagg = true`` the fit rounds run Flower's SecAgg+
 workflow (`SecAggPlusWorkflow`): the coordinator only ever sees the sum of the nodes'
-masked, weighted updates; otherwise Flower's default fit workflow.
+masked, weighted updates; otherwise Flower's default fit workflow. Either waits for
+replies at most ``round-timeout-s`` (`trainer.federated.timed_grid`: Flower's default
+workflow would otherwise wait forever for a node killed mid-round).
 
 Which guarantee holds with which (see README, Federation): example-level DP is applied on
 each node before anything leaves it, so it holds whether or not SecAgg+ runs; SecAgg+
@@ -28,6 +30,7 @@ from appliance.models.signing import load_private_key
 from trainer.federated import RunConfigError
 from trainer.federated.settings import parse_run_config
 from trainer.federated.strategy import SignedDeltaFedAvg
+from trainer.federated.timed_grid import TimedGrid
 from trainer.federated.wire import state_arrays
 from trainer.weights import load_bundle_net
 
@@ -70,4 +73,4 @@ def main(grid: Grid, context: Context) -> None:
         if settings.secagg
         else None
     )
-    DefaultWorkflow(fit_workflow=fit_workflow)(grid, legacy)
+    DefaultWorkflow(fit_workflow=fit_workflow)(TimedGrid(grid, settings.round_timeout_s), legacy)

@@ -63,6 +63,17 @@ class RunSettings(BaseModel):
         10_000.0, gt=0, description="SecAgg+: the largest example count weighting a node"
     )
     round_timeout_s: float = Field(600.0, gt=0, description="wait for replies at most this")
+    client_dp_noise_multiplier: float = Field(
+        0.0,
+        ge=0,
+        le=1000,
+        description="client-level DP (trainer/federated/client_dp.py): Gaussian noise of this "
+        "times client-dp-clipping-norm over the nodes that trained, added to the mean update; "
+        "every update clipped to that L2 norm and weighted equally; 0: off",
+    )
+    client_dp_clipping_norm: float = Field(
+        1.0, gt=0, le=1e6, description="client-level DP: L2 norm each node's update is clipped to"
+    )
     initial_bundle: str = Field(
         "", description="coordinator: the bundle whose weights start the federation"
     )

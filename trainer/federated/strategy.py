@@ -12,6 +12,10 @@ changes:
   has already summed the masked, weighted deltas and hands every result the same mean,
   which the weighted mean leaves as it is. A round in which no node trained (all
   declined) leaves the model unchanged;
+- with client-level DP (``client-dp-noise-multiplier`` z > 0): every trained node weighs
+  the same, and Gaussian noise of z * ``client-dp-clipping-norm`` / m is added to the mean
+  of the m clipped deltas before it becomes the global model that is signed and sent
+  (`trainer.federated.client_dp`);
 - each global model is written to ``out-dir`` (``round-N.npz`` and ``round-N.json``
   with digest, signature and the round's aggregated figures) when one is configured.
 
@@ -45,6 +49,7 @@ from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg
 
+from trainer.federated.client_dp import noise_mean, noise_stddev
 from trainer.federated.settings import RunSettings
 from trainer.federated.signing import sign_global
 from trainer.federated.wire import Arrays, add, arrays_digest
@@ -118,6 +123,9 @@ class SignedDeltaFedAvg(FedAvg):
         failures: list[tuple[ClientProxy, FitRes] | BaseException],
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
         trained = [(r.num_examples, parameters_to_ndarrays(r.parameters)) for _, r in results]
+        client_dp = self.settings.client_dp_noise_multiplier > 0
+        if client_dp:  # each clipped update weighs the same, whatever count a node claims
+            trained = [(min(n, 1), delta) for n, delta in trained]
         total = sum(n for n, _ in trained if n > 0)
         figures = _fit_figures(results, len(failures))
         if total > 0:
@@ -126,6 +134,13 @@ class SignedDeltaFedAvg(FedAvg):
                 if n > 0:
                     for acc, d in zip(mean, delta, strict=True):
                         acc += (n / total) * np.asarray(d, np.float32)
+            if client_dp:  # client-level DP: the noise is in the model that is signed and sent
+                z, c = (
+                    self.settings.client_dp_noise_multiplier,
+                    self.settings.client_dp_clipping_norm,
+                )
+                mean = noise_mean(mean, z, c, total)
+                figures["client_dp_stddev"] = noise_stddev(z, c, total)
             self.current = add(self.current, mean)
         else:
             log.warning("round %d: no node trained; the global model is unchanged", server_round)

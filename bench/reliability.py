@@ -332,6 +332,39 @@ def soak(r: Record) -> list[str]:
         "",
         f"Tree PSS over time (MiB): {over_time}.",
         "",
+        *_soak_growth(f, timeline),
+        *(
+            []
+            if f["memory_flat"]
+            else [
+                "**This run failed its memory criterion.** Whether the growth is per-file "
+                "state (the node never empties its inbox, so what it keeps per inbox file "
+                "grows with the files, not with time) or a leak is not established: open, "
+                "with the lead (issue 11).",
+                "",
+            ]
+        ),
+    ]
+
+
+def _soak_growth(f: dict[str, Any], timeline: list[dict[str, float]]) -> list[str]:
+    """For a soak of ten minutes or more: PSS against RSS after the warm-up, and the
+    service's RSS growth per file, so that a slope can be read for what it is."""
+    warm = [t for t in timeline if t["t_s"] >= f["warmup_s"]]
+    if f["duration_s"] < 600 or len(warm) < 2:
+        return []
+    first, last = warm[0], warm[-1]
+    pss = [t["tree_pss_mib"] for t in warm]
+    files = f["files"] * (last["t_s"] - first["t_s"]) / f["duration_s"]
+    per_file_kib = (last["main_rss_mib"] - first["main_rss_mib"]) * 1024 / max(files, 1)
+    return [
+        f"After the warm-up the tree's PSS swings between {min(pss):.0f} and {max(pss):.0f} "
+        "MiB (a page shared with other processes, such as the other engineers' runs of the "
+        "same virtualenv's libraries, counts less while they run), while its RSS goes from "
+        f"{first['tree_rss_mib']:.0f} to {last['tree_rss_mib']:.0f} MiB and the service's own "
+        f"RSS from {first['main_rss_mib']:.0f} to {last['main_rss_mib']:.0f} MiB: about "
+        f"{per_file_kib:.1f} KiB per file taken in.",
+        "",
     ]
 
 
@@ -373,7 +406,8 @@ writes this file from them. Nothing here is edited by hand.
 **The machine is shared.** The reference machine has 2 CPU cores shared with other
 engineers' test runs and a model training; the load average next to each figure says how
 busy it was (a load of 8 on 2 cores means a process gets about a quarter of a core). The
-long runs were measured while the hour-long soak ran beside them. Times and throughput here
+other runs were measured while the hour-long soak ran beside them (so the soak's latency
+has their bumps in it, between its first and last tenths). Times and throughput here
 are therefore upper bounds for a dedicated machine; counts (exactly once, nothing lost)
 do not depend on it. For throughput on a quiet machine see
 [`PERFORMANCE.md`](PERFORMANCE.md).

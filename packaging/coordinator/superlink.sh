@@ -17,7 +17,9 @@ if [ -z "${FAME_FED_DATABASE:-}" ]; then
     echo "$0: FAME_FED_DATABASE is not set: without it the SuperLink forgets its nodes" >&2
     exit 2
 fi
-mkdir -p "$(dirname "$FAME_FED_DATABASE")"
+if [ "$FAME_FED_DATABASE" != ":flwr-in-memory:" ]; then
+    mkdir -p "$(dirname "$FAME_FED_DATABASE")"
+fi
 exec "$FAME_FED_BIN/flower-superlink" \
     --ssl-certfile "$FAME_FED_TLS_DIR/server.crt" \
     --ssl-keyfile "$FAME_FED_TLS_DIR/server.key" \

@@ -1,16 +1,25 @@
 """A real federation on 127.0.0.1 for the tests: SuperLink, SuperNodes, nodes and a run.
 
-Everything is a separate process started from this venv's Flower 1.42 programs
-(``flower-superlink``, ``flower-supernode``, ``flwr run``) with telemetry and update
-checks off. Each node is a folder with its own ``config.toml`` (store, work folder,
-federation section, a labelled manifest of its own images) and its own copy of the
-starting bundle. File names of the nodes' images carry made-up patient names and ids
-(`PATIENT_MARKERS`) so that a test can look for them in what a node sent.
+Everything is a separate process started from this venv's Flower 1.42 programs, through
+the coordinator's own scripts (`packaging/coordinator/`), with telemetry and update checks
+off: `Coordinator` makes a test CA and the SuperLink's certificate (``make_certs.py
+test-ca``), the flwr CLI connection (``connect.sh``); `start_superlink` runs
+``superlink.sh`` (TLS, ``--enable-supernode-auth``, ``--database`` where persistent);
+`Coordinator.register` admits a node's ECDSA P-384 key (``register-node.sh``, after
+``make_certs.py node-key``); `run_app` starts the ServerApp (``run.sh``). SuperNodes
+connect over TLS with their authentication key, either started here (`supernode_argv`) or
+by a node's own ``fame-node run`` (its supervisor; `start_fame_node`).
+
+Each node is a folder with its own ``config.toml`` (store, work folder, federation section,
+a labelled manifest of its own images) and its own copy of the starting bundle. File names
+of the nodes' images carry made-up patient names and ids (`PATIENT_MARKERS`) so that a test
+can look for them in what a node sent.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 import signal
@@ -27,7 +36,9 @@ import numpy as np
 from PIL import Image
 
 BIN = Path(sys.executable).parent
-APP_DIR = Path(__file__).resolve().parents[2] / "trainer" / "federated" / "app"
+REPO = Path(__file__).resolve().parents[2]
+APP_DIR = REPO / "trainer" / "federated" / "app"
+COORDINATOR = REPO / "packaging" / "coordinator"
 PATIENT_MARKERS = ("DOE^JANE", "PID483920", "SMITH^ANNA", "PID771204", "ROE^MARY", "PID118811")
 
 
@@ -113,13 +124,28 @@ def write_node(
     budget: float = 50.0,
     noise_multiplier: float = 1.0,
     root_certificates: Path | None = None,
+    private_key: Path | None = None,
+    supernode_port: int | None = None,
 ) -> NodeSpec:
+    """A node folder; `n_images` 0 gives a node with no training cases at all."""
     root.mkdir(parents=True)
     shutil.copytree(bundle, root / "bundle")
-    manifest = write_site(root / "site", seed, n_images, markers)
+    if n_images:
+        manifest = write_site(root / "site", seed, n_images, markers)
+        manifests = f'manifests = ["{manifest}"]\n'
+    else:
+        manifest, manifests = root / "site" / "manifest.csv", ""
+        manifest.parent.mkdir()
     tls = (
         f'root_certificates = "{root_certificates}"\n' if root_certificates else "insecure = true\n"
     )
+    if private_key is not None:
+        tls += f'private_key = "{private_key}"\n'
+    if supernode_port is not None:
+        # fame-node run's supervisor: a SuperNode that ended is started again after 1 s and
+        # then at most every 5 s (the SuperLink refuses a killed node's key until its
+        # heartbeat has expired, about 60 s: it keeps trying at that pace).
+        tls += f"supernode_port = {supernode_port}\nrestart_initial_s = 1.0\nrestart_max_s = 5.0\n"
     config = root / "config.toml"
     config.write_text(
         f"""[paths]
@@ -133,8 +159,7 @@ require_signature = false
 enabled = true
 superlink = "{superlink}"
 {tls}trusted_federation_keys = "{trusted_keys}"
-manifests = ["{manifest}"]
-max_threads = 1
+{manifests}max_threads = 1
 
 [federation.privacy]
 mode = "example"
@@ -187,35 +212,121 @@ def processes(logs: Path) -> Iterator[Procs]:
         procs.stop_all()
 
 
-def write_connection(home: Path, address: str, root_certificates: Path | None) -> None:
-    home.mkdir(parents=True, exist_ok=True)
-    tls = (
-        f'root-certificates = "{root_certificates}"\n' if root_certificates else "insecure = true\n"
+@dataclass(frozen=True)
+class Coordinator:
+    """The coordinator's side made with its own scripts, in `root`, for 127.0.0.1:`port`."""
+
+    root: Path
+    port: int
+    env: dict[str, str]
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def ca(self) -> Path:
+        return self.root / "tls" / "ca.crt"
+
+    @classmethod
+    def make(cls, root: Path, *, persistent: bool = False) -> Coordinator:
+        """Test CA + server certificate (make_certs.py), flwr connection (connect.sh).
+
+        `persistent`: the SuperLink keeps its state in a database file (what a coordinator
+        runs, needed to restart it); else in memory. Flower 1.42's SQLite state gives up
+        on a lock after 5 s (its fixed busy_timeout), which on two shared cores under
+        three training nodes happened mid-run: only the restart test needs the file."""
+        port = free_port()
+        env = flower_env(root / "flwr-home")
+        env.update(
+            FAME_FED_HOST="127.0.0.1",
+            FAME_FED_PORT=str(port),
+            FAME_FED_TLS_DIR=str(root / "tls"),
+            FAME_FED_DATABASE=str(root / "superlink.db") if persistent else ":flwr-in-memory:",
+            FAME_FED_BIN=str(BIN),
+            FAME_FED_CONNECTION="test",
+        )
+        env.pop("FAME_FED_ENV", None)
+        (root / "flwr-home").mkdir(parents=True)
+        script(env, "make_certs.py", "test-ca", str(root / "tls"), "--name", "127.0.0.1")
+        script(env, "connect.sh")
+        return cls(root, port, env)
+
+    def node_key(self, name: str) -> Path:
+        """A SuperNode key pair made as a hospital would (make_certs.py node-key)."""
+        prefix = self.root / "node-keys" / name
+        script(self.env, "make_certs.py", "node-key", str(prefix))
+        return prefix
+
+    def register(self, key: Path, name: str) -> int:
+        """Register `key`.pub at the running SuperLink (register-node.sh); its node id."""
+        out = script(self.env, "register-node.sh", f"{key}.pub", name).stdout
+        return int(json.loads(out[out.index("{") :])["node-id"])
+
+
+def script(env: dict[str, str], name: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run one of the coordinator's scripts; its output on success, else an error."""
+    path = COORDINATOR / name
+    argv = [sys.executable, str(path), *args] if name.endswith(".py") else [str(path), *args]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        raise RuntimeError(f"{name} {args} failed ({done.returncode}): {done.stderr[-2000:]}")
+    return done
+
+
+def start_superlink(procs: Procs, coordinator: Coordinator, name: str = "superlink") -> None:
+    """superlink.sh: TLS, node authentication (and its database); returns once it listens."""
+    procs.start(name, [str(COORDINATOR / "superlink.sh")], coordinator.env)
+    wait_port(coordinator.port)
+
+
+def supernode_argv(coordinator: Coordinator, key: Path, node_config: str) -> list[str]:
+    """A SuperNode over TLS, authenticated with `key`, its own local port."""
+    return [
+        str(BIN / "flower-supernode"),
+        "--superlink",
+        coordinator.address,
+        "--root-certificates",
+        str(coordinator.ca),
+        "--auth-supernode-private-key",
+        str(key),
+        "--port",
+        str(free_port()),
+        "--node-config",
+        node_config,
+    ]
+
+
+def start_fame_node(procs: Procs, name: str, node: NodeSpec, env: dict[str, str]) -> None:
+    """``fame-node --config CONFIG run``: the node's service, its supervisor with it."""
+    node_env = {k: v for k, v in env.items() if not k.startswith("FAME_NODE_")}
+    node_env.update(
+        FAME_NODE_INGEST__RESCAN_INTERVAL_S="1.0",
+        FAME_NODE_INGEST__SETTLE_S="0.2",
+        FAME_NODE_PROCESSING__WORKERS="1",
     )
-    (home / "config.toml").write_text(
-        f'[superlink]\ndefault = "test"\n\n[superlink.test]\naddress = "{address}"\n{tls}'
-    )
+    argv = [sys.executable, "-m", "appliance.cli", "--config", str(node.config), "run"]
+    procs.start(name, argv, node_env)
 
 
 def run_app(
-    env: dict[str, str], overrides: dict[str, object], timeout: float
+    coordinator: Coordinator, overrides: dict[str, object], timeout: float
 ) -> subprocess.CompletedProcess[str]:
-    """``flwr run APP test --stream`` with `overrides`; returns when the run ended."""
+    """run.sh with `overrides` (initial-bundle, signing-key, out-dir through its
+    settings); returns when the run ended."""
+    env = dict(coordinator.env)
+    rest = dict(overrides)
+    env["FAME_FED_BUNDLE"] = str(rest.pop("initial-bundle"))
+    env["FAME_FED_SIGNING_KEY"] = str(rest.pop("signing-key"))
+    env["FAME_FED_RUN_OUT"] = str(rest.pop("out-dir"))
+    env["FAME_FED_OUT"] = str(Path(env["FAME_FED_RUN_OUT"]).parent)
     parts = []
-    for key, value in overrides.items():
+    for key, value in rest.items():
         if isinstance(value, bool):
             parts.append(f"{key}={'true' if value else 'false'}")
         elif isinstance(value, str):
             parts.append(f'{key}="{value}"')
         else:
             parts.append(f"{key}={value}")
-    argv = [
-        str(BIN / "flwr"),
-        "run",
-        str(APP_DIR),
-        "test",
-        "--stream",
-        "--run-config",
-        " ".join(parts),
-    ]
+    argv = [str(COORDINATOR / "run.sh"), *parts]
     return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)

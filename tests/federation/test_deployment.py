@@ -1,6 +1,9 @@
 """A real federation: one SuperLink and three SuperNodes as processes on 127.0.0.1.
 
-Marker ``federation``. Two runs of two rounds each on the same nodes, both with
+Marker ``federation``. The SuperLink runs as the coordinator runs it (TLS with a test CA,
+only registered node keys admitted: `packaging/coordinator/`; its state in memory, the
+restart test runs the persistent database); each SuperNode connects over TLS with its own
+registered ECDSA P-384 key. Two runs of two rounds each on the same nodes, both with
 example-level DP-SGD: the first with Flower's plain fit workflow, the second with SecAgg+.
 Checks: the global weights changed in each; each node's recorded epsilon is what Opacus's
 RDP accountant gives for the recorded (noise, sample rate, steps) history; the node whose
@@ -21,14 +24,12 @@ from opacus.accountants import RDPAccountant
 from appliance.config import load_config
 from appliance.federation.ledger import PrivacyLedger
 from tests.federation.harness import (
-    BIN,
     PATIENT_MARKERS,
-    flower_env,
-    free_port,
+    Coordinator,
     processes,
     run_app,
-    wait_port,
-    write_connection,
+    start_superlink,
+    supernode_argv,
     write_node,
 )
 
@@ -39,22 +40,22 @@ def test_dp_sgd_rounds_plain_then_secagg_budget_enforced_replies_clean(
     tmp_path: Path, tiny_bundle: Path, federation_keys: tuple[Path, Path]
 ) -> None:
     signing_key, trusted = federation_keys
-    port = free_port()
-    address = f"127.0.0.1:{port}"
-    env = flower_env(tmp_path / "flwr-home")
-    write_connection(tmp_path / "flwr-home", address, None)
+    coordinator = Coordinator.make(tmp_path / "coordinator-side")
+    keys = [coordinator.node_key(f"hospital{i}") for i in range(3)]
     nodes = [
         write_node(
             tmp_path / f"node{i}",
             tiny_bundle,
             trusted,
-            address,
+            coordinator.address,
             seed=10 + i,
             n_images=8 + 2 * i,
             markers=PATIENT_MARKERS[2 * i : 2 * i + 2],
             # Node 2 (9 training images, 3 steps at rate 1/3 a round) spends 6.84 in two
             # rounds and would reach 8.11 with a third: its budget lets it do two.
             budget=7.5 if i == 2 else 50.0,
+            root_certificates=coordinator.ca,
+            private_key=keys[i],
         )
         for i in range(3)
     ]
@@ -69,39 +70,25 @@ def test_dp_sgd_rounds_plain_then_secagg_budget_enforced_replies_clean(
         "signing-key": str(signing_key),
     }
     with processes(tmp_path / "logs") as procs:
-        procs.start(
-            "superlink",
-            [
-                str(BIN / "flower-superlink"),
-                "--insecure",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--disable-runtime-dependency-installation",
-            ],
-            env,
-        )
-        wait_port(port)
+        start_superlink(procs, coordinator)
+        node_ids = [coordinator.register(key, f"hospital{i}") for i, key in enumerate(keys)]
+        assert len(set(node_ids)) == 3
         for i, node in enumerate(nodes):
             procs.start(
                 f"supernode{i}",
-                [
-                    str(BIN / "flower-supernode"),
-                    "--insecure",
-                    "--superlink",
-                    address,
-                    "--port",
-                    str(free_port()),
-                    "--node-config",
+                supernode_argv(
+                    coordinator,
+                    keys[i],
                     f'fame-config="{node.config}" reply-log="{node.reply_log}"',
-                ],
-                env,
+                ),
+                coordinator.env,
             )
-        done = run_app(env, {**common, "out-dir": str(out)}, timeout=400)
+        done = run_app(coordinator, {**common, "out-dir": str(out)}, timeout=400)
         logs = {name: procs.log(name)[-3000:] for name, _ in procs.running}
         assert (out / "round-2.json").is_file(), (done.stdout[-3000:], done.stderr[-2000:], logs)
-        done = run_app(env, {**common, "out-dir": str(out_secagg), "secagg": True}, timeout=400)
+        done = run_app(
+            coordinator, {**common, "out-dir": str(out_secagg), "secagg": True}, timeout=400
+        )
         logs = {name: procs.log(name)[-3000:] for name, _ in procs.running}
         assert (out_secagg / "round-2.json").is_file(), (done.stdout[-3000:], logs)
     plain_s, secagg_s = _round_seconds(out), _round_seconds(out_secagg)

@@ -180,6 +180,8 @@ def _run(config: NodeConfig, args: argparse.Namespace) -> int:
     if not node.stop():
         # A worker is still inside a job (its job is back in the queue). Leave now rather
         # than at interpreter teardown, which can abort inside a native library mid-call.
+        # Its decoder is killed first: a decode with no node to bound it must not go on.
+        node.parts.decoder.kill_all()
         logging.shutdown()
         os._exit(0)
     node.parts.close()

@@ -223,6 +223,14 @@ class Node:
         except TransientError as exc:
             self.parts.health.report("intake", exc.condition)
             raise
+        except StoreError as exc:
+            if not exc.transient:
+                raise
+            # The database locked past its timeout or its disk full: wait, say so, and let
+            # the watcher offer the file again (one warning line, not a traceback).
+            condition = "the database (locked by another process, or its disk full)"
+            self.parts.health.report("intake", condition)
+            raise TransientError(str(exc), condition=condition, retry_after_s=5.0) from exc
         self.parts.health.ok("intake")
         self._wake.set()
 

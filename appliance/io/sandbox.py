@@ -228,6 +228,15 @@ class Decoder(Closing):
             self._all.add(child)
         return child
 
+    def kill_all(self) -> None:
+        """SIGKILL every child now, busy or idle: the node is leaving without a teardown."""
+        self._closed = True
+        with self._lock:
+            children = list(self._all)
+            self._all.clear()
+        for child in children:
+            child.kill()
+
     def _retire(self, child: _Child) -> int | None:
         status = child.kill()
         with self._lock:

@@ -3,7 +3,8 @@
 Started by `appliance.io.sandbox.Decoder` as a fresh interpreter (never a fork of the
 node, which has threads and ONNX Runtime loaded); it imports only what reading needs.
 After its imports it caps its own address space (`RLIMIT_AS` = MEMORY_MB MiB), says it
-is ready, then serves requests one at a time until its input closes: a request is a
+is ready, then serves requests one at a time until its input closes (or its node dies: it
+exits within half a second of being re-parented): a request is a
 length-prefixed JSON ``{"path": ..., "claimed_suffix": ...}``; the reply is in the
 format of `appliance.io.wire`. The protocol runs on the original stdin/stdout; fd 1 is
 then pointed at stderr, so that a stray print from a library cannot corrupt a reply.
@@ -15,6 +16,8 @@ import json
 import os
 import resource
 import sys
+import threading
+import time
 import warnings
 from pathlib import Path
 from typing import IO
@@ -70,8 +73,24 @@ def _serve_one(out: IO[bytes], request: dict[str, object], limits: ReadLimits) -
         _send(out, np.ascontiguousarray(frame).data.cast("B"))
 
 
+PARENT_CHECK_S = 0.5
+
+
+def _exit_with_parent(parent: int) -> None:
+    # The node's time limit on a decode lives in the node: a child whose node died (SIGKILL,
+    # os._exit with a job past its grace) would decode on unbounded, beside the restarted
+    # node's own children. It leaves as soon as it is re-parented, even mid-decode.
+    while True:
+        time.sleep(PARENT_CHECK_S)
+        if os.getppid() != parent:
+            os._exit(3)
+
+
 def main(argv: list[str]) -> int:
     limits = ReadLimits(**json.loads(argv[1]))
+    threading.Thread(
+        target=_exit_with_parent, args=(os.getppid(),), name="parent-watch", daemon=True
+    ).start()
     memory_bytes = int(argv[2]) << 20
     warnings.simplefilter("ignore")  # pydicom's warnings would only go to /dev/null
     out = os.fdopen(os.dup(1), "wb", buffering=0)

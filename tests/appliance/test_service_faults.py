@@ -158,3 +158,29 @@ def test_a_dicom_port_already_taken_stops_the_start_with_a_clear_error(tmp_path:
     finally:
         again.stop(timeout=10)
         again.parts.close()
+
+
+def test_a_locked_store_at_intake_is_a_wait_the_status_names(tmp_path: Path) -> None:
+    import sqlite3
+
+    from appliance.errors import TransientError
+
+    node = Node(_config(tmp_path))
+    node.start(watch=False)
+    try:
+        path = _png(node.config.folder("inbox"), 7)
+        locker = sqlite3.connect(node.config.database_path, isolation_level=None)
+        locker.execute("BEGIN EXCLUSIVE")  # another process holds the database
+        try:
+            with pytest.raises(TransientError) as info:
+                node._on_candidate(path)
+            assert "database" in info.value.condition
+            scopes = {c["scope"]: c for c in node.parts.health.snapshot()}
+            assert "intake" in scopes and "database" in str(scopes["intake"])
+        finally:
+            locker.execute("ROLLBACK")
+            locker.close()
+        node._on_candidate(path)  # the lock gone, the file is taken and the wait cleared
+        assert "intake" not in {c["scope"] for c in node.parts.health.snapshot()}
+    finally:
+        node.stop()

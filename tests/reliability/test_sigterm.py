@@ -232,11 +232,9 @@ def test_sigterm_with_a_job_past_the_grace(tmp_path: Path) -> None:
         figures=figures,
         started=started,
     )
-    if left:
-        # The job went back and was done once, nothing lost (asserted above); but the node
-        # exits (os._exit) with its decoding child still at work on the job in hand, which
-        # runs on, unbounded by its dead parent's timeout, beside the restarted node's own.
-        pytest.xfail(
-            f"{len(left)} decoding process(es) of the stopped node alive 10 s after it exited"
-            f" ({len(still_left)} still when the restart had done every file)"
-        )
+    # The node kills its decoders before it leaves (and a child leaves by itself once its
+    # node is gone): none decodes on, unbounded, beside the restarted node's own.
+    assert not left, (
+        f"{len(left)} decoding process(es) of the stopped node alive 10 s after it exited"
+        f" ({len(still_left)} still when the restart had done every file)"
+    )

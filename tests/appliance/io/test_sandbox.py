@@ -182,3 +182,61 @@ def test_busi_through_the_decoder_is_read_as_in_process(decoder: Decoder) -> Non
     for path in images:
         loaded = decoder.decode(path, claimed_suffix=".png")
         np.testing.assert_array_equal(loaded.frames[0], read_file(path).frames[0])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            return fh.read().split(") ")[-1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_busy_decoder_child_leaves_when_its_node_dies_without_closing_it(
+    tmp_path: Path,
+) -> None:
+    # A node that dies (SIGKILL, os._exit with a job past its grace) closes nothing. An idle
+    # child sees its pipe close; a busy one must not decode on, unbounded, beside the
+    # restarted node's own children.
+    from tests.e2e.hostile.images import jpeg_scan_bomb
+
+    bomb = tmp_path / "scans.jpg"
+    bomb.write_bytes(jpeg_scan_bomb(side=1500, repeats=6000))
+    script = (
+        "import os, sys, threading, time\n"
+        "from pathlib import Path\n"
+        "from appliance.io.sandbox import Decoder\n"
+        "from appliance.io.types import ReadLimits\n"
+        "d = Decoder(1, ReadLimits(max_jpeg_scans=100000), 300.0, 2048)\n"
+        "(c,) = d._all\n"
+        "c.wait_ready()\n"
+        "threading.Thread(target=d.decode, args=(Path(sys.argv[1]),), daemon=True).start()\n"
+        "time.sleep(1.0)\n"
+        "print(c.proc.pid, flush=True)\n"
+        "os._exit(0)\n"
+    )
+    import subprocess
+
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(bomb)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    pid = int(out.stdout.split()[0])
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.1)
+    assert not _alive(pid), "a busy decoder child outlived its node"
+
+
+def test_kill_all_stops_busy_and_idle_children() -> None:
+    decoder = Decoder(2, ReadLimits(), 30.0, 512)
+    children = list(decoder._all)
+    for c in children:
+        c.wait_ready()
+    decoder.kill_all()
+    assert all(not _alive(c.proc.pid) for c in children)
+    with pytest.raises(RuntimeError, match="closed"):
+        decoder.decode(Path("/nonexistent.png"))

@@ -1,8 +1,9 @@
 """Fixtures of the federation tests: a tiny starting bundle and the coordinator's key.
 
-The tests marked ``federation`` start a SuperLink and three SuperNodes and take about
-five minutes on two cores: they run when ``-m federation`` asks (CI runs them so), and
-are skipped with that reason otherwise; the other tests here are fast and always run.
+The tests marked ``federation`` start a SuperLink (TLS, node authentication) and two or
+three SuperNodes and take about 16 minutes together on two cores (`make federation`):
+they run when ``-m federation`` asks (CI runs them so), and are skipped with that reason
+otherwise; the other tests here are fast and always run.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The federation's faults, on a real SuperLink and SuperNodes (TLS, node authentication).
 
-Marker ``federation`` (each test a couple of minutes on two cores):
+Marker ``federation`` (6.3 and 1.7 minutes on two cores loaded by other work):
 
 - a SuperNode killed with SIGKILL while its ClientApp trains: the round completes with
   the other nodes (the run's ``round-timeout-s``: `trainer.federated.timed_grid`), the

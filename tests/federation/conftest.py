@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from appliance.models.signing import generate_keypair
-from tests.trainer.test_train import write_tiny_busi
-from trainer.train import TrainConfig, run
+from tests.trainer.tinybundle import make_tiny_bundle
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -29,21 +28,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A bundle with torch weights, trained for one epoch on 48 px images (seconds)."""
-    root = tmp_path_factory.mktemp("fed-bundle")
-    manifest = write_tiny_busi(root / "busi", per_class=4)
-    cfg = TrainConfig(
-        manifest=manifest,
-        out=root / "bundle",
-        work_dir=root / "work",
-        cache_dir=root / "cache",
-        size=32,
-        base_width=4,
-        cls_widths=(4, 8),
-        batch_size=4,
-        epochs_seg=1,
-        epochs_cls=1,
-    )
-    return run(cfg)
+    return make_tiny_bundle(tmp_path_factory.mktemp("fed-bundle"))
 
 
 @pytest.fixture(scope="session")

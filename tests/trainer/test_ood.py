@@ -13,9 +13,8 @@ from appliance.analysis import Analyzer
 from appliance.bundle import load_bundle
 from appliance.config import RuntimeConfig, ThresholdsConfig
 from appliance.runtime import create_backend
-from tests.trainer.test_train import write_tiny_busi
+from tests.trainer.tinybundle import make_tiny_bundle
 from trainer.ood import MahalanobisHead, OODStats, threshold_at
-from trainer.train import TrainConfig, run
 
 
 def test_the_score_is_the_distance_to_the_nearest_class_and_the_head_computes_it() -> None:
@@ -39,21 +38,7 @@ def test_the_score_is_the_distance_to_the_nearest_class_and_the_head_computes_it
 
 @pytest.fixture(scope="module")
 def ood_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("ood")
-    manifest = write_tiny_busi(root / "busi", per_class=4)
-    cfg = TrainConfig(
-        manifest=manifest,
-        out=root / "bundle",
-        work_dir=root / "work",
-        cache_dir=root / "cache",
-        size=32,
-        base_width=4,
-        cls_widths=(4, 8),
-        batch_size=4,
-        epochs_seg=1,
-        epochs_cls=1,
-    )
-    return run(cfg)
+    return make_tiny_bundle(tmp_path_factory.mktemp("ood"))
 
 
 def test_the_node_flags_images_above_the_bundles_threshold(ood_bundle: Path) -> None:

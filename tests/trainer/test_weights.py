@@ -13,9 +13,8 @@ import pytest
 import torch
 
 from appliance.bundle import load_bundle
-from tests.trainer.test_train import write_tiny_busi
+from tests.trainer.tinybundle import make_tiny_bundle
 from trainer.models import FameNodeNet, LesionClassifier, MAUNet
-from trainer.train import TrainConfig, run
 from trainer.weights import (
     WEIGHTS_FILE,
     WeightsError,
@@ -29,21 +28,7 @@ from trainer.weights import (
 
 @pytest.fixture(scope="module")
 def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("weights")
-    manifest = write_tiny_busi(root / "busi", per_class=4)
-    cfg = TrainConfig(
-        manifest=manifest,
-        out=root / "bundle",
-        work_dir=root / "work",
-        cache_dir=root / "cache",
-        size=32,
-        base_width=4,
-        cls_widths=(4, 8),
-        batch_size=4,
-        epochs_seg=1,
-        epochs_cls=1,
-    )
-    return run(cfg)
+    return make_tiny_bundle(tmp_path_factory.mktemp("weights"))
 
 
 def test_the_weights_rebuild_the_exported_model(tiny_bundle: Path) -> None:

@@ -1,0 +1,26 @@
+"""A real bundle with torch weights, OOD head and calibration, trained in seconds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.trainer.test_train import write_tiny_busi
+from trainer.train import TrainConfig, run
+
+
+def make_tiny_bundle(root: Path) -> Path:
+    """Train one epoch per stage at 32 px on a 12-image BUSI-like folder; the bundle path."""
+    manifest = write_tiny_busi(root / "busi", per_class=4)
+    cfg = TrainConfig(
+        manifest=manifest,
+        out=root / "bundle",
+        work_dir=root / "work",
+        cache_dir=root / "cache",
+        size=32,
+        base_width=4,
+        cls_widths=(4, 8),
+        batch_size=4,
+        epochs_seg=1,
+        epochs_cls=1,
+    )
+    return run(cfg)

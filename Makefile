@@ -42,9 +42,16 @@ test: lint typecheck pytest
 federation: $(VENV)/.dev
 	$(VENV)/bin/pytest -q -m federation tests/federation
 
-# Retrain the default bundle on BUSI (about 40 minutes on 2 CPU cores).
+# Retrain the default bundle on BUSI + the BUS-BRA train splits (three scanners), with the
+# scanner-shift augmentation (about 60 min on 2 quiet CPU cores; resumable: run it again
+# after an interruption), then measure it on every site's test split.
 train: $(VENV)/.dev
-	$(PY) -m trainer.train --manifest ../shared/data/busi/manifest.csv --out models/default
+	$(PY) -m trainer.train --manifest ../shared/data/busi/manifest.csv \
+		--manifest ../shared/data/busbra/manifest.csv --augment site-shift \
+		--epochs-seg 14 --epochs-cls 20 --max-minutes 95 --seg-share 0.8 \
+		--name fame-node-multisite --version 0.2.0 \
+		--work-dir .cache/train-multisite --out models/default
+	$(PY) -m trainer.site_report --bundle models/default --out docs/results/default.json
 
 # Benchmarks (not part of `make test`): writes docs/PERFORMANCE.md; see bench/README.md.
 bench: $(VENV)/.dev

@@ -32,7 +32,9 @@ THRESHOLDS = tuple(round(0.3 + 0.05 * i, 2) for i in range(9))  # 0.3 .. 0.7
 
 
 # Settings a resumed run may change: where it writes, its budget, its threads.
-_RESUMABLE_CHANGES = frozenset({"out", "resume", "max_minutes", "threads", "cache_dir"})
+_RESUMABLE_CHANGES = frozenset(
+    {"out", "resume", "max_minutes", "threads", "cache_dir", "bundle_name", "bundle_version"}
+)
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,8 @@ class TrainConfig:
     min_lesion_area_px: int = 20
     augment: AugmentParams = field(default_factory=AugmentParams)
     resume: bool = True  # continue from <work_dir>/<stage>.resume.pt where one exists
+    bundle_name: str = "fame-node-busi"
+    bundle_version: str = "0.1.0"
 
     def preprocess_params(self) -> PreprocessParams:
         return PreprocessParams(size=self.size)

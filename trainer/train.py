@@ -57,6 +57,14 @@ DATASET_CITATION = (
     "W. Al-Dhabyani, M. Gomaa, H. Khaled, A. Fahmy, 'Dataset of breast ultrasound images', "
     "Data in Brief 28 (2020) 104863"
 )
+DATASET_CITATIONS = {
+    "busi": DATASET_CITATION,
+    "busbra": (
+        "W. Gómez-Flores, M. J. Gregorio-Calas, W. C. de Albuquerque Pereira, 'BUS-BRA: A "
+        "Breast Ultrasound Dataset for Assessing Computer-aided Diagnosis Systems', Medical "
+        "Physics, 2023"
+    ),
+}
 
 
 def run(cfg: TrainConfig) -> Path:
@@ -141,8 +149,8 @@ def export_checkpoint(cfg: TrainConfig, checkpoint: Path, log_path: Path) -> Pat
         net,
         cfg.out,
         identity=BundleIdentity(
-            name="fame-node-busi",
-            version="0.1.0",
+            name=cfg.bundle_name,
+            version=cfg.bundle_version,
             preprocessing=cfg.preprocess_params().to_dict(),
             mask_threshold=figures["mask_threshold"],
             min_lesion_area_px=cfg.min_lesion_area_px,
@@ -158,7 +166,9 @@ def export_checkpoint(cfg: TrainConfig, checkpoint: Path, log_path: Path) -> Pat
             ),
             # The exact data: each manifest names its files and their split.
             "manifests": {_shown(m): sha256_file(m) for m in cfg.manifests},
-            "dataset_citation": DATASET_CITATION,
+            "dataset_citation": "; ".join(
+                DATASET_CITATIONS.get(m.parent.name, m.parent.name) for m in cfg.manifests
+            ),
             "architecture": {
                 "segmenter": f"MAU-Net, base width {cfg.base_width}, GroupNorm",
                 "classifier": f"pre-activation ResNet, widths {list(cfg.cls_widths)}, "
@@ -188,7 +198,7 @@ def export_checkpoint(cfg: TrainConfig, checkpoint: Path, log_path: Path) -> Pat
             "dp": None,
             "rounds": 0,
         },
-        evaluation={"busi_val": evaluation},
+        evaluation={"busi_val" if len(cfg.manifests) == 1 else "val": evaluation},
         extra_files={"training_log.json": log_path},
     )
     print(f"calibration: {_calibration_of(bundle)}", flush=True)
@@ -234,6 +244,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path | None]
     parser.add_argument("--cache-dir", type=Path, default=d.cache_dir, help="preprocessed arrays")
     parser.add_argument("--size", type=int, default=d.size, help="network input side (x16)")
     parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--name", default=d.bundle_name, help="the bundle's name")
+    parser.add_argument("--version", default=d.bundle_version, help="the bundle's version")
     parser.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads")
     parser.add_argument("--base-width", type=int, default=d.base_width, help="MAU-Net width")
     parser.add_argument("--batch-size", type=int, default=d.batch_size)
@@ -266,6 +278,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path | None]
         extra_manifests=tuple(a.manifest[1:]),
         augment=SITE_SHIFT if a.augment == "site-shift" else AugmentParams(),
         resume=not a.no_resume,
+        bundle_name=a.name,
+        bundle_version=a.version,
         out=a.out,
         work_dir=a.work_dir,
         cache_dir=a.cache_dir,

@@ -19,11 +19,9 @@ from datetime import datetime, time
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from appliance.config_section import Section as _Section
 
 
 class FederationPrivacyConfig(_Section):

@@ -23,6 +23,7 @@ Coding Scheme Identification Sequence.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 
@@ -49,6 +50,9 @@ _FLAG_CODES = {  # Code Value is SH (16 characters): short fixed codes for the k
     "low_confidence": "LOW-CONFIDENCE",
     "segmentation_disagrees": "SEG-DISAGREES",
     "uid_conflict": "UID-CONFLICT",
+    "out_of_distribution": "OUT-OF-DISTRIB",
+    "ensemble_disagrees": "ENS-DISAGREES",
+    "frames_disagree": "FRAMES-DISAGREE",
 }
 _CLASSIFICATION = hd.sr.CodedConcept("AI-CLASS", PRIVATE_SCHEME, "AI classification")
 _REVIEW_FLAG = hd.sr.CodedConcept("REVIEW-FLAG", PRIVATE_SCHEME, "Review flag")
@@ -72,7 +76,13 @@ def diagnosis_code(label: str) -> hd.sr.CodedConcept:
 
 
 def flag_code(flag: str) -> hd.sr.CodedConcept:
-    return private_code(_FLAG_CODES.get(flag, flag.upper()), flag)
+    """The flag's fixed short code; a flag without one (a newer node) gets a stable code of
+    at most 16 characters, so an unknown flag never costs the SEG and SR."""
+    code = _FLAG_CODES.get(flag, flag.upper())
+    if len(code) > 16:
+        digest = hashlib.sha256(flag.encode()).hexdigest()[:4].upper()
+        code = f"{code[:11]}-{digest}"
+    return private_code(code, flag)
 
 
 def probability_name(label: str) -> hd.sr.CodedConcept:

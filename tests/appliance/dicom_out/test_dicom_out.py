@@ -264,3 +264,15 @@ def test_outbox_takes_seg_and_sr_only_and_names_by_job(tmp_path: Path) -> None:
     with pytest.raises(DicomOutError, match="SEG and SR datasets only"):
         write_outbox(tmp_path, 1, [ds])
     assert not list(tmp_path.iterdir())
+
+
+def test_every_flag_the_node_shows_has_a_dicom_code_value() -> None:
+    # The SR codes each review flag; a Code Value is at most 16 characters. A flag that did
+    # not fit ("out_of_distribution") once cost a job its SEG and SR.
+    from appliance.app.display import FLAG_LABELS
+    from appliance.dicom_out.sr import flag_code
+
+    codes = {flag: flag_code(flag).value for flag in [*FLAG_LABELS, "a_flag_from_a_newer_node_x"]}
+    assert all(len(c) <= 16 for c in codes.values()), codes
+    assert len(set(codes.values())) == len(codes)  # no two flags share a code
+    assert codes["out_of_distribution"] == "OUT-OF-DISTRIB"

@@ -13,7 +13,7 @@ from typing import Any
 
 from appliance.config import NodeConfig
 from appliance.doctor.findings import Finding
-from appliance.doctor.ports import WILDCARDS, c_echo, descendants, probe_bind, tcp_reachable
+from appliance.doctor.ports import c_echo, descendants, is_wildcard, probe_bind, tcp_reachable
 
 PEER_TIMEOUT_S = 10.0
 
@@ -25,7 +25,7 @@ def check_dicom_receiver(config: NodeConfig) -> Iterator[Finding]:
         return
     where = f"{net.bind_address}:{net.port}"
     yield from port_findings("dicom-in", "dicom_net", net.bind_address, net.port, config)
-    if net.bind_address in WILDCARDS:
+    if is_wildcard(net.bind_address):
         yield Finding(
             "dicom-in",
             "warn",
@@ -93,7 +93,7 @@ def check_metrics(config: NodeConfig) -> Iterator[Finding]:
         yield Finding("metrics", "ok", f"metrics on {address}, any free port (metrics.port = 0)")
     else:
         yield from port_findings("metrics", "metrics", address, port, config)
-    if address in WILDCARDS:
+    if is_wildcard(address):
         yield Finding(
             "metrics",
             "warn",

@@ -9,12 +9,23 @@ not visible to a non-root doctor, so the holder may be unknown.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-WILDCARDS = frozenset({"0.0.0.0", "::", "", "*"})
+
+def is_wildcard(address: str) -> bool:
+    """Whether binding `address` listens on every interface ("", "*", 0.0.0.0, ::)."""
+    if address.strip() in ("", "*"):
+        return True
+    try:
+        return ipaddress.ip_address(address.strip()).is_unspecified
+    except ValueError:
+        return False  # a host name: resolved by the bind itself
+
+
 _LISTEN = "0A"
 
 

@@ -174,3 +174,10 @@ def test_a_port_held_by_a_child_of_the_running_service_is_its_own(tmp_path: Path
         child.wait()
     assert any(f"held by this node's service (pid {os.getpid()})" in f.detail for f in findings)
     assert not [f for f in findings if f.level == "fail"], findings
+
+
+def test_wildcard_addresses_are_recognised_in_every_spelling() -> None:
+    from appliance.doctor.ports import is_wildcard
+
+    assert all(is_wildcard(a) for a in ("", "*", "0.0.0.0", "::", " 0.0.0.0 ", "0:0::0"))
+    assert not any(is_wildcard(a) for a in ("127.0.0.1", "::1", "10.1.2.3", "pacs.example.org"))

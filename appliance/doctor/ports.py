@@ -17,7 +17,8 @@ from pathlib import Path
 
 
 def is_wildcard(address: str) -> bool:
-    """Whether binding `address` listens on every interface ("", "*", 0.0.0.0, ::)."""
+    """Whether binding `address` listens on every interface: "", "*" or the unspecified
+    IPv4 / IPv6 address."""
     if address.strip() in ("", "*"):
         return True
     try:

@@ -91,7 +91,7 @@ class FameNodeNetWithOOD(nn.Module):
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         lesion_prob = torch.sigmoid(self.net.segmenter(image))
         features = self.net.classifier.features(torch.cat([image, lesion_prob], dim=1))
-        logits = self.net.classifier.fc(self.net.classifier.dropout(features))
+        logits = self.net.classifier.classify_features(features)
         class_prob = torch.softmax(logits / self.temperature, dim=1)
         return lesion_prob, class_prob, self.head(features)
 
@@ -112,9 +112,11 @@ def classifier_features(
 
 def classifier_logits(net: FameNodeNet, features: NDArray[np.float64]) -> NDArray[np.float64]:
     """The classifier's logits from its pooled features (`classifier_features`)."""
+    net.eval()
+    dtype = next(net.classifier.parameters()).dtype
     with torch.no_grad():
-        fc = net.classifier.fc
-        return fc(torch.from_numpy(features).to(fc.weight.dtype)).double().numpy()
+        f = torch.from_numpy(features).to(dtype)
+        return net.classifier.classify_features(f).double().numpy()
 
 
 def threshold_at(scores: NDArray[np.float64], flagged_share: float) -> float:

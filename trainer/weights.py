@@ -35,12 +35,26 @@ class WeightsError(BundleError):
     """The weights cannot be used: missing, unverified, corrupt, or for another model."""
 
 
-def architecture(base_width: int, cls_widths: tuple[int, ...], dropout: float) -> dict[str, Any]:
+def architecture(
+    base_width: int,
+    cls_widths: tuple[int, ...],
+    dropout: float,
+    *,
+    channel_attention: bool = True,
+    spatial_attention: bool = True,
+) -> dict[str, Any]:
     """The description `build_net` rebuilds a `FameNodeNet` from."""
+    segmenter: dict[str, Any] = {"kind": "mau-net", "in_channels": 1, "base_width": base_width}
+    # Recorded only for an ablation variant, so the architectures of earlier bundles (with
+    # both attentions, and no such keys) stay what they were.
+    if not channel_attention:
+        segmenter["channel_attention"] = False
+    if not spatial_attention:
+        segmenter["spatial_attention"] = False
     return {
         "family": FAMILY,
         "version": ARCHITECTURE_VERSION,
-        "segmenter": {"kind": "mau-net", "in_channels": 1, "base_width": base_width},
+        "segmenter": segmenter,
         "classifier": {
             "kind": "preact-resnet",
             "in_channels": 2,
@@ -52,8 +66,14 @@ def architecture(base_width: int, cls_widths: tuple[int, ...], dropout: float) -
 
 
 def architecture_of(net: FameNodeNet) -> dict[str, Any]:
-    cls = net.classifier
-    return architecture(net.segmenter.base_width, cls.widths, float(cls.dropout.p))
+    cls, seg = net.classifier, net.segmenter
+    return architecture(
+        seg.base_width,
+        cls.widths,
+        float(cls.dropout.p),
+        channel_attention=seg.channel_attention,
+        spatial_attention=seg.spatial_attention,
+    )
 
 
 def build_net(arch: Mapping[str, Any]) -> FameNodeNet:
@@ -66,7 +86,12 @@ def build_net(arch: Mapping[str, Any]) -> FameNodeNet:
         )
     try:
         seg, cls = arch["segmenter"], arch["classifier"]
-        segmenter = MAUNet(in_channels=int(seg["in_channels"]), base_width=int(seg["base_width"]))
+        segmenter = MAUNet(
+            in_channels=int(seg["in_channels"]),
+            base_width=int(seg["base_width"]),
+            channel_attention=bool(seg.get("channel_attention", True)),
+            spatial_attention=bool(seg.get("spatial_attention", True)),
+        )
         classifier = LesionClassifier(
             in_channels=int(cls["in_channels"]),
             widths=tuple(int(w) for w in cls["widths"]),

@@ -96,5 +96,9 @@ class LesionClassifier(nn.Module):
         x = self.act(self.final_norm(x))
         return torch.mean(x, dim=(2, 3))
 
+    def classify_features(self, features: Tensor) -> Tensor:
+        """Class logits from `features` (the classifier protocol of `FameNodeNet`)."""
+        return self.fc(self.dropout(features))
+
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc(self.dropout(self.features(x)))
+        return self.classify_features(self.features(x))

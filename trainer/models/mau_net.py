@@ -111,12 +111,20 @@ class SpatialAttention(nn.Module):
 
 
 class DualAttention(nn.Module):
-    """Channel attention followed by spatial attention (CBAM order)."""
+    """Channel attention followed by spatial attention (CBAM order).
 
-    def __init__(self, channels: int, reduction: int = 8) -> None:
+    `channel` / `spatial` False replace that attention by the identity: the ablations of
+    issue 10 (MAU-Net without channel, without spatial, without both attentions).
+    """
+
+    def __init__(
+        self, channels: int, reduction: int = 8, *, channel: bool = True, spatial: bool = True
+    ) -> None:
         super().__init__()
-        self.channel = ChannelAttention(channels, reduction)
-        self.spatial = SpatialAttention()
+        self.channel: nn.Module = (
+            ChannelAttention(channels, reduction) if channel else nn.Identity()
+        )
+        self.spatial: nn.Module = SpatialAttention() if spatial else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
         return self.spatial(self.channel(x))
@@ -146,11 +154,21 @@ class MAUNet(nn.Module):
         16x (16-32-64-128, bottleneck 256 by default).
     reduction:
         Hidden-width reduction of the channel-attention MLP.
+    channel_attention, spatial_attention:
+        False drops that attention everywhere (skips and bottleneck): ablation variants.
 
     S must be divisible by 16 (four 2x2 poolings).
     """
 
-    def __init__(self, in_channels: int = 1, base_width: int = 16, reduction: int = 8) -> None:
+    def __init__(
+        self,
+        in_channels: int = 1,
+        base_width: int = 16,
+        reduction: int = 8,
+        *,
+        channel_attention: bool = True,
+        spatial_attention: bool = True,
+    ) -> None:
         super().__init__()
         if in_channels < 1 or base_width < 1:
             raise ValueError(
@@ -158,16 +176,21 @@ class MAUNet(nn.Module):
             )
         self.in_channels = in_channels
         self.base_width = base_width
+        self.channel_attention = channel_attention
+        self.spatial_attention = spatial_attention
+        attend = {"channel": channel_attention, "spatial": spatial_attention}
         widths = [base_width * 2**i for i in range(DEPTH + 1)]
         self.encoders = nn.ModuleList()
         previous = in_channels
         for width in widths[:DEPTH]:
             self.encoders.append(ResidualBlock(previous, width))
             previous = width
-        self.skip_attention = nn.ModuleList(DualAttention(w, reduction) for w in widths[:DEPTH])
+        self.skip_attention = nn.ModuleList(
+            DualAttention(w, reduction, **attend) for w in widths[:DEPTH]
+        )
         self.pool = nn.MaxPool2d(2)
         self.bottleneck = ResidualBlock(widths[DEPTH - 1], widths[DEPTH])
-        self.bottleneck_attention = DualAttention(widths[DEPTH], reduction)
+        self.bottleneck_attention = DualAttention(widths[DEPTH], reduction, **attend)
         self.decoders = nn.ModuleList(
             DecoderBlock(widths[i + 1], widths[i], widths[i]) for i in reversed(range(DEPTH))
         )

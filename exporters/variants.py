@@ -229,7 +229,10 @@ def _conv(module: nn.Module, name: str) -> nn.Conv2d:
 
 def _reduction(net: FameNodeNet) -> int:
     # The bottleneck is the widest attention, where channels // reduction is above the floor.
-    first = _conv(net.segmenter.bottleneck_attention.channel.mlp, "0")
+    # Without channel attention (an ablation variant) the reduction is unused: the default.
+    if not net.segmenter.channel_attention:
+        return 8
+    first = _conv(net.segmenter.bottleneck_attention.channel, "mlp.0")
     channels, hidden = first.in_channels, first.out_channels
     for r in range(1, channels + 1):
         if max(channels // r, 4) == hidden:

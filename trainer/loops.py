@@ -51,6 +51,9 @@ class TrainConfig:
     seed: int = 2026
     threads: int = 2
     base_width: int = 16
+    # False: MAU-Net without that attention (the ablation variants of issue 10).
+    channel_attention: bool = True
+    spatial_attention: bool = True
     cls_widths: tuple[int, ...] = (32, 64, 128, 256)
     batch_size: int = 16
     epochs_seg: int = 40
@@ -208,7 +211,11 @@ def train_segmenter(
     """Stage 1. Returns the best-epoch MAU-Net and a summary (epochs, threshold, metrics)."""
     start = time.monotonic()
     deadline = start + 60.0 * cfg.max_minutes * cfg.seg_share
-    model = MAUNet(base_width=cfg.base_width)
+    model = MAUNet(
+        base_width=cfg.base_width,
+        channel_attention=cfg.channel_attention,
+        spatial_attention=cfg.spatial_attention,
+    )
     x = torch.from_numpy(np.stack([train.images, train.masks.astype(np.float32)], axis=1))
     val_x = torch.from_numpy(val.images[:, None])
     steps = math.ceil(len(train) / cfg.batch_size)

@@ -107,7 +107,11 @@ def run(cfg: TrainConfig) -> Path:
 def load_checkpoint(cfg: TrainConfig, checkpoint: Path) -> tuple[FameNodeNet, dict[str, int]]:
     """The combined eager model saved by `run`, built with `cfg`'s architecture settings."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    segmenter = MAUNet(base_width=cfg.base_width)
+    segmenter = MAUNet(
+        base_width=cfg.base_width,
+        channel_attention=cfg.channel_attention,
+        spatial_attention=cfg.spatial_attention,
+    )
     segmenter.load_state_dict(state["segmenter"])
     classifier = LesionClassifier(in_channels=2, widths=cfg.cls_widths, dropout=cfg.dropout)
     classifier.load_state_dict(state["classifier"])

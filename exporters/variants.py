@@ -230,9 +230,17 @@ def _conv(module: nn.Module, name: str) -> nn.Conv2d:
 def _reduction(net: FameNodeNet) -> int:
     # The bottleneck is the widest attention, where channels // reduction is above the floor.
     # Without channel attention (an ablation variant) the reduction is unused: the default.
-    if not net.segmenter.channel_attention:
+    from trainer.models import MAUNet
+
+    seg = net.segmenter
+    if not isinstance(seg, MAUNet):
+        raise BundleError(
+            f"the torch backend's {TORCH_FILE} holds one MAU-Net, this model's segmenter is a "
+            f"{type(seg).__name__}: run it with ONNX Runtime or TensorRT instead"
+        )
+    if not seg.channel_attention:
         return 8
-    first = _conv(net.segmenter.bottleneck_attention.channel, "mlp.0")
+    first = _conv(seg.bottleneck_attention.channel, "mlp.0")
     channels, hidden = first.in_channels, first.out_channels
     for r in range(1, channels + 1):
         if max(channels // r, 4) == hidden:

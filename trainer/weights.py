@@ -23,7 +23,7 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
 from appliance.bundle import Bundle, BundleError
-from trainer.models import FameNodeNet, LesionClassifier, MAUNet
+from trainer.models import FameNodeNet, FoldEnsemble, LesionClassifier, MAUNet
 
 WEIGHTS_FILE = "weights.safetensors"
 FAMILY = "fame-node-net"
@@ -42,9 +42,15 @@ def architecture(
     *,
     channel_attention: bool = True,
     spatial_attention: bool = True,
+    folds: int = 1,
 ) -> dict[str, Any]:
-    """The description `build_net` rebuilds a `FameNodeNet` from."""
+    """The description `build_net` rebuilds a `FameNodeNet` from.
+
+    `folds` > 1: the segmenter is a `FoldEnsemble` of that many MAU-Nets of this
+    architecture (kind ``mau-net-folds``); 1 keeps the single MAU-Net's record as it was."""
     segmenter: dict[str, Any] = {"kind": "mau-net", "in_channels": 1, "base_width": base_width}
+    if folds > 1:
+        segmenter.update(kind="mau-net-folds", folds=folds)
     # Recorded only for an ablation variant, so the architectures of earlier bundles (with
     # both attentions, and no such keys) stay what they were.
     if not channel_attention:
@@ -73,6 +79,7 @@ def architecture_of(net: FameNodeNet) -> dict[str, Any]:
         float(cls.dropout.p),
         channel_attention=seg.channel_attention,
         spatial_attention=seg.spatial_attention,
+        folds=seg.k if isinstance(seg, FoldEnsemble) else 1,
     )
 
 
@@ -86,11 +93,22 @@ def build_net(arch: Mapping[str, Any]) -> FameNodeNet:
         )
     try:
         seg, cls = arch["segmenter"], arch["classifier"]
-        segmenter = MAUNet(
-            in_channels=int(seg["in_channels"]),
-            base_width=int(seg["base_width"]),
-            channel_attention=bool(seg.get("channel_attention", True)),
-            spatial_attention=bool(seg.get("spatial_attention", True)),
+        kind = seg.get("kind", "mau-net")
+        if kind not in ("mau-net", "mau-net-folds"):
+            raise ValueError(f"unknown segmenter kind {kind!r}")
+
+        def mau_net() -> MAUNet:
+            return MAUNet(
+                in_channels=int(seg["in_channels"]),
+                base_width=int(seg["base_width"]),
+                channel_attention=bool(seg.get("channel_attention", True)),
+                spatial_attention=bool(seg.get("spatial_attention", True)),
+            )
+
+        segmenter: MAUNet | FoldEnsemble = (
+            FoldEnsemble([mau_net() for _ in range(int(seg["folds"]))])
+            if kind == "mau-net-folds"
+            else mau_net()
         )
         classifier = LesionClassifier(
             in_channels=int(cls["in_channels"]),

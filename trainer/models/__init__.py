@@ -2,6 +2,7 @@
 
 from trainer.models.classifier import CLASSES, LesionClassifier
 from trainer.models.combined import INPUT_NAME, OUTPUT_NAMES, FameNodeNet
+from trainer.models.fold_ensemble import FoldEnsemble
 from trainer.models.mau_net import ChannelAttention, DualAttention, MAUNet, SpatialAttention
 
 __all__ = [
@@ -11,6 +12,7 @@ __all__ = [
     "ChannelAttention",
     "DualAttention",
     "FameNodeNet",
+    "FoldEnsemble",
     "LesionClassifier",
     "MAUNet",
     "SpatialAttention",

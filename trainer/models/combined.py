@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from trainer.models.classifier import LesionClassifier
+from trainer.models.fold_ensemble import FoldEnsemble
 from trainer.models.mau_net import MAUNet
 
 INPUT_NAME = "image"
@@ -21,7 +22,7 @@ OUTPUT_NAMES: tuple[str, str] = ("lesion_prob", "class_prob")
 class FameNodeNet(nn.Module):
     """Segmentation then classification; both outputs are probabilities."""
 
-    def __init__(self, segmenter: MAUNet, classifier: LesionClassifier) -> None:
+    def __init__(self, segmenter: MAUNet | FoldEnsemble, classifier: LesionClassifier) -> None:
         super().__init__()
         if classifier.in_channels != segmenter.in_channels + 1:
             raise ValueError(

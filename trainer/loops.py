@@ -25,7 +25,7 @@ from appliance.preprocess import PreprocessParams
 from trainer.data import ArraySet, AugmentParams, augment_batch
 from trainer.losses import dice_bce_loss, inverse_frequency_weights
 from trainer.metrics import classification_report, segmentation_summary
-from trainer.models import CLASSES, FameNodeNet, LesionClassifier, MAUNet
+from trainer.models import CLASSES, FameNodeNet, FoldEnsemble, LesionClassifier, MAUNet
 from trainer.resume import StageCheckpoint
 
 THRESHOLDS = tuple(round(0.3 + 0.05 * i, 2) for i in range(9))  # 0.3 .. 0.7
@@ -54,6 +54,8 @@ class TrainConfig:
     # False: MAU-Net without that attention (the ablation variants of issue 10).
     channel_attention: bool = True
     spatial_attention: bool = True
+    # > 1: stage 1 trains that many fold MAU-Nets, averaged (trainer.fold_training).
+    folds: int = 1
     cls_widths: tuple[int, ...] = (32, 64, 128, 256)
     batch_size: int = 16
     epochs_seg: int = 40
@@ -81,6 +83,8 @@ class TrainConfig:
     def fingerprint(self) -> str:
         """The settings a resumed stage must share with the run that saved it."""
         keep = {k: v for k, v in asdict(self).items() if k not in _RESUMABLE_CHANGES}
+        if keep.get("folds") == 1:  # single-model runs keep the fingerprint they had
+            del keep["folds"]
         return json.dumps(keep, default=str, sort_keys=True)
 
 
@@ -288,7 +292,7 @@ def train_segmenter(
 
 def train_classifier(
     cfg: TrainConfig,
-    segmenter: MAUNet,
+    segmenter: MAUNet | FoldEnsemble,
     train: ArraySet,
     val: ArraySet,
     gen: torch.Generator,

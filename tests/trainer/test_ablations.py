@@ -1,0 +1,103 @@
+"""The ablation runner (`trainer.ablations`) and its table in RESULTS.md (`trainer.results_doc`)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from tests.trainer.test_train import write_tiny_busi
+from trainer import ablations
+from trainer.data import ArraySet
+from trainer.results_doc import render_ablations
+
+
+def _tiny_busbra(root: Path) -> Path:
+    """A BUS-BRA-like manifest: the tiny BUSI folder with a ``site`` column (three scanners)."""
+    manifest = write_tiny_busi(root, per_class=4)
+    with manifest.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    for i, row in enumerate(rows):
+        row["site"] = ("aplio300", "logiq7", "usystems")[i % 3]
+    with manifest.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[*rows[0].keys()])
+        writer.writeheader()
+        writer.writerows(rows)
+    return manifest
+
+
+def test_by_site_cuts_the_split_per_scanner(tmp_path: Path) -> None:
+    names = ("busi/a.png", "busbra/images/1.png", "busbra/images/2.png", "busi/b.png")
+    arrays = ArraySet(
+        images=np.arange(4, dtype=np.float32)[:, None, None] * np.ones((4, 2, 2), np.float32),
+        masks=np.zeros((4, 2, 2), np.uint8),
+        labels=np.array([0, 1, 2, 1]),
+        names=names,
+    )
+    sites = {"busbra/images/1.png": "logiq7", "busbra/images/2.png": "aplio300"}
+    cut = ablations.by_site(arrays, sites)
+    assert sorted(cut) == ["busbra-aplio300", "busbra-logiq7", "busi"]
+    assert cut["busi"].names == ("busi/a.png", "busi/b.png")
+    assert list(cut["busi"].images[:, 0, 0]) == [0.0, 3.0]
+    assert cut["busbra-aplio300"].labels.tolist() == [2]
+
+
+def test_measure_scores_a_perfect_and_an_empty_prediction() -> None:
+    masks = np.zeros((3, 32, 32), np.uint8)
+    masks[0, 8:20, 8:20] = 1
+    masks[1, 4:16, 10:30] = 1
+    arrays = ArraySet(
+        np.zeros((3, 32, 32), np.float32), masks, np.array([1, 2, 0]), ("a", "b", "c")
+    )
+    perfect = ablations.measure(masks.astype(np.float32), arrays, 0.5, 4)
+    assert perfect["dice"] == 1.0 and perfect["n_lesion"] == 2 and perfect["fp_rate_normal"] == 0
+    empty = ablations.measure(np.zeros((3, 32, 32), np.float32), arrays, 0.5, 4)
+    assert empty["dice"] == 0.0
+
+
+def test_a_variant_runs_end_to_end_writes_its_record_and_is_skipped_after(tmp_path: Path) -> None:
+    busi = write_tiny_busi(tmp_path / "busi", per_class=4)
+    busbra = _tiny_busbra(tmp_path / "busbra")
+    out = tmp_path / "out"
+    argv = [
+        "--out", str(out), "--busi", str(busi), "--busbra", str(busbra),
+        "--variants", "no-attention", "--epochs", "1", "--size", "32",
+        "--work-dir", str(tmp_path / "work"), "--cache-dir", str(tmp_path / "cache"),
+    ]  # fmt: skip
+    assert ablations.main(argv) == 0
+    record = json.loads((out / "no-attention-seed1.json").read_text())
+    assert record["settings"]["channel_attention"] is False
+    assert record["settings"]["spatial_attention"] is False
+    assert record["settings"]["trained_on"] == ["busi", "busbra"]
+    assert {"test/busi", "test/busbra-logiq7", "test/busbra-aplio300"} <= set(record["figures"])
+    mtime = (out / "no-attention-seed1.json").stat().st_mtime_ns
+    assert ablations.main(argv) == 0  # finished: skipped, not retrained
+    assert (out / "no-attention-seed1.json").stat().st_mtime_ns == mtime
+
+
+def _record(variant: str, seed: int, dice: float) -> dict[str, object]:
+    settings = {
+        "size": 64, "epochs": 8, "base_width": 16, "optimizer": "AdamW", "batch_size": 16,
+        "augment": "site-shift", "trained_on": ["busi", "busbra"],
+    }  # fmt: skip
+    site = {"dice": dice, "dice_ci95": [dice - 0.1, dice + 0.1]}
+    return {
+        "variant": variant,
+        "seed": seed,
+        "settings": settings,
+        "figures": {"test/busi": site},
+        "seconds": 600.0,
+        "machine": "x86_64 CPU",
+    }
+
+
+def test_render_ablations_mean_sd_over_seeds_and_ci_for_one() -> None:
+    lines = render_ablations(
+        [_record("full", 1, 0.70), _record("full", 2, 0.72), _record("no-attention", 1, 0.6)]
+    )
+    text = "\n".join(lines)
+    assert "| full | busi + busbra | 1, 2 | 0.710 ± 0.014 |" in text
+    assert "| no-attention | busi + busbra | 1 | 0.600 (0.500–0.700) |" in text
+    assert render_ablations([]) == []

@@ -1,0 +1,213 @@
+"""Segmentation ablations and seeds of issue 10 on one split and one (short) schedule.
+
+Each variant trains a MAU-Net with `trainer.loops.train_segmenter` (the trainer's own stage
+1: same loss, augmentation, optimiser, selection on val) and is measured on the val split
+and on every site's test split at the network grid, after the node's own postprocessing,
+with the mask threshold chosen on val. A variant's result is written to
+``<out>/<variant>-seed<k>.json`` as soon as it is finished; a rerun skips finished ones and
+resumes an interrupted one from its per-epoch checkpoint (``--work-dir``).
+
+Variants:
+- ``full``: MAU-Net as shipped (channel and spatial attention), trained on BUSI + BUS-BRA;
+- ``no-channel-attention``, ``no-spatial-attention``, ``no-attention``: the attentions off;
+- ``busi-only``: the full MAU-Net trained on BUSI alone (measured on every site).
+
+The schedule is shorter than the shipped model's (``--size``, ``--epochs``) so that every
+variant fits on a 2-core CPU: the figures compare variants with each other, not with the
+shipped bundle (`docs/RESULTS.md` says so next to the table).
+
+    python -m trainer.ablations --out docs/results/ablations --seeds 1 2 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from appliance.postprocess import clean_mask
+from trainer.data import SITE_SHIFT, ArraySet, load_datasets
+from trainer.loops import Logger, TrainConfig, predict, segmentation_metrics, train_segmenter
+from trainer.metrics import dice
+from trainer.seed import seed_everything
+from trainer.site_report import bootstrap_ci
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "full": {},
+    "no-channel-attention": {"channel_attention": False},
+    "no-spatial-attention": {"spatial_attention": False},
+    "no-attention": {"channel_attention": False, "spatial_attention": False},
+    "busi-only": {"busi_only": True},
+}
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def site_of_names(busbra_manifest: Path) -> dict[str, str]:
+    """``busbra/<image>`` -> its scanner (the manifest's ``site`` column)."""
+    with busbra_manifest.open(newline="") as f:
+        return {f"busbra/{row['image']}": row["site"] for row in csv.DictReader(f)}
+
+
+def by_site(arrays: ArraySet, sites: dict[str, str]) -> dict[str, ArraySet]:
+    """The test split cut per site: ``busi`` and ``busbra-<scanner>``."""
+    keys = [
+        "busi" if n.startswith("busi/") else f"busbra-{sites.get(n, 'unknown')}"
+        for n in arrays.names
+    ]
+    out: dict[str, ArraySet] = {}
+    for key in sorted(set(keys)):
+        sel = np.array([k == key for k in keys])
+        out[key] = ArraySet(
+            images=arrays.images[sel],
+            masks=arrays.masks[sel],
+            labels=arrays.labels[sel],
+            names=tuple(n for n, s in zip(arrays.names, sel, strict=True) if s),
+        )
+    return out
+
+
+def measure(
+    prob: np.ndarray[Any, Any], arrays: ArraySet, threshold: float, min_area: float
+) -> dict[str, Any]:
+    """Dice / IoU at `threshold` and a 95 % bootstrap interval of the Dice."""
+    got = segmentation_metrics(prob, arrays.masks, threshold, min_area)
+    per_image = np.array(
+        [
+            dice(clean_mask(p, threshold, min_area)[0], m)
+            for p, m in zip(prob, arrays.masks, strict=True)
+            if m.any()
+        ]
+    )
+    ci = bootstrap_ci(len(per_image), lambda idx: float(per_image[idx].mean()), 1000)
+    return {
+        "n": len(arrays),
+        "n_lesion": len(per_image),
+        "dice": round(got["dice"], 4),
+        "dice_ci95": ci,
+        "iou": round(got["iou"], 4),
+        "fp_rate_normal": round(got.get("fp_rate_normal", float("nan")), 4),
+    }
+
+
+def run_variant(
+    name: str, seed: int, args: argparse.Namespace, out_dir: Path
+) -> dict[str, Any] | None:
+    """Train and measure one variant; returns its record (None if already written)."""
+    target = out_dir / f"{name}-seed{seed}.json"
+    if target.is_file():
+        print(f"[ablations] {target} exists: skipped", flush=True)
+        return None
+    spec = dict(VARIANTS[name])
+    busi_only = bool(spec.pop("busi_only", False))
+    manifests = [args.busi] if busi_only else [args.busi, args.busbra]
+    cfg = TrainConfig(
+        manifest=manifests[0],
+        extra_manifests=tuple(manifests[1:]),
+        out=out_dir,
+        work_dir=args.work_dir / f"{name}-seed{seed}",
+        cache_dir=args.cache_dir,
+        size=args.size,
+        seed=seed,
+        threads=args.threads,
+        epochs_seg=args.epochs,
+        max_minutes=1e6,
+        seg_share=1.0,
+        augment=SITE_SHIFT,
+        **spec,
+    )
+    cfg.work_dir.mkdir(parents=True, exist_ok=True)
+    gen = seed_everything(seed, threads=args.threads)
+    data = load_datasets(cfg.manifests, cfg.preprocess_params(), cfg.cache_dir)
+    # Every variant is measured on the same test sets: all sites, whatever it trained on.
+    everything = data
+    if busi_only:
+        everything = load_datasets([args.busi, args.busbra], cfg.preprocess_params(), cfg.cache_dir)
+    started = time.monotonic()
+    log = Logger(cfg.work_dir / "training_log.json", cfg)
+    model, summary = train_segmenter(cfg, data["train"], data["val"], gen, log)
+    threshold = float(summary["threshold"])
+    sites = site_of_names(args.busbra)
+    figures: dict[str, Any] = {}
+    for split in ("val", "test"):
+        for site, arrays in by_site(everything[split], sites).items():
+            prob = torch.sigmoid(predict(model, torch.from_numpy(arrays.images[:, None])))
+            figures[f"{split}/{site}"] = measure(
+                prob.numpy()[:, 0], arrays, threshold, cfg.min_lesion_area_px
+            )
+    record = {
+        "kind": "segmentation_ablation",
+        "variant": name,
+        "seed": seed,
+        "settings": {
+            "size": cfg.size,
+            "epochs": cfg.epochs_seg,
+            "base_width": cfg.base_width,
+            "channel_attention": cfg.channel_attention,
+            "spatial_attention": cfg.spatial_attention,
+            "trained_on": [m.parent.name for m in manifests],
+            "augment": "site-shift",
+            "optimizer": f"AdamW lr {cfg.lr_seg} wd {cfg.weight_decay}, warmup + cosine",
+            "batch_size": cfg.batch_size,
+        },
+        "train_images": len(data["train"]),
+        "best_epoch": summary["best_epoch"],
+        "threshold": threshold,
+        "figures": figures,
+        "seconds": round(time.monotonic() - started, 1),
+        "machine": f"{platform.machine()} CPU, {args.threads} thread(s), load average "
+        f"{os.getloadavg()[0]:.1f} at the end",
+        "torch": torch.__version__,
+        "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "note": "network grid (size x size), Dice / IoU means over images with a lesion",
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    tmp.replace(target)
+    print(f"[ablations] wrote {target}", flush=True)
+    return record
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trainer.ablations", description=__doc__)
+    parser.add_argument("--out", type=Path, default=Path("docs/results/ablations"))
+    parser.add_argument("--busi", type=Path, default=SHARED / "busi" / "manifest.csv")
+    parser.add_argument("--busbra", type=Path, default=SHARED / "busbra" / "manifest.csv")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1])
+    parser.add_argument(
+        "--seeds-for", nargs="+", default=["full"], help="variants run with every --seeds"
+    )
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--work-dir", type=Path, default=Path(".cache/ablations"))
+    parser.add_argument("--cache-dir", type=Path, default=Path(".cache"))
+    args = parser.parse_args(argv)
+    for path in (args.busi, args.busbra):
+        if not path.is_file():
+            raise SystemExit(f"{path}: manifest not found; pass --busi / --busbra")
+    plan = [
+        (name, seed)
+        for name in args.variants
+        for seed in (args.seeds if name in args.seeds_for else args.seeds[:1])
+    ]
+    # One seed of every variant first, then the further seeds: a stop half-way leaves the
+    # whole table with one seed rather than three seeds of a few rows.
+    plan.sort(key=lambda p: (args.seeds.index(p[1]), list(VARIANTS).index(p[0])))
+    for name, seed in plan:
+        run_variant(name, seed, args, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

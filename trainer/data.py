@@ -213,6 +213,9 @@ class AugmentParams:
     # smooth depth-gain ramp (the time-gain compensation another site sets differently).
     speckle: float = 0.0
     depth_gain: float = 0.0  # the ramp's top-to-bottom change, in z-score units
+    # Vertical flip: off by default (ultrasound depth has a direction); the FAME paper's
+    # recipe (`trainer.loops.paper_schedule`) turns it on.
+    vflip_p: float = 0.0
 
     def describe(self) -> str:
         text = (
@@ -224,6 +227,8 @@ class AugmentParams:
             text += f", speckle x(1 ± N(0, {self.speckle}))"
         if self.depth_gain:
             text += f", depth gain ramp ±{self.depth_gain}"
+        if self.vflip_p:
+            return text + f", vertical flip p={self.vflip_p}"
         return text + "; no vertical flip"
 
 
@@ -262,12 +267,18 @@ def augment_batch(
     angle = uniform(-params.max_rotation_deg, params.max_rotation_deg) * (math.pi / 180.0)
     scale = uniform(*params.zoom)
     flip = torch.where(uniform(0.0, 1.0) < params.hflip_p, -1.0, 1.0).to(dtype)
+    # Drawn only when enabled, so runs without it consume the generator as before.
+    vflip = (
+        torch.where(uniform(0.0, 1.0) < params.vflip_p, -1.0, 1.0).to(dtype)
+        if params.vflip_p
+        else torch.ones_like(flip)
+    )
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     # Output pixel -> input location: rotation and 1/zoom, the flip mirrors the x axis.
     theta = torch.stack(
         [
             torch.stack([cos * flip, -sin, torch.zeros_like(cos)], dim=1),
-            torch.stack([sin * flip, cos, torch.zeros_like(cos)], dim=1),
+            torch.stack([sin * flip * vflip, cos * vflip, torch.zeros_like(cos)], dim=1),
         ],
         dim=1,
     )

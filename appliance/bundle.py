@@ -53,6 +53,7 @@ POSTPROCESSING_KEYS: dict[str, str] = {
     "mask_threshold": "a number strictly between 0 and 1 (the lesion probability cut-off)",
     "min_lesion_area_px": "a number >= 0 (network input pixels; smaller components dropped)",
     "ood_threshold": "a number >= 0 (out-of-distribution scores above it are flagged)",
+    "uncertainty_threshold": "a number >= 0 (fold-ensemble disagreements above it are flagged)",
 }
 
 

@@ -10,7 +10,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,8 @@ from trainer.data import ArraySet, AugmentParams, augment_batch
 from trainer.losses import dice_bce_loss, inverse_frequency_weights
 from trainer.metrics import classification_report, segmentation_summary
 from trainer.models import CLASSES, FameNodeNet, FoldEnsemble, LesionClassifier, MAUNet
+from trainer.models.acgan import ACGANGenerator
+from trainer.progress import EpochProgress
 from trainer.resume import StageCheckpoint
 
 THRESHOLDS = tuple(round(0.3 + 0.05 * i, 2) for i in range(9))  # 0.3 .. 0.7
@@ -72,6 +74,13 @@ class TrainConfig:
     resume: bool = True  # continue from <work_dir>/<stage>.resume.pt where one exists
     bundle_name: str = "fame-node-busi"
     bundle_version: str = "0.1.0"
+    # "default": AdamW + warmup / cosine over the fixed epochs (the shipped bundle);
+    # "paper": FAME's Adam 1e-4, L2 1e-5, ReduceLROnPlateau and early stopping
+    # (`paper_schedule` sets the learning rates, L2 and flips to the paper's).
+    schedule: str = "default"
+    # A trained ACGAN (`trainer.acgan`): stage 2 adds its synthetic images of the minority
+    # classes to every epoch until the classes are balanced. None: no synthetic images.
+    acgan: Path | None = None
 
     def preprocess_params(self) -> PreprocessParams:
         return PreprocessParams(size=self.size)
@@ -85,7 +94,88 @@ class TrainConfig:
         keep = {k: v for k, v in asdict(self).items() if k not in _RESUMABLE_CHANGES}
         if keep.get("folds") == 1:  # single-model runs keep the fingerprint they had
             del keep["folds"]
+        # Likewise the default schedule and no ACGAN (checkpoints from before they existed).
+        if keep.get("schedule") == "default":
+            del keep["schedule"]
+        if keep.get("acgan") is None:
+            keep.pop("acgan", None)
+        if not keep["augment"].get("vflip_p"):
+            keep["augment"].pop("vflip_p", None)
         return json.dumps(keep, default=str, sort_keys=True)
+
+
+SCHEDULES = ("default", "paper")
+PAPER_LR = 1e-4
+PAPER_L2 = 1e-5
+PAPER_PLATEAU_FACTOR = 0.1
+PAPER_PLATEAU_PATIENCE = 5
+PAPER_EARLY_STOP_PATIENCE = 10
+
+
+def paper_schedule(cfg: TrainConfig) -> TrainConfig:
+    """`cfg` with FAME's training recipe ("Hyperparameters", "Regularization"): Adam at
+    lr 1e-4 for both stages, L2 1e-5 (Adam's weight_decay, i.e. added to the gradient),
+    ReduceLROnPlateau (factor 0.1, patience 5) and early stopping (patience 10) on the
+    selection metric, and the paper's flips: horizontal *and* vertical, next to the
+    rotation and zoom every augmentation here already has."""
+    return replace(
+        cfg,
+        schedule="paper",
+        lr_seg=PAPER_LR,
+        lr_cls=PAPER_LR,
+        weight_decay=PAPER_L2,
+        augment=replace(cfg.augment, vflip_p=0.5),
+    )
+
+
+class _Schedule:
+    """The optimiser and learning-rate schedule of one stage, as `cfg.schedule` says.
+
+    default: AdamW, a linear warmup over the first epoch then cosine decay, stepped per
+    batch. paper: Adam with L2, ReduceLROnPlateau stepped per epoch on the selection
+    metric (higher is better), and early stopping once `PAPER_EARLY_STOP_PATIENCE` epochs
+    passed without a new best. Both states live in the optimiser / scheduler state dicts
+    and the best epoch, which the stage checkpoint keeps, so a resumed run goes on exactly.
+    """
+
+    def __init__(
+        self, cfg: TrainConfig, model: nn.Module, lr: float, steps: int, epochs: int
+    ) -> None:
+        if cfg.schedule not in SCHEDULES:
+            raise ValueError(f"schedule {cfg.schedule!r}: expected one of {SCHEDULES}")
+        self.paper = cfg.schedule == "paper"
+        self.opt: torch.optim.Optimizer
+        self.sched: torch.optim.lr_scheduler.LRScheduler
+        if self.paper:
+            self.opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+            self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                self.opt,
+                mode="max",
+                factor=PAPER_PLATEAU_FACTOR,
+                patience=PAPER_PLATEAU_PATIENCE,
+            )
+        else:
+            self.opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+            self.sched = torch.optim.lr_scheduler.LambdaLR(
+                self.opt, _cosine_with_warmup(steps * epochs, steps)
+            )
+
+    @property
+    def lr(self) -> float:
+        return float(self.opt.param_groups[0]["lr"])
+
+    def after_batch(self) -> None:
+        self.opt.step()
+        if not self.paper:
+            self.sched.step()
+
+    def after_epoch(self, metric: float) -> None:
+        if self.paper:
+            # An undefined metric (no lesion in val) counts as no improvement.
+            self.sched.step(metric if math.isfinite(metric) else -1.0)  # type: ignore[arg-type]
+
+    def early_stop(self, epoch: int, best_epoch: int) -> bool:
+        return self.paper and epoch - best_epoch >= PAPER_EARLY_STOP_PATIENCE
 
 
 # --------------------------------------------------------------------------- metrics
@@ -223,10 +313,8 @@ def train_segmenter(
     x = torch.from_numpy(np.stack([train.images, train.masks.astype(np.float32)], axis=1))
     val_x = torch.from_numpy(val.images[:, None])
     steps = math.ceil(len(train) / cfg.batch_size)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr_seg, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, _cosine_with_warmup(steps * cfg.epochs_seg, steps)
-    )
+    schedule = _Schedule(cfg, model, cfg.lr_seg, steps, cfg.epochs_seg)
+    opt, sched = schedule.opt, schedule.sched
     best: dict[str, Any] = {"dice": -1.0}
     best_state: dict[str, Tensor] = {}
     epochs_run = 0
@@ -245,14 +333,16 @@ def train_segmenter(
         t0 = time.monotonic()
         model.train()
         total = 0.0
+        bar = EpochProgress("stage1", epoch, cfg.epochs_seg, steps)
         for idx in _batches(len(train), cfg.batch_size, gen):
             batch = augment_batch(x[idx], gen, cfg.augment, intensity_channels=1, mask_channels=1)
             loss = dice_bce_loss(model(batch[:, :1]), batch[:, 1:])
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()
-            sched.step()
+            schedule.after_batch()
             total += loss.item() * len(idx)
+            bar.update(loss.item(), len(idx))
+        bar.close()
         prob = torch.sigmoid(predict(model, val_x)).numpy()[:, 0]
         metrics = segmentation_metrics(prob, val.masks, 0.5, cfg.min_lesion_area_px)
         epochs_run = epoch
@@ -261,18 +351,25 @@ def train_segmenter(
             "stage1",
             epoch,
             loss=total / len(train),
-            lr=float(sched.get_last_lr()[0]),
+            lr=schedule.lr,
             val=metrics,
             seconds=seconds,
         )
         if metrics["dice"] > best["dice"]:
             best = {"epoch": epoch, **metrics}
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        stop = time.monotonic() + seconds > deadline
+        schedule.after_epoch(metrics["dice"])
+        early = schedule.early_stop(epoch, best.get("epoch", 0))
+        stop = early or time.monotonic() + seconds > deadline
         snap = _snapshot(epoch, best, best_state, model, opt, sched, gen, log, start)
         ckpt.save({**snap, "fingerprint": cfg.fingerprint(), "done": stop})
         if stop:
-            print(f"[stage1] stopping after epoch {epoch}: --max-minutes budget", flush=True)
+            why = (
+                f"no better val Dice in {PAPER_EARLY_STOP_PATIENCE} epochs"
+                if early
+                else ("--max-minutes budget")
+            )
+            print(f"[stage1] stopping after epoch {epoch}: {why}", flush=True)
             break
     model.load_state_dict(best_state)
     prob = torch.sigmoid(predict(model, val_x)).numpy()[:, 0]
@@ -313,11 +410,10 @@ def train_classifier(
     y = torch.from_numpy(train.labels)
     model = LesionClassifier(in_channels=2, widths=cfg.cls_widths, dropout=cfg.dropout)
     weights = inverse_frequency_weights(train.class_counts())
-    steps = math.ceil(len(train) / cfg.batch_size)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr_cls, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, _cosine_with_warmup(steps * cfg.epochs_cls, steps)
-    )
+    synthetic = _Synthetic.load(cfg, train, with_lesion_map)
+    steps = math.ceil((len(train) + synthetic.total) / cfg.batch_size)
+    schedule = _Schedule(cfg, model, cfg.lr_cls, steps, cfg.epochs_cls)
+    opt, sched = schedule.opt, schedule.sched
     best: dict[str, Any] = {"key": (-1.0, -1.0)}
     best_state: dict[str, Tensor] = {}
     epochs_run = 0
@@ -337,16 +433,22 @@ def train_classifier(
         t0 = time.monotonic()
         model.train()
         total = 0.0
-        for idx in _batches(len(train), cfg.batch_size, gen):
-            batch = augment_batch(x[idx], gen, cfg.augment, intensity_channels=1)
+        # Without an ACGAN this is the real train set and its weights, unchanged.
+        ex, ey = synthetic.epoch(epoch, x, y)
+        if synthetic.total:  # balanced by the synthetic images: equal weights
+            weights = inverse_frequency_weights(torch.bincount(ey, minlength=3).tolist())
+        bar = EpochProgress("stage2", epoch, cfg.epochs_cls, steps)
+        for idx in _batches(len(ex), cfg.batch_size, gen):
+            batch = augment_batch(ex[idx], gen, cfg.augment, intensity_channels=1)
             loss = F.cross_entropy(
-                model(batch), y[idx], weight=weights, label_smoothing=cfg.label_smoothing
+                model(batch), ey[idx], weight=weights, label_smoothing=cfg.label_smoothing
             )
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()
-            sched.step()
+            schedule.after_batch()
             total += loss.item() * len(idx)
+            bar.update(loss.item(), len(idx))
+        bar.close()
         probs = torch.softmax(predict(model, val_x), dim=1).numpy()
         metrics = classification_metrics(probs, val.labels)
         epochs_run = epoch
@@ -354,8 +456,8 @@ def train_classifier(
         log.epoch_done(
             "stage2",
             epoch,
-            loss=total / len(train),
-            lr=float(sched.get_last_lr()[0]),
+            loss=total / len(ex),
+            lr=schedule.lr,
             val=metrics,
             seconds=seconds,
         )
@@ -363,11 +465,18 @@ def train_classifier(
         if key > best["key"]:
             best = {"key": key, "epoch": epoch, **metrics}
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        stop = time.monotonic() + seconds > deadline
+        schedule.after_epoch(metrics["macro_f1"])
+        early = schedule.early_stop(epoch, best.get("epoch", 0))
+        stop = early or time.monotonic() + seconds > deadline
         snap = _snapshot(epoch, best, best_state, model, opt, sched, gen, log, start)
         ckpt.save({**snap, "fingerprint": cfg.fingerprint(), "done": stop})
         if stop:
-            print(f"[stage2] stopping after epoch {epoch}: --max-minutes budget", flush=True)
+            why = (
+                f"no better val macro-F1 in {PAPER_EARLY_STOP_PATIENCE} epochs"
+                if early
+                else ("--max-minutes budget")
+            )
+            print(f"[stage2] stopping after epoch {epoch}: {why}", flush=True)
             break
     model.load_state_dict(best_state)
     summary = {
@@ -375,10 +484,72 @@ def train_classifier(
         "best_epoch": best["epoch"],
         "seconds": round(time.monotonic() - start, 1),
         "class_weights": [round(float(w), 4) for w in weights],
+        "schedule": cfg.schedule,
+        "synthetic": synthetic.describe(),
     }
     log.data["stage2_summary"] = summary
     log.save()
     return model, summary
+
+
+class _Synthetic:
+    """ACGAN images of the minority classes added to each epoch of stage 2 (`cfg.acgan`).
+
+    Each epoch draws `per_class` new images (noise seeded by the run's seed and the epoch,
+    so a resumed run draws the same ones) and gives the classifier [image, the frozen
+    segmenter's lesion probability of that synthetic image], like every real image.
+    """
+
+    def __init__(
+        self,
+        generator: ACGANGenerator | None,
+        per_class: list[int],
+        size: int,
+        seed: int,
+        with_map: Callable[[NDArray[np.float32]], Tensor],
+        source: dict[str, Any] | None = None,
+    ) -> None:
+        self.generator, self.per_class, self.size, self.seed = generator, per_class, size, seed
+        self.with_map, self.source = with_map, source
+        self.total = sum(per_class) if generator is not None else 0
+
+    @classmethod
+    def load(
+        cls, cfg: TrainConfig, train: ArraySet, with_map: Callable[[NDArray[np.float32]], Tensor]
+    ) -> _Synthetic:
+        if cfg.acgan is None:
+            return cls(None, [0] * len(CLASSES), cfg.size, cfg.seed, with_map)
+        from trainer.acgan import balance_counts, check_same_data, load_generator
+
+        generator, summary = load_generator(cfg.acgan)
+        check_same_data(summary, cfg.manifests)
+        per_class = balance_counts(train.class_counts())
+        source = {
+            "acgan_size": summary["settings"]["size"],
+            "acgan_epochs": summary["epochs_run"],
+            "acgan_manifests": summary["manifests"],
+        }
+        return cls(generator, per_class, cfg.size, cfg.seed, with_map, source)
+
+    def epoch(self, epoch: int, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """This epoch's training inputs and labels: the real ones, then the synthetic."""
+        if self.generator is None or not self.total:
+            return x, y
+        from trainer.acgan import synthesize
+
+        images, labels = synthesize(
+            self.generator, self.per_class, self.size, seed=self.seed * 100_003 + epoch
+        )
+        return torch.cat([x, self.with_map(images[:, 0].numpy())]), torch.cat([y, labels])
+
+    def describe(self) -> dict[str, Any] | None:
+        """What the log and the bundle record: how many synthetic images per class."""
+        if self.generator is None:
+            return None
+        return {
+            "per_class_per_epoch": dict(zip(CLASSES, self.per_class, strict=True)),
+            **(self.source or {}),
+        }
 
 
 def _snapshot(

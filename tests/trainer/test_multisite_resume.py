@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+import trainer.loops
 from appliance.bundle import load_bundle
 from appliance.preprocess import PreprocessParams
 from tests.trainer.test_train import write_tiny_busi
 from trainer.data import SITE_SHIFT, AugmentParams, DataError, augment_batch, load_datasets
-from trainer.loops import Logger, TrainConfig, train_segmenter
+from trainer.loops import Logger, TrainConfig, paper_schedule, train_segmenter
 from trainer.resume import StageCheckpoint
 from trainer.seed import seed_everything
 from trainer.train import parse_args, run
@@ -63,8 +64,8 @@ class _Interrupt(Exception):
     pass
 
 
-def _cfg(tmp_path: Path, manifest: Path, work: str) -> TrainConfig:
-    return TrainConfig(
+def _cfg(tmp_path: Path, manifest: Path, work: str, schedule: str = "default") -> TrainConfig:
+    cfg = TrainConfig(
         manifest=manifest,
         out=tmp_path / f"bundle-{work}",
         work_dir=tmp_path / work,
@@ -73,9 +74,10 @@ def _cfg(tmp_path: Path, manifest: Path, work: str) -> TrainConfig:
         base_width=4,
         cls_widths=(4, 8),
         batch_size=4,
-        epochs_seg=3,
+        epochs_seg=3 if schedule == "default" else 4,
         epochs_cls=2,
     )
+    return paper_schedule(cfg) if schedule == "paper" else cfg
 
 
 def _stage1(cfg: TrainConfig, log: Logger) -> dict[str, torch.Tensor]:
@@ -85,28 +87,41 @@ def _stage1(cfg: TrainConfig, log: Logger) -> dict[str, torch.Tensor]:
     return model.state_dict()
 
 
-def test_an_interrupted_stage_resumes_to_the_same_weights(tmp_path: Path) -> None:
+@pytest.mark.parametrize("schedule", ["default", "paper"])
+def test_an_interrupted_stage_resumes_to_the_same_weights(
+    tmp_path: Path, schedule: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # paper: patience 0, so ReduceLROnPlateau cuts the rate after every epoch without a new
+    # best and the resumed run must carry the scheduler's state (its best, its bad epochs).
+    monkeypatch.setattr(trainer.loops, "PAPER_PLATEAU_PATIENCE", 0)
     manifest = write_tiny_busi(tmp_path / "busi", per_class=4)
-    straight = _cfg(tmp_path, manifest, "straight")
-    expected = _stage1(straight, Logger(tmp_path / "straight.json", straight))
+    straight = _cfg(tmp_path, manifest, "straight", schedule)
+    straight_log = Logger(tmp_path / "straight.json", straight)
+    expected = _stage1(straight, straight_log)
+    epochs = straight.epochs_seg
 
-    resumed = _cfg(tmp_path, manifest, "resumed")
+    resumed = _cfg(tmp_path, manifest, "resumed", schedule)
     ckpt = StageCheckpoint(resumed.work_dir, "stage1")
 
     class Killed(Logger):
         def epoch(self, stage: str, record: dict[str, Any]) -> None:
             super().epoch(stage, record)
-            if record["epoch"] == 2:
-                raise _Interrupt  # after epoch 2 was logged; its checkpoint follows
+            if record["epoch"] == epochs - 1:
+                raise _Interrupt  # after the epoch was logged; its checkpoint follows
 
-    # The checkpoint is written after the log line, so a kill at epoch 2's log leaves epoch 1.
+    # The checkpoint is written after the log line, so a kill at epoch k's log leaves k - 1.
     with pytest.raises(_Interrupt):
         _stage1(resumed, Killed(tmp_path / "resumed.json", resumed))
     saved = ckpt.load()
-    assert saved is not None and saved["epoch"] == 1
+    assert saved is not None and saved["epoch"] == epochs - 2
     log = Logger(tmp_path / "resumed.json", resumed)
     got = _stage1(resumed, log)
-    assert [r["epoch"] for r in log.data["stage1"]] == [1, 2, 3]
+    assert [r["epoch"] for r in log.data["stage1"]] == list(range(1, epochs + 1))
+    lrs = [r["lr"] for r in straight_log.data["stage1"]]
+    assert [r["lr"] for r in log.data["stage1"]] == lrs
+    if schedule == "paper":
+        assert lrs[0] == trainer.loops.PAPER_LR
+        assert min(lrs) < lrs[0], "the plateau never cut the rate: the test would prove little"
     for key, value in expected.items():
         torch.testing.assert_close(got[key], value, rtol=0, atol=0, msg=key)
 

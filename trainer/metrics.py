@@ -98,6 +98,28 @@ def roc_auc(scores: NDArray[Any], positive: NDArray[Any]) -> float | None:
     return float(u / (n_pos * n_neg))
 
 
+def roc_curve(
+    scores: NDArray[Any], positive: NDArray[Any]
+) -> tuple[list[float], list[float]] | None:
+    """The ROC curve's points (false-positive rates, true-positive rates), from (0, 0) to
+    (1, 1), one point per distinct score (ties move both rates at once); None if undefined.
+
+    The trapezoidal area under these points equals `roc_auc` (ties counted one half)."""
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(positive, dtype=bool)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    order = np.argsort(-s, kind="mergesort")
+    s, y = s[order], y[order]
+    last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # the end of each run of ties
+    tps = np.cumsum(y)[last]
+    fps = (last + 1) - tps
+    fpr = [0.0, *(fps / n_neg).tolist()]
+    tpr = [0.0, *(tps / n_pos).tolist()]
+    return fpr, tpr
+
+
 @dataclass(frozen=True)
 class ClassificationReport:
     classes: list[str]

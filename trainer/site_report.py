@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from appliance.analysis import Analyzer
 from appliance.bundle import load_bundle
@@ -33,7 +34,7 @@ from appliance.evaluate import CaseOutputs, analyse_cases, read_cases
 from appliance.io.reader import read_file
 from appliance.runtime import create_backend
 from trainer.calibration import expected_calibration_error, reliability_bins
-from trainer.metrics import classification_report, dice, hd95, iou, roc_auc
+from trainer.metrics import classification_report, dice, hd95, iou, roc_auc, roc_curve
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 BUSBRA_SITES = ("logiq7", "aplio300", "usystems")
@@ -102,8 +103,27 @@ def figures(out: CaseOutputs, classes: Sequence[str], boots: int) -> dict[str, A
             "reliability": reliability_bins(probs, labels, bins=10),
             "per_class": report.per_class,
             "confusion": report.confusion,
+            "roc": roc_curves(probs, labels, classes, report.auc_kind),
         },
     }
+
+
+def roc_curves(
+    probs: NDArray[Any], labels: NDArray[Any], classes: Sequence[str], auc_kind: str
+) -> dict[str, dict[str, list[float]]]:
+    """The ROC curves behind the reported AUC: one per class one-vs-rest for a macro AUC,
+    the positive class's alone for a two-class AUC ("malignant vs rest")."""
+    wanted = [c for c in classes if auc_kind.startswith(f"{c} vs rest")] or list(classes)
+    out: dict[str, dict[str, list[float]]] = {}
+    for name in wanted:
+        k = list(classes).index(name)
+        curve = roc_curve(probs[:, k], labels == k)
+        if curve is not None:
+            out[name] = {
+                "fpr": [round(v, 4) for v in curve[0]],
+                "tpr": [round(v, 4) for v in curve[1]],
+            }
+    return out
 
 
 def ood_figures(

@@ -37,7 +37,7 @@ from trainer.loops import (  # re-exported: the settings and metrics of a run
     train_segmenter,
     validate,
 )
-from trainer.models import CLASSES, FameNodeNet, LesionClassifier, MAUNet
+from trainer.models import CLASSES, FameNodeNet, FoldEnsemble, LesionClassifier, MAUNet
 from trainer.resume import StageCheckpoint
 from trainer.seed import seed_everything
 
@@ -83,7 +83,13 @@ def run(cfg: TrainConfig) -> Path:
         flush=True,
     )
     log = Logger(cfg.work_dir / "training_log.json", cfg)
-    segmenter, _ = train_segmenter(cfg, train, val, gen, log)
+    segmenter: MAUNet | FoldEnsemble
+    if cfg.folds > 1:  # the K-fold MAU-Net ensemble (trainer.fold_training)
+        from trainer.fold_training import train_fold_ensemble
+
+        segmenter, _ = train_fold_ensemble(cfg, train, val, log)
+    else:
+        segmenter, _ = train_segmenter(cfg, train, val, gen, log)
     classifier, _ = train_classifier(
         cfg, segmenter, train, val, gen, log, deadline=start + 60.0 * cfg.max_minutes
     )
@@ -101,16 +107,24 @@ def run(cfg: TrainConfig) -> Path:
     bundle = export_checkpoint(cfg, checkpoint, log.path)
     for stage in ("stage1", "stage2"):  # the run is complete: nothing left to resume
         StageCheckpoint(cfg.work_dir, stage).clear()
+    for i in range(cfg.folds if cfg.folds > 1 else 0):
+        StageCheckpoint(cfg.work_dir / f"fold{i}", "stage1").clear()
     return bundle
 
 
 def load_checkpoint(cfg: TrainConfig, checkpoint: Path) -> tuple[FameNodeNet, dict[str, int]]:
     """The combined eager model saved by `run`, built with `cfg`'s architecture settings."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    segmenter = MAUNet(
-        base_width=cfg.base_width,
-        channel_attention=cfg.channel_attention,
-        spatial_attention=cfg.spatial_attention,
+
+    def mau_net() -> MAUNet:
+        return MAUNet(
+            base_width=cfg.base_width,
+            channel_attention=cfg.channel_attention,
+            spatial_attention=cfg.spatial_attention,
+        )
+
+    segmenter: MAUNet | FoldEnsemble = (
+        FoldEnsemble([mau_net() for _ in range(cfg.folds)]) if cfg.folds > 1 else mau_net()
     )
     segmenter.load_state_dict(state["segmenter"])
     classifier = LesionClassifier(in_channels=2, widths=cfg.cls_widths, dropout=cfg.dropout)
@@ -174,7 +188,12 @@ def export_checkpoint(cfg: TrainConfig, checkpoint: Path, log_path: Path) -> Pat
                 DATASET_CITATIONS.get(m.parent.name, m.parent.name) for m in cfg.manifests
             ),
             "architecture": {
-                "segmenter": f"MAU-Net, base width {cfg.base_width}, GroupNorm",
+                "segmenter": f"MAU-Net, base width {cfg.base_width}, GroupNorm"
+                + (
+                    f"; {cfg.folds}-fold cross-validation ensemble (mean map)"
+                    if cfg.folds > 1
+                    else ""
+                ),
                 "classifier": f"pre-activation ResNet, widths {list(cfg.cls_widths)}, "
                 "input [image, lesion_prob]",
             },
@@ -252,6 +271,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path | None]
     parser.add_argument("--version", default=d.bundle_version, help="the bundle's version")
     parser.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads")
     parser.add_argument("--base-width", type=int, default=d.base_width, help="MAU-Net width")
+    parser.add_argument(
+        "--folds",
+        type=int,
+        default=d.folds,
+        help="> 1: train that many fold MAU-Nets (folds by group / patient) and ship their "
+        "averaged map with a per-image uncertainty (the FAME 3-fold ensemble)",
+    )
     parser.add_argument("--batch-size", type=int, default=d.batch_size)
     parser.add_argument("--epochs-seg", type=int, default=d.epochs_seg, help="stage 1 epochs")
     parser.add_argument("--epochs-cls", type=int, default=d.epochs_cls, help="stage 2 epochs")
@@ -291,6 +317,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path | None]
         seed=a.seed,
         threads=a.threads,
         base_width=a.base_width,
+        folds=a.folds,
         batch_size=a.batch_size,
         epochs_seg=a.epochs_seg,
         epochs_cls=a.epochs_cls,

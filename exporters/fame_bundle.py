@@ -8,6 +8,10 @@
   `OOD_FLAGGED_SHARE` of the *validation* arrays are flagged;
 - the calibration temperature (`trainer.calibration`) fitted on the *validation* logits,
   divided into the logits inside the graph; ECE before / after recorded;
+- where the segmenter is a `FoldEnsemble`: the 4th output ``seg_uncertainty`` (the folds'
+  disagreement) and ``postprocessing.uncertainty_threshold``, set so that
+  `UNCERTAINTY_FLAGGED_SHARE` of the *validation* images are flagged ``high_uncertainty``
+  (a single-MAU-Net bundle keeps its 3 outputs and no such key);
 - ``model.onnx`` (parity-checked against the eager model on real validation images,
   `exporters.onnx_export`), ``weights.safetensors`` (`trainer.weights`) and the manifest,
   whose ``training`` gets the architecture (``model``), ``calibration`` and ``ood``
@@ -37,18 +41,20 @@ from exporters.onnx_export import export_onnx
 from trainer.calibration import expected_calibration_error, fit_temperature
 from trainer.data import ArraySet
 from trainer.models import CLASSES, FameNodeNet
-from trainer.models.combined import OUTPUT_NAMES
 from trainer.ood import (
     OOD_OUTPUT,
+    UNCERTAINTY_OUTPUT,
     FameNodeNetWithOOD,
     OODStats,
     classifier_features,
     classifier_logits,
+    segmentation_uncertainty,
     threshold_at,
 )
 from trainer.weights import WEIGHTS_FILE, architecture_of, save_weights
 
 OOD_FLAGGED_SHARE = 0.05  # of in-distribution (validation) images flagged out_of_distribution
+UNCERTAINTY_FLAGGED_SHARE = 0.10  # of validation images a fold ensemble flags high_uncertainty
 TASK = "segmentation+classification"
 
 
@@ -130,15 +136,34 @@ def export_fame_bundle(
         f"{val_name}_ece_after": _ece(val_logits, val.labels, temperature),
     }
     onnx_path = work_dir / "model.onnx"
+    wrapper = FameNodeNetWithOOD(net, stats, temperature)
     export_onnx(
-        FameNodeNetWithOOD(net, stats, temperature),
+        wrapper,
         onnx_path,
         size,
-        output_names=(*OUTPUT_NAMES, OOD_OUTPUT),
+        output_names=wrapper.output_names,
         real_inputs=torch.from_numpy(np.ascontiguousarray(val.images[:8, None])),
     )
     weights_path = save_weights(net, work_dir / WEIGHTS_FILE)
     n = "batch"
+    # A fold ensemble's disagreement: its output, threshold and provenance; nothing otherwise.
+    uncertainty_specs: list[TensorSpec] = []
+    uncertainty_post: dict[str, float] = {}
+    uncertainty_training: dict[str, str] = {}
+    if wrapper.has_uncertainty:
+        scores = segmentation_uncertainty(net, val.images)
+        threshold = threshold_at(scores, UNCERTAINTY_FLAGGED_SHARE)
+        uncertainty_specs = [TensorSpec(name=UNCERTAINTY_OUTPUT, shape=[n])]
+        uncertainty_post = {"uncertainty_threshold": round(threshold, 6)}
+        uncertainty_training = {
+            "uncertainty": (
+                "disagreement of the fold models' lesion maps: per-pixel std of the fold "
+                "probabilities x 2, mean weighted by the highest fold probability "
+                "(trainer.models.fold_ensemble); threshold flags "
+                f"{UNCERTAINTY_FLAGGED_SHARE:.0%} of the {val_name} split "
+                f"({len(val)} images, median {float(np.median(scores)):.4f})"
+            )
+        }
     return write_bundle(
         out,
         onnx_path,
@@ -151,6 +176,7 @@ def export_fame_bundle(
             TensorSpec(name="lesion_prob", shape=[n, 1, size, size]),
             TensorSpec(name="class_prob", shape=[n, len(CLASSES)]),
             TensorSpec(name=OOD_OUTPUT, shape=[n]),
+            *uncertainty_specs,
         ],
         preprocessing=dict(identity.preprocessing),
         postprocessing={
@@ -158,6 +184,7 @@ def export_fame_bundle(
             "min_lesion_area_px": identity.min_lesion_area_px,
             # Flags about OOD_FLAGGED_SHARE of the validation images: see trainer.ood.
             "ood_threshold": round(ood_threshold, 6),
+            **uncertainty_post,
         },
         training={
             **training,
@@ -169,6 +196,7 @@ def export_fame_bundle(
                 f"shared covariance fitted on the train split ({len(train)} images); "
                 f"threshold flags {OOD_FLAGGED_SHARE:.0%} of the {val_name} split"
             ),
+            **uncertainty_training,
         },
         evaluation=dict(evaluation),
         extra_files={**(extra_files or {}), WEIGHTS_FILE: weights_path},
@@ -182,4 +210,10 @@ def _ece(logits: NDArray[Any], labels: NDArray[np.int64], temperature: float) ->
     return round(expected_calibration_error(e / e.sum(axis=1, keepdims=True), labels), 4)
 
 
-__all__ = ["OOD_FLAGGED_SHARE", "BundleIdentity", "ExportDataError", "export_fame_bundle"]
+__all__ = [
+    "OOD_FLAGGED_SHARE",
+    "UNCERTAINTY_FLAGGED_SHARE",
+    "BundleIdentity",
+    "ExportDataError",
+    "export_fame_bundle",
+]

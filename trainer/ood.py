@@ -10,7 +10,9 @@ images is flagged; the test images and the pydicom-data ultrasound frames (obste
 abdominal: not breast) measure how well it separates (`trainer.site_report`).
 
 `FameNodeNetWithOOD` computes the score inside the exported graph (output ``ood_score``,
-one value per image), so every backend gets it with the other outputs.
+one value per image), so every backend gets it with the other outputs. Where the segmenter
+is a `FoldEnsemble`, the graph has a fourth output, ``seg_uncertainty`` (N,): the folds'
+disagreement on each image (`trainer.models.fold_ensemble`), from the same single pass.
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor, nn
 
-from trainer.models import FameNodeNet
+from trainer.models import FameNodeNet, FoldEnsemble
 
 OOD_OUTPUT = "ood_score"
+UNCERTAINTY_OUTPUT = "seg_uncertainty"  # the 4th output of a fold-ensemble model
 SHRINKAGE = 1e-3  # ridge on the covariance, relative to its mean variance: keeps it invertible
 
 
@@ -76,7 +79,8 @@ class MahalanobisHead(nn.Module):
 
 
 class FameNodeNetWithOOD(nn.Module):
-    """`FameNodeNet` plus the out-of-distribution score: (lesion_prob, class_prob, ood).
+    """`FameNodeNet` plus the out-of-distribution score: (lesion_prob, class_prob, ood), and
+    the fold disagreement (seg_uncertainty) after them when the segmenter is a `FoldEnsemble`.
 
     `temperature` divides the classifier's logits (`trainer.calibration`): 1 leaves them."""
 
@@ -88,12 +92,30 @@ class FameNodeNetWithOOD(nn.Module):
         self.head = MahalanobisHead(stats)
         self.temperature = float(temperature)
 
-    def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        lesion_prob = torch.sigmoid(self.net.segmenter(image))
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        """The names of `forward`'s outputs, in order (the ONNX graph's outputs)."""
+        base = ("lesion_prob", "class_prob", OOD_OUTPUT)
+        return (*base, UNCERTAINTY_OUTPUT) if self.has_uncertainty else base
+
+    @property
+    def has_uncertainty(self) -> bool:
+        return isinstance(self.net.segmenter, FoldEnsemble)
+
+    def forward(self, image: Tensor) -> tuple[Tensor, ...]:
+        segmenter = self.net.segmenter
+        uncertainty: Tensor | None = None
+        if isinstance(segmenter, FoldEnsemble):
+            # One pass over the folds gives both the mean map and their disagreement.
+            lesion_prob, uncertainty = segmenter.predict(image)
+        else:
+            lesion_prob = torch.sigmoid(segmenter(image))
         features = self.net.classifier.features(torch.cat([image, lesion_prob], dim=1))
         logits = self.net.classifier.classify_features(features)
         class_prob = torch.softmax(logits / self.temperature, dim=1)
-        return lesion_prob, class_prob, self.head(features)
+        if uncertainty is None:
+            return lesion_prob, class_prob, self.head(features)
+        return lesion_prob, class_prob, self.head(features), uncertainty
 
 
 def classifier_features(
@@ -107,6 +129,26 @@ def classifier_features(
             x = torch.from_numpy(np.ascontiguousarray(images[i : i + batch, None]))
             lesion = torch.sigmoid(net.segmenter(x))
             out.append(net.classifier.features(torch.cat([x, lesion], dim=1)).double().numpy())
+    return np.concatenate(out)
+
+
+def segmentation_uncertainty(
+    net: FameNodeNet, images: NDArray[np.float32], batch: int = 64
+) -> NDArray[np.float64]:
+    """The fold disagreement (N,) of preprocessed images (N, S, S); the segmenter must be a
+    `FoldEnsemble`."""
+    segmenter = net.segmenter
+    if not isinstance(segmenter, FoldEnsemble):
+        raise ValueError(
+            f"the segmenter is a {type(segmenter).__name__}, not a FoldEnsemble: a single "
+            "model has no fold disagreement"
+        )
+    net.eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(images), batch):
+            x = torch.from_numpy(np.ascontiguousarray(images[i : i + batch, None]))
+            out.append(segmenter.predict(x)[1].double().numpy())
     return np.concatenate(out)
 
 

@@ -51,7 +51,9 @@ train: $(VENV)/.dev
 		--epochs-seg 14 --epochs-cls 20 --max-minutes 95 --seg-share 0.8 \
 		--name fame-node-multisite --version 0.2.0 \
 		--work-dir .cache/train-multisite --out models/default
-	$(PY) -m trainer.site_report --bundle models/default --out docs/results/default.json
+	$(PY) -m trainer.site_report --bundle models/default --out docs/results/fame-node-multisite-0.2.0.json
+	$(PY) -m trainer.figures --report docs/results/fame-node-multisite-0.2.0.json
+	$(PY) -m trainer.results_doc --intro docs/results/intro.md
 
 # Benchmarks (not part of `make test`): writes docs/PERFORMANCE.md; see bench/README.md.
 bench: $(VENV)/.dev

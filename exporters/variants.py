@@ -193,7 +193,14 @@ def torch_weights_bytes(net: FameNodeNet) -> bytes:
     """`net`'s weights and architecture in the torch backend's format (``model.pt``)."""
     import torch
 
+    from trainer.models import LesionClassifier
+
     seg, cls = net.segmenter, net.classifier
+    if not isinstance(cls, LesionClassifier):
+        raise BundleError(
+            f"the torch backend's model.pt holds a pre-activation ResNet classifier, not a "
+            f"{type(cls).__name__}: use the bundle's weights.safetensors (trainer.weights)"
+        )
     widths = [_conv(block, "conv2").out_channels for block in cls.blocks]
     payload = {
         "format": TORCH_FORMAT,

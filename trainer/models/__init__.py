@@ -2,15 +2,18 @@
 
 from trainer.models.classifier import CLASSES, LesionClassifier
 from trainer.models.combined import INPUT_NAME, OUTPUT_NAMES, FameNodeNet
+from trainer.models.dual_stage import BACKBONES, DualStageClassifier
 from trainer.models.fold_ensemble import FoldEnsemble
 from trainer.models.mau_net import ChannelAttention, DualAttention, MAUNet, SpatialAttention
 
 __all__ = [
+    "BACKBONES",
     "CLASSES",
     "INPUT_NAME",
     "OUTPUT_NAMES",
     "ChannelAttention",
     "DualAttention",
+    "DualStageClassifier",
     "FameNodeNet",
     "FoldEnsemble",
     "LesionClassifier",

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from trainer.models.classifier import LesionClassifier
+from trainer.models.dual_stage import DualStageClassifier
 from trainer.models.fold_ensemble import FoldEnsemble
 from trainer.models.mau_net import MAUNet
 
@@ -22,7 +23,11 @@ OUTPUT_NAMES: tuple[str, str] = ("lesion_prob", "class_prob")
 class FameNodeNet(nn.Module):
     """Segmentation then classification; both outputs are probabilities."""
 
-    def __init__(self, segmenter: MAUNet | FoldEnsemble, classifier: LesionClassifier) -> None:
+    def __init__(
+        self,
+        segmenter: MAUNet | FoldEnsemble,
+        classifier: LesionClassifier | DualStageClassifier,
+    ) -> None:
         super().__init__()
         if classifier.in_channels != segmenter.in_channels + 1:
             raise ValueError(

@@ -9,6 +9,9 @@ both agree, and only from the verified bytes of a verified bundle (`appliance.bu
 
 ``FAMILY`` names the one model family this module can build: `FameNodeNet` (MAU-Net, then
 the classifier over ``[image, lesion_prob]``), GroupNorm throughout so DP-SGD applies.
+The classifier is either the pre-activation ResNet (kind ``preact-resnet``, the shipped
+default) or the dual-stage ensemble (kind ``dual-stage``: profile name, backbones and every
+width, `trainer.models.dual_stage`); the record of a ``preact-resnet`` bundle is unchanged.
 """
 
 from __future__ import annotations
@@ -23,11 +26,19 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
 from appliance.bundle import Bundle, BundleError
-from trainer.models import FameNodeNet, FoldEnsemble, LesionClassifier, MAUNet
+from trainer.models import (
+    DualStageClassifier,
+    FameNodeNet,
+    FoldEnsemble,
+    LesionClassifier,
+    MAUNet,
+)
+from trainer.profiles import DualStageProfile
 
 WEIGHTS_FILE = "weights.safetensors"
 FAMILY = "fame-node-net"
 ARCHITECTURE_VERSION = 1
+DUAL_STAGE = "dual-stage"  # classifier kind of `DualStageClassifier`
 _METADATA_KEY = "architecture"
 
 
@@ -43,11 +54,14 @@ def architecture(
     channel_attention: bool = True,
     spatial_attention: bool = True,
     folds: int = 1,
+    classifier: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The description `build_net` rebuilds a `FameNodeNet` from.
 
     `folds` > 1: the segmenter is a `FoldEnsemble` of that many MAU-Nets of this
-    architecture (kind ``mau-net-folds``); 1 keeps the single MAU-Net's record as it was."""
+    architecture (kind ``mau-net-folds``); 1 keeps the single MAU-Net's record as it was.
+    `classifier`: another classifier's record (`dual_stage_record`), in place of the
+    pre-activation ResNet of `cls_widths` and `dropout`."""
     segmenter: dict[str, Any] = {"kind": "mau-net", "in_channels": 1, "base_width": base_width}
     if folds > 1:
         segmenter.update(kind="mau-net-folds", folds=folds)
@@ -61,7 +75,9 @@ def architecture(
         "family": FAMILY,
         "version": ARCHITECTURE_VERSION,
         "segmenter": segmenter,
-        "classifier": {
+        "classifier": dict(classifier)
+        if classifier is not None
+        else {
             "kind": "preact-resnet",
             "in_channels": 2,
             "widths": list(cls_widths),
@@ -71,15 +87,55 @@ def architecture(
     }
 
 
+def dual_stage_record(cls: DualStageClassifier) -> dict[str, Any]:
+    """The architecture record of a dual-stage classifier: its profile's name (what it was
+    built as) and every width (what it is: a retuned profile does not change old bundles)."""
+    widths = cls.profile.to_dict()
+    name = widths.pop("name")
+    return {
+        "kind": DUAL_STAGE,
+        "in_channels": cls.in_channels,
+        "num_classes": cls.num_classes,
+        "profile": name,
+        "backbones": list(cls.backbone_names),
+        "widths": widths,
+    }
+
+
 def architecture_of(net: FameNodeNet) -> dict[str, Any]:
     cls, seg = net.classifier, net.segmenter
-    return architecture(
-        seg.base_width,
-        cls.widths,
-        float(cls.dropout.p),
-        channel_attention=seg.channel_attention,
-        spatial_attention=seg.spatial_attention,
-        folds=seg.k if isinstance(seg, FoldEnsemble) else 1,
+    common: dict[str, Any] = {
+        "channel_attention": seg.channel_attention,
+        "spatial_attention": seg.spatial_attention,
+        "folds": seg.k if isinstance(seg, FoldEnsemble) else 1,
+    }
+    if isinstance(cls, DualStageClassifier):
+        return architecture(
+            seg.base_width, (), cls.profile.dropout, classifier=dual_stage_record(cls), **common
+        )
+    return architecture(seg.base_width, cls.widths, float(cls.dropout.p), **common)
+
+
+def build_classifier(cls: Mapping[str, Any]) -> LesionClassifier | DualStageClassifier:
+    """The classifier of record `cls` (kind ``preact-resnet`` when unnamed, or
+    ``dual-stage``); KeyError / TypeError / ValueError for an incomplete or unknown one."""
+    kind = cls.get("kind", "preact-resnet")
+    if kind == DUAL_STAGE:
+        widths = cls["widths"]
+        if not isinstance(widths, Mapping):
+            raise TypeError(f"dual-stage widths must be an object, got {widths!r}")
+        return DualStageClassifier(
+            DualStageProfile.from_dict({**widths, "name": str(cls["profile"])}),
+            backbones=tuple(str(b) for b in cls["backbones"]),
+            in_channels=int(cls["in_channels"]),
+            num_classes=int(cls["num_classes"]),
+        )
+    if kind != "preact-resnet":
+        raise ValueError(f"unknown classifier kind {kind!r} (known: preact-resnet, {DUAL_STAGE})")
+    return LesionClassifier(
+        in_channels=int(cls["in_channels"]),
+        widths=tuple(int(w) for w in cls["widths"]),
+        dropout=float(cls["dropout"]),
     )
 
 
@@ -110,11 +166,7 @@ def build_net(arch: Mapping[str, Any]) -> FameNodeNet:
             if kind == "mau-net-folds"
             else mau_net()
         )
-        classifier = LesionClassifier(
-            in_channels=int(cls["in_channels"]),
-            widths=tuple(int(w) for w in cls["widths"]),
-            dropout=float(cls["dropout"]),
-        )
+        classifier = build_classifier(cls)
     except (KeyError, TypeError, ValueError) as exc:
         raise WeightsError(f"architecture {dict(arch)!r} is incomplete or invalid: {exc}") from exc
     return FameNodeNet(segmenter, classifier)
@@ -190,12 +242,15 @@ def _metadata_architecture(data: bytes) -> dict[str, Any]:
 
 
 __all__ = [
+    "DUAL_STAGE",
     "FAMILY",
     "WEIGHTS_FILE",
     "WeightsError",
     "architecture",
     "architecture_of",
+    "build_classifier",
     "build_net",
+    "dual_stage_record",
     "load_bundle_net",
     "net_from_bytes",
     "save_weights",

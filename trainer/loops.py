@@ -25,7 +25,14 @@ from appliance.preprocess import PreprocessParams
 from trainer.data import ArraySet, AugmentParams, augment_batch
 from trainer.losses import dice_bce_loss, inverse_frequency_weights
 from trainer.metrics import classification_report, segmentation_summary
-from trainer.models import CLASSES, FameNodeNet, FoldEnsemble, LesionClassifier, MAUNet
+from trainer.models import (
+    BACKBONES,
+    CLASSES,
+    FameNodeNet,
+    FoldEnsemble,
+    LesionClassifier,
+    MAUNet,
+)
 from trainer.models.acgan import ACGANGenerator
 from trainer.progress import EpochProgress
 from trainer.resume import StageCheckpoint
@@ -81,6 +88,13 @@ class TrainConfig:
     # A trained ACGAN (`trainer.acgan`): stage 2 adds its synthetic images of the minority
     # classes to every epoch until the classes are balanced. None: no synthetic images.
     acgan: Path | None = None
+    # "dual-stage": the FAME ensemble classifier (`trainer.dual_stage_train`) at `profile`
+    # ("edge" / "paper", `trainer.profiles`) over `backbones`; its meta-classifier trains
+    # `epochs_meta` epochs after the `epochs_cls` of the backbones and their heads.
+    classifier: str = "preact-resnet"
+    profile: str = "edge"
+    backbones: tuple[str, ...] = BACKBONES
+    epochs_meta: int = 15
 
     def preprocess_params(self) -> PreprocessParams:
         return PreprocessParams(size=self.size)
@@ -99,6 +113,9 @@ class TrainConfig:
             del keep["schedule"]
         if keep.get("acgan") is None:
             keep.pop("acgan", None)
+        if keep.get("classifier") == "preact-resnet":  # and the dual-stage settings unused
+            for key in ("classifier", "profile", "backbones", "epochs_meta"):
+                keep.pop(key, None)
         if not keep["augment"].get("vflip_p"):
             keep["augment"].pop("vflip_p", None)
         return json.dumps(keep, default=str, sort_keys=True)

@@ -98,3 +98,30 @@ def test_evaluate_on_busi_benign_malignant_only_reports_malignant_vs_rest(tmp_pa
     assert r["n_cases"] == 12
     assert r["classification"]["auc_kind"] == "malignant vs rest"
     assert r["segmentation"]["n_with_lesion"] == 12
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@needs_busi
+def test_evaluate_reproduces_the_shipped_bundles_published_busi_figures(tmp_path: Path) -> None:
+    """`fame-node evaluate` on the BUSI test split gives the figures docs/RESULTS.md shows
+    for the shipped bundle (its report in docs/results names the bundle and its files)."""
+    manifest = json.loads((REPO / "models" / "default" / "manifest.json").read_text())
+    label = f"{manifest['name']}@{manifest['version']}"
+    reports = [
+        json.loads(p.read_text())
+        for p in sorted((REPO / "docs" / "results").glob("*.json"))
+        if json.loads(p.read_text())["model"] == label
+    ]
+    assert reports, f"no report in docs/results for the shipped bundle {label}: measure it"
+    published = reports[-1]["targets"]["busi"]
+    proc = run_cli(
+        node_env(tmp_path / "node"), "evaluate", "--manifest", str(BUSI_MANIFEST), "--json"
+    )
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    assert got["n_cases"] == published["n"]
+    assert abs(got["segmentation"]["dice_lesion"] - published["segmentation"]["dice"]) < 5e-4
+    auc = got["classification"]["macro_auc"]
+    assert abs(auc - published["classification"]["auc"]) < 5e-4

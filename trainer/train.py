@@ -20,18 +20,24 @@ import argparse
 import json
 import platform
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from trainer.data import SITE_SHIFT, AugmentParams, load_datasets
+from trainer.data import SITE_SHIFT, ArraySet, AugmentParams, load_datasets
 from trainer.loops import (  # re-exported: the settings and metrics of a run
+    PAPER_EARLY_STOP_PATIENCE,
+    PAPER_PLATEAU_FACTOR,
+    PAPER_PLATEAU_PATIENCE,
+    SCHEDULES,
     THRESHOLDS,
     Logger,
     TrainConfig,
     choose_threshold,
     classification_metrics,
+    paper_schedule,
     segmentation_metrics,
     train_classifier,
     train_segmenter,
@@ -132,6 +138,137 @@ def load_checkpoint(cfg: TrainConfig, checkpoint: Path) -> tuple[FameNodeNet, di
     return FameNodeNet(segmenter, classifier).eval(), dict(state["counts"])
 
 
+SEGMENTER_FILE = "segmenter.pt"
+
+
+def _architecture(cfg: TrainConfig) -> dict[str, Any]:
+    """The settings a saved segmenter must share with the classifier stage trained on it."""
+    return {
+        "size": cfg.size,
+        "base_width": cfg.base_width,
+        "channel_attention": cfg.channel_attention,
+        "spatial_attention": cfg.spatial_attention,
+        "folds": cfg.folds,
+        "manifests": [sha256_of(m) for m in cfg.manifests],
+    }
+
+
+def sha256_of(path: Path) -> str:
+    from appliance.bundle import sha256_file
+
+    return sha256_file(path)
+
+
+def _segmenter_model(cfg: TrainConfig) -> MAUNet | FoldEnsemble:
+    def mau_net() -> MAUNet:
+        return MAUNet(
+            base_width=cfg.base_width,
+            channel_attention=cfg.channel_attention,
+            spatial_attention=cfg.spatial_attention,
+        )
+
+    return FoldEnsemble([mau_net() for _ in range(cfg.folds)]) if cfg.folds > 1 else mau_net()
+
+
+def _train_val(cfg: TrainConfig) -> tuple[ArraySet, ArraySet]:
+    data = load_datasets(cfg.manifests, cfg.preprocess_params(), cfg.cache_dir)
+    train, val = data["train"], data["val"]
+    if not len(train) or not len(val):
+        raise SystemExit(f"{cfg.manifest}: need train and val rows, got {len(train)}, {len(val)}")
+    print(f"data: train {len(train)} {train.class_counts()}, val {len(val)}", flush=True)
+    return train, val
+
+
+def run_segmenter(cfg: TrainConfig) -> Path:
+    """Stage 1 alone (``fame-node train seg``): the best-epoch MAU-Net (or fold ensemble)
+    saved as ``<work_dir>/segmenter.pt`` with its architecture and val threshold, next to
+    ``training_log.json``; resumable like `run`. Returns the segmenter file."""
+    start = time.monotonic()
+    gen = seed_everything(cfg.seed, threads=cfg.threads)
+    train, val = _train_val(cfg)
+    log = Logger(cfg.work_dir / "training_log.json", cfg)
+    segmenter: MAUNet | FoldEnsemble
+    if cfg.folds > 1:
+        from trainer.fold_training import train_fold_ensemble
+
+        segmenter, summary = train_fold_ensemble(cfg, train, val, log)
+    else:
+        segmenter, summary = train_segmenter(cfg, train, val, gen, log)
+    path = cfg.work_dir / SEGMENTER_FILE
+    torch.save(
+        {
+            "segmenter": segmenter.state_dict(),
+            "architecture": json.dumps(_architecture(cfg)),
+            "threshold": float(summary.get("threshold", 0.5)),
+        },
+        path,
+    )
+    log.data["wall_seconds"] = round(time.monotonic() - start, 1)
+    log.save()
+    StageCheckpoint(cfg.work_dir, "stage1").clear()
+    for i in range(cfg.folds if cfg.folds > 1 else 0):
+        StageCheckpoint(cfg.work_dir / f"fold{i}", "stage1").clear()
+    return path
+
+
+def run_classifier(cfg: TrainConfig, segmenter_dir: Path) -> Path:
+    """Stage 2 alone (``fame-node train cls``) on the frozen segmenter of a `run_segmenter`
+    folder; writes ``<work_dir>/checkpoint.pt`` (both models, what `export_checkpoint`
+    reads) and ``training_log.json`` (stage 1's records copied in). Returns the checkpoint.
+
+    Raises SystemExit when the segmenter folder is missing or was trained with another
+    architecture, size or data than `cfg`.
+    """
+    start = time.monotonic()
+    seg_file = segmenter_dir / SEGMENTER_FILE
+    if not seg_file.is_file():
+        raise SystemExit(
+            f"{segmenter_dir}: no {SEGMENTER_FILE}; train the segmenter first "
+            "(fame-node train seg --out DIR, or python -m trainer.train --stage seg)"
+        )
+    saved = torch.load(seg_file, map_location="cpu", weights_only=True)
+    theirs, ours = json.loads(saved["architecture"]), _architecture(cfg)
+    differ = sorted(k for k in ours if theirs.get(k) != ours[k])
+    if differ:
+        raise SystemExit(
+            f"{seg_file} was trained with other {', '.join(differ)} ({theirs}) than this run "
+            f"({ours}): pass the same --manifest / --size / --base-width / --folds as its run"
+        )
+    gen = seed_everything(cfg.seed, threads=cfg.threads)
+    segmenter = _segmenter_model(cfg)
+    segmenter.load_state_dict(saved["segmenter"])
+    train, val = _train_val(cfg)
+    seg_sha = sha256_of(seg_file)
+    marker = cfg.work_dir / "stage2.segmenter.sha256"
+    if marker.is_file() and marker.read_text().strip() != seg_sha:
+        print(f"[stage2] not resuming: {cfg.work_dir} was on another segmenter", flush=True)
+        StageCheckpoint(cfg.work_dir, "stage2").clear()
+    cfg.work_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(seg_sha + "\n")
+    log = Logger(cfg.work_dir / "training_log.json", cfg)
+    seg_log = json.loads((segmenter_dir / "training_log.json").read_text(encoding="utf-8"))
+    for key in ("stage1", "stage1_summary"):
+        log.data[key] = seg_log[key]
+    log.data["segmenter"] = {"file": str(seg_file), "sha256": seg_sha}
+    classifier, _ = train_classifier(
+        cfg, segmenter, train, val, gen, log, deadline=start + 60.0 * cfg.max_minutes
+    )
+    log.data["wall_seconds"] = round(time.monotonic() - start, 1)
+    log.save()
+    checkpoint = cfg.work_dir / "checkpoint.pt"
+    torch.save(
+        {
+            "segmenter": segmenter.state_dict(),
+            "classifier": classifier.state_dict(),
+            "counts": {"train": len(train), "val": len(val)},
+        },
+        checkpoint,
+    )
+    StageCheckpoint(cfg.work_dir, "stage2").clear()
+    marker.unlink()
+    return checkpoint
+
+
 def export_checkpoint(cfg: TrainConfig, checkpoint: Path, log_path: Path) -> Path:
     """Export the checkpoint's `FameNodeNet` as the bundle ``cfg.out``: the mask threshold
     chosen on val here, the OOD head (train) and temperature (val) by the shared
@@ -199,7 +336,7 @@ def export_checkpoint(cfg: TrainConfig, checkpoint: Path, log_path: Path) -> Pat
             },
             "stage1": {
                 "loss": "soft Dice + BCE",
-                "optimizer": f"AdamW lr {cfg.lr_seg} wd {cfg.weight_decay}, warmup + cosine",
+                "optimizer": _optimizer_text(cfg, cfg.lr_seg),
                 "batch_size": cfg.batch_size,
                 "epochs_run": seg["epochs_run"],
                 "best_epoch": seg["best_epoch"],
@@ -207,11 +344,13 @@ def export_checkpoint(cfg: TrainConfig, checkpoint: Path, log_path: Path) -> Pat
             },
             "stage2": {
                 "loss": f"class-weighted cross-entropy, label smoothing {cfg.label_smoothing}",
-                "optimizer": f"AdamW lr {cfg.lr_cls} wd {cfg.weight_decay}, warmup + cosine",
+                "optimizer": _optimizer_text(cfg, cfg.lr_cls),
                 "batch_size": cfg.batch_size,
                 "epochs_run": cls["epochs_run"],
                 "best_epoch": cls["best_epoch"],
                 "seconds": cls["seconds"],
+                # ACGAN images added per class and epoch (None: trained without them).
+                "synthetic": cls.get("synthetic"),
             },
             "wall_seconds": log.get("wall_seconds"),
             "seed": cfg.seed,
@@ -228,6 +367,17 @@ def export_checkpoint(cfg: TrainConfig, checkpoint: Path, log_path: Path) -> Pat
     return bundle
 
 
+def _optimizer_text(cfg: TrainConfig, lr: float) -> str:
+    """The optimiser and schedule of a stage as the bundle manifest records it."""
+    if cfg.schedule == "paper":
+        return (
+            f"Adam lr {lr} L2 {cfg.weight_decay}, ReduceLROnPlateau factor "
+            f"{PAPER_PLATEAU_FACTOR} patience {PAPER_PLATEAU_PATIENCE}, early stopping "
+            f"patience {PAPER_EARLY_STOP_PATIENCE} (FAME)"
+        )
+    return f"AdamW lr {lr} wd {cfg.weight_decay}, warmup + cosine"
+
+
 def _calibration_of(bundle: Path) -> Any:
     from appliance.bundle import load_bundle
 
@@ -240,6 +390,13 @@ def _shown(manifest: Path) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path | None]:
+    """The run's settings and ``--from-checkpoint`` (None: train)."""
+    cfg, a = _parse(argv)
+    return cfg, a.from_checkpoint
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m trainer.train`` (also behind ``fame-node train``)."""
     parser = argparse.ArgumentParser(
         prog="python -m trainer.train", description=__doc__.split("\n\n")[0]
     )
@@ -302,7 +459,38 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path | None]
         default=None,
         help="skip training: export this checkpoint (its training_log.json must be next to it)",
     )
-    a = parser.parse_args(argv)
+    parser.add_argument(
+        "--schedule",
+        choices=SCHEDULES,
+        default=d.schedule,
+        help="default: AdamW, warmup + cosine over the fixed epochs (the shipped bundle); "
+        "paper: FAME's Adam 1e-4, L2 1e-5, ReduceLROnPlateau 0.1 / 5, early stopping 10, "
+        "vertical flips too (the learning rates of --lr-seg / --lr-cls are then 1e-4)",
+    )
+    parser.add_argument(
+        "--acgan",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="a trained ACGAN (python -m trainer.acgan): stage 2 adds its images of the "
+        "minority classes to every epoch until the classes are balanced",
+    )
+    parser.add_argument(
+        "--stage",
+        choices=("all", "seg", "cls"),
+        default="all",
+        help="all: both stages and the bundle; seg: MAU-Net only, saved in --work-dir; "
+        "cls: the classifier on the segmenter saved in --segmenter (checkpoint.pt in "
+        "--work-dir, exported with --from-checkpoint)",
+    )
+    parser.add_argument(
+        "--segmenter", type=Path, default=None, help="--stage cls: the --stage seg folder"
+    )
+    return parser
+
+
+def _parse(argv: list[str] | None) -> tuple[TrainConfig, argparse.Namespace]:
+    a = build_parser().parse_args(argv)
     cfg = TrainConfig(
         manifest=a.manifest[0],
         extra_manifests=tuple(a.manifest[1:]),
@@ -326,12 +514,26 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path | None]
         max_minutes=a.max_minutes,
         seg_share=a.seg_share,
     )
+    if a.schedule == "paper":
+        cfg = paper_schedule(cfg)
+    if a.acgan is not None:
+        cfg = replace(cfg, acgan=a.acgan)
     cfg.preprocess_params()  # validates --size
-    return cfg, a.from_checkpoint
+    return cfg, a
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg, checkpoint = parse_args(argv)
+    cfg, a = _parse(argv)
+    checkpoint = a.from_checkpoint
+    if a.stage == "seg":
+        print(f"segmenter written: {run_segmenter(cfg)}", flush=True)
+        return 0
+    if a.stage == "cls":
+        if a.segmenter is None:
+            raise SystemExit("--stage cls needs --segmenter DIR (the folder of a --stage seg run)")
+        saved = run_classifier(cfg, a.segmenter)
+        print(f"checkpoint written: {saved}; export it with --from-checkpoint {saved}")
+        return 0
     if checkpoint is not None:
         bundle = export_checkpoint(cfg, checkpoint, checkpoint.parent / "training_log.json")
     else:

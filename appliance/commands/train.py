@@ -1,0 +1,146 @@
+"""``fame-node train``: train the node's models from manifests, a thin layer over `trainer`.
+
+``train seg --manifest CSV... --out DIR [--profile edge|paper]``
+    Stage 1: MAU-Net (or the fold ensemble with ``--folds``), saved as ``DIR/segmenter.pt``
+    with ``DIR/training_log.json``; a per-epoch checkpoint in DIR resumes a killed run.
+``train cls --manifest CSV... --segmenter DIR --out DIR2 [--profile edge|paper]``
+    Stage 2: the classifier on the frozen segmenter of a ``train seg`` folder, saved as
+    ``DIR2/checkpoint.pt``; ``python -m trainer.train --from-checkpoint`` exports it.
+``train bundle --manifest CSV... --out BUNDLE [--work-dir DIR]``
+    Both stages and the export: a complete, verified bundle (``python -m trainer.train``).
+
+Every form takes ``--schedule default|paper``, ``--acgan DIR`` (synthetic images of the
+minority classes, `trainer.acgan`), ``--augment``, ``--size``, ``--seed``, ``--threads``,
+``--epochs-seg`` / ``--epochs-cls``, ``--max-minutes`` and ``--no-resume``, passed to
+``trainer.train`` unchanged. ``--profile`` (the dual-stage classifier's ``edge`` /
+``paper`` sizes, `trainer.profiles`) is passed on where ``trainer.train`` takes it.
+
+torch is not a dependency of the node: without the ``train`` extra the command says what
+to install and exits 2. Exit codes: 0 trained; 2 missing extra or bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from appliance.config import NodeConfig
+
+INSTALL_HINT = (
+    "fame-node train needs the training extra (torch, onnx): "
+    "pip install 'fame-node[train]' (torch is pinned to the tested CPU build)"
+)
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("train", help="train MAU-Net, the classifier, or a whole bundle")
+    sub = p.add_subparsers(dest="train_action", required=True, metavar="STAGE")
+    seg = sub.add_parser("seg", help="stage 1: MAU-Net, saved with its log")
+    cls = sub.add_parser("cls", help="stage 2: the classifier on a saved segmenter")
+    bundle = sub.add_parser("bundle", help="both stages and the export: a complete bundle")
+    for parser in (seg, cls, bundle):
+        _common(parser)
+        parser.set_defaults(handler=_train)
+    seg.add_argument("--out", type=Path, required=True, help="folder for segmenter.pt and log")
+    cls.add_argument("--out", type=Path, required=True, help="folder for checkpoint.pt and log")
+    cls.add_argument(
+        "--segmenter", type=Path, required=True, help="the folder of a 'train seg' run"
+    )
+    bundle.add_argument("--out", type=Path, required=True, help="the bundle folder to write")
+    bundle.add_argument(
+        "--work-dir", type=Path, default=None, help="checkpoints and log (default: .cache/train)"
+    )
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--manifest",
+        type=Path,
+        action="append",
+        required=True,
+        help="manifest.csv (image,label,masks,split); repeat it for several sites",
+    )
+    p.add_argument(
+        "--profile",
+        choices=("edge", "paper"),
+        default=None,
+        help="size of the dual-stage classifier (trainer.profiles)",
+    )
+    p.add_argument("--schedule", choices=("default", "paper"), default="default")
+    p.add_argument("--acgan", type=Path, default=None, metavar="DIR", help="trained ACGAN")
+    p.add_argument("--augment", choices=("default", "site-shift"), default="default")
+    p.add_argument("--size", type=int, default=None, help="network input side (x16)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--epochs-seg", type=int, default=None)
+    p.add_argument("--epochs-cls", type=int, default=None)
+    p.add_argument("--max-minutes", type=float, default=None)
+    p.add_argument("--cache-dir", type=Path, default=None, help="preprocessed arrays")
+    p.add_argument("--no-resume", action="store_true", help="start over in --out")
+
+
+def trainer_argv(args: argparse.Namespace) -> list[str]:
+    """The ``python -m trainer.train`` arguments of a ``fame-node train`` command."""
+    argv: list[str] = []
+    for manifest in args.manifest:
+        argv += ["--manifest", str(manifest)]
+    action = args.train_action
+    if action == "bundle":
+        argv += ["--out", str(args.out)]
+        if args.work_dir is not None:
+            argv += ["--work-dir", str(args.work_dir)]
+    else:  # the stage's folder holds its checkpoints, log and result
+        argv += ["--stage", action, "--work-dir", str(args.out), "--out", str(args.out / "bundle")]
+        if action == "cls":
+            argv += ["--segmenter", str(args.segmenter)]
+    argv += ["--schedule", args.schedule, "--augment", args.augment]
+    for flag in ("size", "seed", "threads", "epochs_seg", "epochs_cls", "max_minutes"):
+        value = getattr(args, flag)
+        if value is not None:
+            argv += ["--" + flag.replace("_", "-"), str(value)]
+    for flag in ("acgan", "cache_dir"):
+        value = getattr(args, flag)
+        if value is not None:
+            argv += ["--" + flag.replace("_", "-"), str(value)]
+    if args.no_resume:
+        argv.append("--no-resume")
+    if args.profile is not None:
+        argv += ["--profile", args.profile]
+    return argv
+
+
+def _fail(message: str) -> int:
+    print(f"fame-node train: {message}", file=sys.stderr)
+    return 2
+
+
+def _train(config: NodeConfig, args: argparse.Namespace) -> int:
+    try:
+        import torch  # noqa: F401  (only to say what is missing, before any work)
+    except ImportError:
+        return _fail(INSTALL_HINT)
+    from trainer import train
+
+    argv = trainer_argv(args)
+    _, unknown = train.build_parser().parse_known_args(argv)
+    if unknown == ["--profile", args.profile]:
+        if args.train_action != "seg":
+            return _fail(
+                f"--profile {args.profile}: this checkout's trainer.train has no --profile yet "
+                "(the dual-stage classifier of trainer/profiles.py is not wired in); leave "
+                "--profile out to train the current classifier"
+            )
+        # The profile sizes the classifier; stage 1 trains the same MAU-Net either way.
+        print("fame-node train: --profile concerns the classifier; MAU-Net trains as is")
+        argv = argv[:-2]
+    elif unknown:
+        return _fail(f"trainer.train does not take {unknown}")
+    try:
+        code: int = train.main(argv)
+    except SystemExit as exc:  # trainer.train's own refusals (data, segmenter, settings)
+        if isinstance(exc.code, int):
+            return exc.code
+        return _fail(str(exc.code))
+    return code

@@ -1,0 +1,115 @@
+"""``fame-node train seg|cls|bundle`` (appliance.commands.train) on a tiny manifest of real
+PNGs: the two stages one after the other through the real CLI, the refusal of a segmenter
+of other settings, the arguments handed to ``trainer.train``, and the message without torch.
+Takes about half a minute on 2 shared cores (two 1-epoch stages at 32 px)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from appliance.cli import _parser, main
+from appliance.commands.train import INSTALL_HINT, trainer_argv
+from tests.trainer.test_train import write_tiny_busi
+from trainer.train import SEGMENTER_FILE, parse_args
+
+TINY = ["--size", "32", "--epochs-seg", "1", "--epochs-cls", "1", "--threads", "1"]
+
+
+def test_each_stage_maps_to_trainer_arguments(tmp_path: Path) -> None:
+    args = _parser().parse_args(
+        [
+            "train",
+            "cls",
+            "--manifest",
+            "a.csv",
+            "--manifest",
+            "b.csv",
+            "--segmenter",
+            "seg",
+            "--out",
+            str(tmp_path),
+            "--schedule",
+            "paper",
+            "--acgan",
+            "gan",
+            "--size",
+            "64",
+        ]
+    )
+    argv = trainer_argv(args)
+    cfg, checkpoint = parse_args(argv)
+    assert cfg.manifests == (Path("a.csv"), Path("b.csv")) and checkpoint is None
+    assert cfg.work_dir == tmp_path and cfg.schedule == "paper" and cfg.lr_cls == 1e-4
+    assert cfg.acgan == Path("gan") and cfg.size == 64
+    assert argv[argv.index("--stage") + 1] == "cls"
+    assert argv[argv.index("--segmenter") + 1] == "seg"
+    bundle = _parser().parse_args(["train", "bundle", "--manifest", "a.csv", "--out", "B"])
+    argv = trainer_argv(bundle)
+    assert "--stage" not in argv and argv[argv.index("--out") + 1] == "B"
+    assert parse_args(argv)[0].schedule == "default"
+
+
+def test_seg_then_cls_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    manifest = write_tiny_busi(tmp_path / "busi", per_class=4)
+    common = ["--manifest", str(manifest), "--cache-dir", str(tmp_path / "cache"), *TINY]
+    seg, cls = tmp_path / "seg", tmp_path / "cls"
+    assert main(["train", "seg", *common, "--out", str(seg)]) == 0
+    assert (seg / SEGMENTER_FILE).is_file()
+    assert not list(seg.glob("*.resume.pt"))  # a finished stage leaves nothing to resume
+    log = json.loads((seg / "training_log.json").read_text())
+    assert [r["epoch"] for r in log["stage1"]] == [1] and "val_dice" in log["stage1"][0]
+    assert main(["train", "cls", *common, "--segmenter", str(seg), "--out", str(cls)]) == 0
+    state = torch.load(cls / "checkpoint.pt", weights_only=True)
+    assert set(state) == {"segmenter", "classifier", "counts"}
+    saved = torch.load(seg / SEGMENTER_FILE, weights_only=True)
+    for key, value in saved["segmenter"].items():  # stage 2 kept the segmenter frozen
+        assert torch.equal(state["segmenter"][key], value), key
+    log = json.loads((cls / "training_log.json").read_text())
+    assert log["stage1_summary"]["epochs_run"] == 1  # stage 1's records travel with it
+    assert [r["epoch"] for r in log["stage2"]] == [1] and "val_macro_f1" in log["stage2"][0]
+    assert log["stage2_summary"]["synthetic"] is None
+    # A classifier stage at another size than its segmenter is refused, saying which.
+    other = [c if c != "32" else "48" for c in common]
+    code = main(["train", "cls", *other, "--segmenter", str(seg), "--out", str(tmp_path / "x")])
+    assert code == 2
+    assert "size" in capsys.readouterr().err
+
+
+def test_cls_without_a_trained_segmenter_says_what_to_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = write_tiny_busi(tmp_path / "busi", per_class=4)
+    code = main(
+        [
+            "train",
+            "cls",
+            "--manifest",
+            str(manifest),
+            "--segmenter",
+            str(tmp_path / "none"),
+            "--out",
+            str(tmp_path / "cls"),
+            *TINY,
+        ]
+    )
+    assert code == 2
+    assert "fame-node train seg" in capsys.readouterr().err
+
+
+def test_without_torch_the_command_says_what_to_install(tmp_path: Path) -> None:
+    # sys.modules["torch"] = None makes `import torch` fail as on a node without the extra.
+    code = (
+        "import sys; sys.modules['torch'] = None; from appliance.cli import main; "
+        f"sys.exit(main(['train', 'seg', '--manifest', 'm.csv', '--out', {str(tmp_path)!r}]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 2, done.stderr
+    assert INSTALL_HINT in done.stderr

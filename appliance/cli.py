@@ -44,6 +44,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "appliance.commands.doctor",
     "appliance.commands.outbox",
     "appliance.commands.audit",
+    "appliance.commands.train",
 )
 
 

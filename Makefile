@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: demo test lint typecheck pytest federation train bench reliability reliability-long clean-venv
+.PHONY: demo test lint typecheck pytest federation federation-experiments train bench reliability reliability-long clean-venv
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,13 @@ test: lint typecheck pytest
 # fame-node run): the deployment test and the fault tests (tests/federation, minutes).
 federation: $(VENV)/.dev
 	$(VENV)/bin/pytest -q -m federation tests/federation
+
+# The federation experiments of docs/FEDERATION.md: local-only vs federated vs centralised,
+# DP-SGD at epsilon 8 and 1, SecAgg+, client-level DP, on BUSI and two BUS-BRA sites at a
+# reduced scale (about 60 min on 2 shared CPU cores; resumable: finished configurations in
+# docs/federation/*.json are skipped), then renders docs/FEDERATION.md.
+federation-experiments: $(VENV)/.dev
+	OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE nice -n 10 $(PY) -m trainer.federated.experiments
 
 # Retrain the default bundle on BUSI + the BUS-BRA train splits (three scanners), with the
 # scanner-shift augmentation (about 60 min on 2 quiet CPU cores; resumable: run it again

@@ -25,7 +25,7 @@ import argparse
 import json
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -155,9 +155,12 @@ def grid_image(images: Tensor, rows: int, cols: int) -> NDArray[np.uint8]:
 # --------------------------------------------------------------------------- training
 
 
-def train_acgan(cfg: ACGANConfig) -> dict[str, Any]:
+def train_acgan(
+    cfg: ACGANConfig, on_epoch: Callable[[dict[str, Any]], None] | None = None
+) -> dict[str, Any]:
     """Train on the train split of `cfg.manifests`, write the output folder; returns the
-    summary written to ``acgan.json``."""
+    summary written to ``acgan.json``. `on_epoch` is called with each epoch's record after
+    its checkpoint is saved (a progress hook; an exception there stops the run resumably)."""
     start = time.monotonic()
     gen = seed_everything(cfg.seed, threads=cfg.threads)
     data = load_datasets(cfg.manifests, PreprocessParams(size=cfg.size), cfg.cache_dir)
@@ -242,6 +245,8 @@ def train_acgan(cfg: ACGANConfig) -> dict[str, Any]:
                 "done": stop,
             }
         )
+        if on_epoch is not None:
+            on_epoch(record)
         if stop:
             print(f"[acgan] stopping after epoch {epoch}: --max-minutes budget", flush=True)
             break

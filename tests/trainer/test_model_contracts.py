@@ -22,8 +22,8 @@ from tests.exporters.families import ALL_FAMILIES
 SIZE = 32
 
 
-def _outputs(model: nn.Module, x: Tensor) -> tuple[Tensor, ...]:
-    out = model(x)
+def _outputs(model: nn.Module, x: Tensor | tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    out = model(*x) if isinstance(x, tuple) else model(x)
     return tuple(out) if isinstance(out, tuple | list) else (out,)
 
 
@@ -32,8 +32,10 @@ def family(request: pytest.FixtureRequest) -> type:
     return request.param  # type: ignore[no-any-return]
 
 
-def _batch(family: type, n: int, seed: int = 0) -> Tensor:
+def _batch(family: type, n: int, seed: int = 0) -> Tensor | tuple[Tensor, ...]:
     g = torch.Generator().manual_seed(seed)
+    if hasattr(family, "inputs"):  # a family whose inputs are not one image batch (a GAN's)
+        return family.inputs(n, SIZE, g)  # type: ignore[no-any-return]
     return torch.rand(n, family.in_channels, SIZE, SIZE, generator=g) * 2 - 1
 
 

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trainer.models import FameNodeNet, LesionClassifier, MAUNet
+from trainer.models import DualStageClassifier, FameNodeNet, LesionClassifier, MAUNet
+from trainer.profiles import DualStageProfile, MAUEncoderSpec, NASNetSpec, ResNetV2Spec
 
 
 def _targets(n: int, s: int) -> tuple[Tensor, Tensor]:
@@ -83,5 +84,127 @@ class CombinedFamily:
         return seg + F.nll_loss(torch.log(class_prob.clamp_min(1e-8)), labels)
 
 
+# The dual-stage ensemble at test widths: every backbone, every cell kind, a handful of
+# channels (36 features in all, so a few dozen images fit the OOD head).
+TINY_DUAL_STAGE = DualStageProfile(
+    name="tiny",
+    resnet=ResNetV2Spec(stem_width=4, depths=(1, 1), widths=(2, 4), expansion=2),
+    nasnet=NASNetSpec(stem_filters=4, cells=1, penultimate_filters=48, filter_multiplier=1),
+    maunet=MAUEncoderSpec(base_width=1),
+    head_width=8,
+    meta_width=8,
+)
+
+
+def _dual_stage_loss(cls: DualStageClassifier, x: Tensor, labels: Tensor) -> Tensor:
+    """Meta-classifier plus every stage-one head: all parameters get a gradient."""
+    losses = [F.cross_entropy(z, labels) for z in cls.stage_one_logits(x)]
+    return F.cross_entropy(cls(x), labels) + torch.stack(losses).sum()
+
+
+class DualStageFamily(ClassifierFamily):
+    @classmethod
+    def build(cls) -> nn.Module:
+        return DualStageClassifier(TINY_DUAL_STAGE)
+
+    @classmethod
+    def loss(cls, model: nn.Module, x: Tensor) -> Tensor:
+        _, labels = _targets(x.shape[0], x.shape[-1])
+        if not isinstance(model, DualStageClassifier):
+            raise TypeError(f"expected a DualStageClassifier, got {type(model).__name__}")
+        return _dual_stage_loss(model, x, labels)
+
+
+class SingleBackboneFamily(DualStageFamily):
+    """The ablation's "one backbone alone": NASNet-A only, through the same classifier."""
+
+    @classmethod
+    def build(cls) -> nn.Module:
+        return DualStageClassifier(TINY_DUAL_STAGE, backbones=("nasnet",))
+
+
+class CombinedDualStageFamily(CombinedFamily):
+    @classmethod
+    def build(cls) -> nn.Module:
+        return FameNodeNet(MAUNet(base_width=4), DualStageClassifier(TINY_DUAL_STAGE))
+
+    @classmethod
+    def loss(cls, model: nn.Module, x: Tensor) -> Tensor:
+        if not isinstance(model, FameNodeNet) or not isinstance(
+            model.classifier, DualStageClassifier
+        ):
+            raise TypeError(f"expected a FameNodeNet with a dual-stage classifier: {model}")
+        masks, labels = _targets(x.shape[0], x.shape[-1])
+        lesion_prob = torch.sigmoid(model.segmenter(x))
+        seg = F.binary_cross_entropy(lesion_prob.clamp(1e-6, 1 - 1e-6), masks)
+        cls_in = torch.cat([x, lesion_prob], dim=1)
+        return seg + _dual_stage_loss(model.classifier, cls_in, labels)
+
+
+class ACGANGeneratorFamily:
+    """The ACGAN generator (training only, never exported): it takes noise and class
+    indices, so it declares its own `inputs`; its training loss here is the distance to
+    fixed target images (the masks in the generator's [-1, 1] range)."""
+
+    in_channels = 1
+    input_name = "noise"
+    output_names: tuple[str, ...] = ("image",)
+    latent_dim = 8
+
+    @classmethod
+    def build(cls) -> nn.Module:
+        from trainer.models.acgan import ACGANGenerator
+
+        return ACGANGenerator(latent_dim=cls.latent_dim, size=32, width=4)
+
+    @classmethod
+    def inputs(cls, n: int, s: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        return torch.randn(n, cls.latent_dim, generator=generator), torch.arange(n) % 3
+
+    @classmethod
+    def output_shapes(cls, n: int, s: int) -> tuple[tuple[int, ...], ...]:
+        return ((n, 1, s, s),)
+
+    @classmethod
+    def loss(cls, model: nn.Module, x: tuple[Tensor, Tensor]) -> Tensor:
+        noise, labels = x
+        masks, _ = _targets(len(noise), model.size)
+        return F.mse_loss(model(noise, labels), masks * 2 - 1)
+
+
+class ACGANDiscriminatorFamily:
+    """The ACGAN discriminator: a real/fake logit and three class logits per image."""
+
+    in_channels = 1
+    input_name = "image"
+    output_names: tuple[str, ...] = ("real_logit", "class_logits")
+
+    @classmethod
+    def build(cls) -> nn.Module:
+        from trainer.models.acgan import ACGANDiscriminator
+
+        return ACGANDiscriminator(size=32, width=4)
+
+    @classmethod
+    def output_shapes(cls, n: int, s: int) -> tuple[tuple[int, ...], ...]:
+        return ((n, 1), (n, 3))
+
+    @classmethod
+    def loss(cls, model: nn.Module, x: Tensor) -> Tensor:
+        _, labels = _targets(x.shape[0], x.shape[-1])
+        adv, logits = model(x)
+        real = (torch.arange(len(x)) % 2).float().view(-1, 1)  # half "real", half "fake"
+        return F.binary_cross_entropy_with_logits(adv, real) + F.cross_entropy(logits, labels)
+
+
 # Every family, for the contracts that run over all of them.
-ALL_FAMILIES: tuple[type, ...] = (MAUNetFamily, ClassifierFamily, CombinedFamily)
+ALL_FAMILIES: tuple[type, ...] = (
+    MAUNetFamily,
+    ClassifierFamily,
+    CombinedFamily,
+    DualStageFamily,
+    SingleBackboneFamily,
+    CombinedDualStageFamily,
+    ACGANGeneratorFamily,
+    ACGANDiscriminatorFamily,
+)

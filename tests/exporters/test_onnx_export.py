@@ -13,7 +13,14 @@ from appliance.bundle import TensorSpec, load_bundle
 from appliance.errors import BundleError
 from exporters.bundle import write_bundle
 from exporters.onnx_export import ParityError, export_onnx
-from tests.exporters.families import ClassifierFamily, CombinedFamily, MAUNetFamily
+from tests.exporters.families import (
+    ClassifierFamily,
+    CombinedDualStageFamily,
+    CombinedFamily,
+    DualStageFamily,
+    MAUNetFamily,
+    SingleBackboneFamily,
+)
 from trainer.models import FameNodeNet, LesionClassifier, MAUNet
 
 SIZE = 32
@@ -75,6 +82,18 @@ class TestClassifierExport(ClassifierFamily, ExportParityContract):
 
 
 class TestCombinedExport(CombinedFamily, ExportParityContract):
+    pass
+
+
+class TestDualStageExport(DualStageFamily, ExportParityContract):
+    pass
+
+
+class TestSingleBackboneExport(SingleBackboneFamily, ExportParityContract):
+    pass
+
+
+class TestCombinedDualStageExport(CombinedDualStageFamily, ExportParityContract):
     pass
 
 

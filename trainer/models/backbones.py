@@ -23,9 +23,10 @@ batch 1; Opacus DP-SGD refuses BatchNorm: see `trainer.models.mau_net`).
   reduction (two offset 1x1 stride-2 paths, concatenated) when it is at twice the
   resolution. Stem: 3x3 stride-2 convolution, then two reduction cells; then three stacks of
   N normal cells with filters f, 2f, 4f, separated by reduction cells. NASNet-A Large:
-  stem 96, N = 6, f = 168, 4032 features, skip-reduction. Deviations: GroupNorm, 'same'
-  padding everywhere (Keras pads the stem 'valid' and stride-2 cells asymmetrically), and
-  no auxiliary head and no drop-path (regularisers of the ImageNet training).
+  stem 96, N = 6, f = 168, 4032 features, skip-reduction. Deviations: GroupNorm with at
+  least two channels per group, 'same' padding everywhere (Keras pads the stem 'valid' and
+  stride-2 cells asymmetrically), no auxiliary head and no drop-path (regularisers of the
+  ImageNet training).
 - `MAUEncoder`: the residual encoder of `trainer.models.mau_net.MAUNet` with its dual
   (channel + spatial) attention, reused from that module: four residual levels, each
   followed by its attention and a 2x2 max pool, the bottleneck and its attention, global
@@ -106,6 +107,12 @@ class PreActResNet(nn.Module):
 # --------------------------------------------------------------------------- NASNet-A
 
 
+def _norm(channels: int) -> nn.GroupNorm:
+    """GroupNorm with at least two channels per group: NASNet's narrow cells reach 1 x 1
+    maps at small inputs, where a one-channel group has a single value to normalise."""
+    return group_norm(channels, max_groups=max(1, min(8, channels // 2)))
+
+
 class SeparableConv(nn.Module):
     """NASNet's separable branch: (ReLU, depthwise k x k, pointwise 1x1, norm) twice; the
     stride, if any, in the first depthwise convolution."""
@@ -119,11 +126,11 @@ class SeparableConv(nn.Module):
                 in_channels, in_channels, kernel, stride, pad, groups=in_channels, bias=False
             ),
             nn.Conv2d(in_channels, out_channels, 1, bias=False),
-            group_norm(out_channels),
+            _norm(out_channels),
             nn.ReLU(),
             nn.Conv2d(out_channels, out_channels, kernel, 1, pad, groups=out_channels, bias=False),
             nn.Conv2d(out_channels, out_channels, 1, bias=False),
-            group_norm(out_channels),
+            _norm(out_channels),
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -145,7 +152,7 @@ class SqueezeConv(nn.Module):
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.ReLU(), nn.Conv2d(in_channels, out_channels, 1, bias=False), group_norm(out_channels)
+            nn.ReLU(), nn.Conv2d(in_channels, out_channels, 1, bias=False), _norm(out_channels)
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -163,7 +170,7 @@ class FactorizedReduction(nn.Module):
         half = out_channels // 2
         self.path1 = nn.Conv2d(in_channels, half, 1, bias=False)
         self.path2 = nn.Conv2d(in_channels, half, 1, bias=False)
-        self.norm = group_norm(out_channels)
+        self.norm = _norm(out_channels)
 
     def forward(self, x: Tensor) -> Tensor:
         x = F.relu(x)
@@ -267,7 +274,7 @@ class NASNetA(nn.Module):
         self.spec = spec
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, spec.stem_filters, 3, stride=2, padding=1, bias=False),
-            group_norm(spec.stem_filters),
+            _norm(spec.stem_filters),
         )
         f, m = spec.filters, spec.filter_multiplier
         # Each plan entry: (kind, filters). The channels and resolution level of the current

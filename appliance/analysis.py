@@ -15,7 +15,7 @@ import numpy as np
 from appliance.bundle import Bundle
 from appliance.config import ThresholdsConfig
 from appliance.io.types import Frame
-from appliance.postprocess import Diagnosis, LesionFindings, analyse_lesions, diagnose
+from appliance.postprocess import Diagnosis, LesionFindings, above, analyse_lesions, diagnose
 from appliance.preprocess import preprocess, unletterbox
 from appliance.runtime.base import InferenceBackend
 
@@ -27,6 +27,8 @@ class FrameAnalysis:
     diagnosis: Diagnosis
     lesion_prob: np.ndarray  # at the frame's own size, float32
     ood_score: float | None = None  # where the model computes one (trainer.ood)
+    # A fold ensemble's disagreement on the lesion map, in [0, 1] (None: a single model).
+    seg_uncertainty: float | None = None
 
 
 class Analyzer:
@@ -59,6 +61,9 @@ class Analyzer:
         # None: the model has no out-of-distribution score, or its bundle sets no threshold.
         ood = post.get("ood_threshold")
         self.ood_threshold = None if ood is None else float(ood)
+        # None: a single-model bundle (no seg_uncertainty output) or no threshold set.
+        unc = post.get("uncertainty_threshold")
+        self.uncertainty_threshold = None if unc is None else float(unc)
         self.batch_size = batch_size
         self.classes = list(bundle.manifest.classes)
 
@@ -77,9 +82,10 @@ class Analyzer:
             chunk = prepared[start : start + self.batch_size]
             batch = np.stack([a for a, _ in chunk])[:, None].astype(np.float32)
             outputs = self.backend.infer(batch)
-            scores = outputs.ood_score
+            scores, uncertainties = outputs.ood_score, outputs.seg_uncertainty
             for k, (_, geo) in enumerate(chunk):
                 ood = None if scores is None else float(scores[k])
+                unc = None if uncertainties is None else float(uncertainties[k])
                 prob = unletterbox(outputs.lesion_prob[k], geo)
                 min_area = self.min_area_input_px / (geo.scale**2)
                 findings = analyse_lesions(
@@ -90,11 +96,8 @@ class Analyzer:
                     self.classes,
                     low_confidence=self.low_confidence,
                     lesion_found=findings.n_lesions > 0,
-                    out_of_distribution=(
-                        ood is not None
-                        and self.ood_threshold is not None
-                        and not ood <= self.ood_threshold  # NaN counts as out
-                    ),
+                    out_of_distribution=above(ood, self.ood_threshold),  # NaN counts as out
+                    high_uncertainty=above(unc, self.uncertainty_threshold),
                 )
-                out.append(FrameAnalysis(indices[start + k], findings, dx, prob, ood))
+                out.append(FrameAnalysis(indices[start + k], findings, dx, prob, ood, unc))
         return out

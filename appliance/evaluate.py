@@ -10,6 +10,7 @@ configured thresholds, masks compared at each image's own resolution).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from trainer.metrics import (
     ClassificationReport,
     SegmentationSummary,
     classification_report,
+    dice,
     segmentation_summary,
 )
 
@@ -41,6 +43,8 @@ class EvaluationReport:
     seconds: float
     segmentation: SegmentationSummary
     classification: ClassificationReport
+    # A fold-ensemble model's outline uncertainty (`uncertainty_figures`); None: one model.
+    uncertainty: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -84,6 +88,9 @@ class CaseOutputs:
     labels: list[int] = field(default_factory=list)  # index into the model's classes
     probs: list[list[float]] = field(default_factory=list)
     ood_scores: list[float | None] = field(default_factory=list)  # where the model has one
+    # A fold ensemble's disagreement per case (None: a single model).
+    uncertainties: list[float | None] = field(default_factory=list)
+    flagged_uncertain: list[bool] = field(default_factory=list)  # high_uncertainty raised
     skipped: list[dict[str, str]] = field(default_factory=list)
 
 
@@ -106,7 +113,52 @@ def analyse_cases(analyzer: Analyzer, cases: list[Case], *, max_frames: int = 1)
         out.labels.append(classes.index(case.label))
         out.probs.append([result.diagnosis.probabilities[c] for c in classes])
         out.ood_scores.append(result.ood_score)
+        out.uncertainties.append(result.seg_uncertainty)
+        out.flagged_uncertain.append("high_uncertainty" in result.diagnosis.flags)
     return out
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """Spearman rank correlation (ties share their mean rank); None below 3 pairs or
+    where either side has no spread."""
+    x, y = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if len(x) != len(y):
+        raise ValueError(f"{len(x)} and {len(y)} values: give pairs")
+    if len(x) < 3:
+        return None
+    rx, ry = _ranks(x), _ranks(y)
+    if rx.std() == 0 or ry.std() == 0:
+        return None
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    ranks = np.empty(len(x))
+    ranks[np.argsort(x, kind="stable")] = np.arange(len(x), dtype=np.float64)
+    for value in np.unique(x):
+        tied = x == value
+        ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
+def uncertainty_figures(out: CaseOutputs) -> dict[str, Any] | None:
+    """How a fold ensemble's outline uncertainty behaves on these cases: its median, the
+    share flagged ``high_uncertainty``, and its Spearman correlation with each image's Dice
+    error (1 - Dice of the node's mask, images with a lesion only). None for a model
+    without the score."""
+    if not out.uncertainties or any(u is None for u in out.uncertainties):
+        return None
+    u = np.array(out.uncertainties, dtype=np.float64)
+    lesion = [k for k, t in enumerate(out.truths) if t.any()]
+    error = [1.0 - dice(out.preds[k], out.truths[k]) for k in lesion]
+    rho = spearman(list(u[lesion]), error)
+    return {
+        "n": len(u),
+        "median": round(float(np.nanmedian(u)), 4),
+        "flagged_high_uncertainty": round(float(np.mean(out.flagged_uncertain)), 4),
+        "spearman_vs_dice_error": None if rho is None else round(rho, 4),
+        "n_with_lesion": len(lesion),
+    }
 
 
 def evaluate(
@@ -137,6 +189,7 @@ def evaluate(
         seconds=round(time.perf_counter() - start, 2),
         segmentation=segmentation_summary(out.preds, out.truths),
         classification=classification_report(out.labels, np.array(out.probs), classes),
+        uncertainty=uncertainty_figures(out),
     )
 
 
@@ -167,6 +220,16 @@ def format_report(r: EvaluationReport) -> str:
             f"  {name:<10}{int(pc['support'] or 0):>5}{pct(pc['sensitivity']):>13}"
             f"{pct(pc['specificity']):>13}{'n/a' if auc is None else f'{auc:.3f}':>8}"
         )
+    if r.uncertainty is not None:
+        u = r.uncertainty
+        rho = u["spearman_vs_dice_error"]
+        lines += [
+            "",
+            "outline uncertainty (fold-ensemble disagreement, 0..1)",
+            f"  median {u['median']:.3f}   flagged high_uncertainty "
+            f"{pct(u['flagged_high_uncertainty'])}   Spearman vs Dice error "
+            f"{'n/a' if rho is None else f'{rho:.3f}'} ({u['n_with_lesion']} images with a lesion)",
+        ]
     lines += ["", "confusion matrix (rows: truth, columns: predicted)"]
     lines.append("  " + " " * 10 + "".join(f"{n[:9]:>10}" for n in c.classes))
     for name, row in zip(c.classes, c.confusion, strict=True):

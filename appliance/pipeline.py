@@ -370,6 +370,9 @@ class Pipeline:
                 "probabilities": a.diagnosis.probabilities,
                 "flags": flags,
                 "ood_score": a.ood_score,  # out_of_distribution above the bundle's threshold
+                # A fold ensemble's disagreement in [0, 1] (None: a single model);
+                # high_uncertainty above the bundle's uncertainty_threshold.
+                "seg_uncertainty": a.seg_uncertainty,
                 "n_lesions": f.n_lesions,
                 "lesion_area_px": f.area_px,
                 "lesion_area_mm2": f.area_mm2,
@@ -392,6 +395,7 @@ class Pipeline:
                     n_lesions=f.n_lesions,
                     flags=flags,
                     result_dir=str(out_dir),
+                    seg_uncertainty=a.seg_uncertainty,
                 )
             )
         meta = loaded.meta

@@ -144,6 +144,12 @@ class Diagnosis:
     flags: tuple[str, ...]
 
 
+def above(score: float | None, threshold: float | None) -> bool:
+    """Whether a score is flagged against its threshold: above it, or NaN (a score that could
+    not be computed is no reassurance). No score or no threshold: never flagged."""
+    return score is not None and threshold is not None and not score <= threshold
+
+
 def diagnose(
     class_prob: NDArray[Any],
     classes: list[str],
@@ -152,14 +158,16 @@ def diagnose(
     lesion_found: bool,
     normal_class: str = "normal",
     out_of_distribution: bool = False,
+    high_uncertainty: bool = False,
 ) -> Diagnosis:
     """The most probable class, with flags for a reviewer.
 
     Flags: ``out_of_distribution`` (the image is unlike the breast ultrasound the model was
-    trained on: its diagnosis means nothing, whatever its confidence), ``low_confidence``
-    (top probability below the threshold) and ``segmentation_disagrees`` (a lesion was
-    segmented on an image classified normal, or none on an image classified benign /
-    malignant).
+    trained on: its diagnosis means nothing, whatever its confidence), ``high_uncertainty``
+    (the fold models of a segmentation ensemble disagree on the lesion map more than the
+    bundle's threshold: check the outline), ``low_confidence`` (top probability below the
+    threshold) and ``segmentation_disagrees`` (a lesion was segmented on an image classified
+    normal, or none on an image classified benign / malignant).
     """
     p = np.asarray(class_prob, dtype=np.float64).reshape(-1)
     if p.shape[0] != len(classes):
@@ -167,6 +175,8 @@ def diagnose(
     top = int(p.argmax())
     label = classes[top]
     flags: list[str] = ["out_of_distribution"] if out_of_distribution else []
+    if high_uncertainty:
+        flags.append("high_uncertainty")
     if p[top] < low_confidence:
         flags.append("low_confidence")
     if normal_class in classes and (label == normal_class) == lesion_found:

@@ -31,6 +31,7 @@ from PyQt6.QtWidgets import (
 from appliance.app.display import (
     FLAG_HELP,
     FLAG_RGB,
+    confidence_text,
     describe_decision,
     diagnosis_label,
     diagnosis_rgb,
@@ -391,9 +392,7 @@ class ReviewPanel(QFrame):
             return
         r = frame.result
         self.badge.set_diagnosis(r.diagnosis)
-        self.confidence.setText(
-            "" if r.confidence is None else f"{r.confidence * 100:.0f} % confidence"
-        )
+        self.confidence.setText(confidence_text(r.confidence, r.seg_uncertainty))
         self.flags.setText("\n".join(f"⚑ {flag_label(f)}" for f in r.flags))
         self.flags.setToolTip("\n".join(f"{flag_label(f)}: {FLAG_HELP.get(f, f)}" for f in r.flags))
         self.flags.setVisible(bool(r.flags))

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from appliance.evaluate import spearman
 from appliance.postprocess import clean_mask
 from trainer.data import ArraySet
 from trainer.folds import assign_folds, fold_masks, group_keys, subset
@@ -109,6 +110,7 @@ def ensemble_figures(ensemble: FoldEnsemble, val: ArraySet, min_area_px: float) 
     threshold, sweep = choose_threshold(mean, val.masks, min_area_px)
     error = per_image_dice_error(mean, val.masks, threshold, min_area_px)
     lesion = val.masks.reshape(len(val), -1).any(axis=1)
+    rho = spearman(list(uncertainty[lesion]), list(error[lesion]))
     return {
         "fold_val_dice": fold_dice,
         "ensemble_val_dice": round(float(sweep[threshold]["dice"]), 4),
@@ -116,7 +118,7 @@ def ensemble_figures(ensemble: FoldEnsemble, val: ArraySet, min_area_px: float) 
         "val_uncertainty": {
             "median": round(float(np.median(uncertainty)), 4),
             "p90": round(float(np.quantile(uncertainty, 0.9)), 4),
-            "spearman_vs_dice_error": round(spearman(uncertainty[lesion], error[lesion]), 4),
+            "spearman_vs_dice_error": None if rho is None else round(rho, 4),
             "n_lesion_images": int(lesion.sum()),
         },
     }
@@ -134,26 +136,4 @@ def per_image_dice_error(
     )
 
 
-def spearman(a: NDArray[Any], b: NDArray[Any]) -> float:
-    """Spearman rank correlation (average ranks for ties); NaN below 3 pairs or no spread."""
-    if len(a) != len(b):
-        raise ValueError(f"{len(a)} and {len(b)} values: give pairs")
-    if len(a) < 3:
-        return float("nan")
-    ra, rb = _ranks(np.asarray(a, float)), _ranks(np.asarray(b, float))
-    if ra.std() == 0 or rb.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(ra, rb)[0, 1])
-
-
-def _ranks(x: NDArray[np.float64]) -> NDArray[np.float64]:
-    order = np.argsort(x, kind="stable")
-    ranks = np.empty(len(x))
-    ranks[order] = np.arange(len(x), dtype=float)
-    for value in np.unique(x):  # ties share their mean rank
-        tied = x == value
-        ranks[tied] = ranks[tied].mean()
-    return ranks
-
-
-__all__ = ["ensemble_figures", "per_image_dice_error", "spearman", "train_fold_ensemble"]
+__all__ = ["ensemble_figures", "per_image_dice_error", "train_fold_ensemble"]

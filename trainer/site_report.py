@@ -30,7 +30,7 @@ from appliance.analysis import Analyzer
 from appliance.bundle import load_bundle
 from appliance.config import RuntimeConfig, ThresholdsConfig
 from appliance.errors import InputError
-from appliance.evaluate import CaseOutputs, analyse_cases, read_cases
+from appliance.evaluate import CaseOutputs, analyse_cases, read_cases, uncertainty_figures
 from appliance.io.reader import read_file
 from appliance.runtime import create_backend
 from trainer.calibration import expected_calibration_error, reliability_bins
@@ -214,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         out = analyse_cases(analyzer, read_cases(manifest, a.split, site))
         inside += out.ood_scores
         result["targets"][name] = figures(out, analyzer.classes, a.boot)
+        # A fold-ensemble bundle's outline uncertainty vs its Dice error (None: one model).
+        result["targets"][name]["seg_uncertainty"] = uncertainty_figures(out)
         result["targets"][name]["seconds"] = round(time.perf_counter() - t0, 1)
         seg, cls = (
             result["targets"][name]["segmentation"],

@@ -7,6 +7,7 @@ by colour alone. Pure data and functions, no Qt.
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, date, datetime
 from enum import StrEnum
 
@@ -38,6 +39,7 @@ FLAG_RGB: RGB = OKABE_ITO["orange"]
 
 FLAG_LABELS: dict[str, str] = {
     "out_of_distribution": "Not like the training images",
+    "high_uncertainty": "Uncertain outline",
     "low_confidence": "Low confidence",
     "segmentation_disagrees": "Mask vs diagnosis",
     "ensemble_disagrees": "Ensemble disagrees",
@@ -48,6 +50,10 @@ FLAG_HELP: dict[str, str] = {
     "out_of_distribution": (
         "the image is unlike the breast ultrasound the model was trained on (another body "
         "part, a phantom, a screenshot?): its diagnosis and mask mean nothing"
+    ),
+    "high_uncertainty": (
+        "the fold models of the segmentation ensemble disagree on the lesion outline more "
+        "than the model's threshold (set on its validation images) allows: check the mask"
     ),
     "low_confidence": "the most probable class is below the node's confidence threshold",
     "segmentation_disagrees": (
@@ -130,6 +136,18 @@ def describe_decision(
         parts.append("mask redrawn")
     text = ", ".join(parts) or DECISION_LABELS.get(decision, decision).lower()
     return text[0].upper() + text[1:]
+
+
+def confidence_text(confidence: float | None, seg_uncertainty: float | None = None) -> str:
+    """The confidence as shown, with a fold ensemble's outline uncertainty beside it:
+    ``"87 % confidence · outline uncertainty 0.12"``; "" without a confidence."""
+    if confidence is None:
+        return ""
+    text = f"{confidence * 100:.0f} % confidence"
+    if seg_uncertainty is None:
+        return text
+    shown = "not computed" if math.isnan(seg_uncertainty) else f"{seg_uncertainty:.2f}"
+    return f"{text} · outline uncertainty {shown}"
 
 
 def flag_label(flag: str) -> str:

@@ -53,6 +53,7 @@ _FLAG_CODES = {  # Code Value is SH (16 characters): short fixed codes for the k
     "out_of_distribution": "OUT-OF-DISTRIB",
     "ensemble_disagrees": "ENS-DISAGREES",
     "frames_disagree": "FRAMES-DISAGREE",
+    "high_uncertainty": "HIGH-UNCERTAINTY",  # the fold ensemble disagrees on the lesion map
 }
 _CLASSIFICATION = hd.sr.CodedConcept("AI-CLASS", PRIVATE_SCHEME, "AI classification")
 _REVIEW_FLAG = hd.sr.CodedConcept("REVIEW-FLAG", PRIVATE_SCHEME, "Review flag")

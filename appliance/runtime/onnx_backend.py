@@ -19,7 +19,7 @@ from numpy.typing import NDArray
 
 from appliance.cpus import usable_cpus
 from appliance.errors import BackendError
-from appliance.runtime.base import OOD_OUTPUT, ModelOutputs
+from appliance.runtime.base import OOD_OUTPUT, UNCERTAINTY_OUTPUT, ModelOutputs
 
 log = logging.getLogger("fame_node.runtime")
 
@@ -74,10 +74,10 @@ class OnnxRuntimeBackend:
         missing = {LESION_OUTPUT, CLASS_OUTPUT} - outputs
         if missing:
             raise BackendError(f"{label}: outputs {sorted(missing)} missing (has {outputs})")
-        # The out-of-distribution score is optional: older bundles do not compute it.
+        # The out-of-distribution score and the fold ensemble's uncertainty are optional:
+        # older bundles, and single-model ones, do not compute them.
         self._names = [LESION_OUTPUT, CLASS_OUTPUT]
-        if OOD_OUTPUT in outputs:
-            self._names.append(OOD_OUTPUT)
+        self._names += [n for n in (OOD_OUTPUT, UNCERTAINTY_OUTPUT) if n in outputs]
 
     @property
     def device(self) -> str:
@@ -86,9 +86,11 @@ class OnnxRuntimeBackend:
     def infer(self, batch: NDArray[np.float32]) -> ModelOutputs:
         if batch.ndim != 4 or batch.shape[1] != 1:
             raise ValueError(f"expected a batch of shape (N, 1, S, S), got {batch.shape}")
-        got = self._session.run(self._names, {self._input: np.ascontiguousarray(batch)})
+        run = self._session.run(self._names, {self._input: np.ascontiguousarray(batch)})
+        got = {n: np.asarray(v, dtype=np.float32) for n, v in zip(self._names, run, strict=True)}
         return ModelOutputs(
-            lesion_prob=np.asarray(got[0], dtype=np.float32)[:, 0],
-            class_prob=np.asarray(got[1], dtype=np.float32),
-            ood_score=np.asarray(got[2], dtype=np.float32) if len(got) > 2 else None,
+            lesion_prob=got[LESION_OUTPUT][:, 0],
+            class_prob=got[CLASS_OUTPUT],
+            ood_score=got.get(OOD_OUTPUT),
+            seg_uncertainty=got.get(UNCERTAINTY_OUTPUT),
         )

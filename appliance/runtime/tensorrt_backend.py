@@ -24,7 +24,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from appliance.errors import BackendError
-from appliance.runtime.base import OOD_OUTPUT, ModelOutputs
+from appliance.runtime.base import OOD_OUTPUT, UNCERTAINTY_OUTPUT, ModelOutputs
 
 LESION_OUTPUT = "lesion_prob"
 CLASS_OUTPUT = "class_prob"
@@ -148,6 +148,7 @@ class TensorRTBackend:
         lesions: list[NDArray[np.float32]] = []
         classes: list[NDArray[np.float32]] = []
         oods: list[NDArray[np.float32]] = []
+        uncertainties: list[NDArray[np.float32]] = []
         with self._lock:
             for start in range(0, batch.shape[0], self.max_batch):
                 out = self._run(batch[start : start + self.max_batch])
@@ -155,8 +156,15 @@ class TensorRTBackend:
                 classes.append(out[CLASS_OUTPUT])
                 if OOD_OUTPUT in out:
                     oods.append(out[OOD_OUTPUT])
+                if UNCERTAINTY_OUTPUT in out:  # a fold-ensemble engine
+                    uncertainties.append(out[UNCERTAINTY_OUTPUT])
         return ModelOutputs(
             lesion_prob=np.concatenate(lesions).astype(np.float32, copy=False),
             class_prob=np.concatenate(classes).astype(np.float32, copy=False),
             ood_score=np.concatenate(oods).astype(np.float32, copy=False) if oods else None,
+            seg_uncertainty=(
+                np.concatenate(uncertainties).astype(np.float32, copy=False)
+                if uncertainties
+                else None
+            ),
         )

@@ -178,6 +178,7 @@ class TorchBackend:
         lesions: list[NDArray[np.float32]] = []
         classes: list[NDArray[np.float32]] = []
         oods: list[NDArray[np.float32]] = []
+        uncertainties: list[NDArray[np.float32]] = []
         with self._lock, torch.inference_mode():
             for start in range(0, n, self.max_batch):
                 chunk = batch[start : start + self.max_batch]
@@ -191,8 +192,15 @@ class TorchBackend:
                 classes.append(got[1][: len(chunk)].float().cpu().numpy())
                 if len(got) > 2:  # a model with the out-of-distribution score
                     oods.append(got[2][: len(chunk)].float().cpu().numpy())
+                if len(got) > 3:  # and a fold ensemble's disagreement
+                    uncertainties.append(got[3][: len(chunk)].float().cpu().numpy())
         return ModelOutputs(
             lesion_prob=np.concatenate(lesions).astype(np.float32, copy=False),
             class_prob=np.concatenate(classes).astype(np.float32, copy=False),
             ood_score=np.concatenate(oods).astype(np.float32, copy=False) if oods else None,
+            seg_uncertainty=(
+                np.concatenate(uncertainties).astype(np.float32, copy=False)
+                if uncertainties
+                else None
+            ),
         )

@@ -56,6 +56,7 @@ class FrameResultRow:
     n_lesions: int | None = None
     flags: Sequence[str] = ()
     result_dir: str | None = None
+    seg_uncertainty: float | None = None  # a fold ensemble's disagreement (None: one model)
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise once, here
@@ -67,6 +68,7 @@ class FrameResultRow:
             "lesion_area_mm2",
             "max_diameter_px",
             "max_diameter_mm",
+            "seg_uncertainty",
         ):
             set_(self, name, _opt_float(getattr(self, name)))
         if self.n_lesions is not None:
@@ -98,6 +100,7 @@ class StoredResult:
     model_version: str | None
     backend: str | None
     created_at: datetime
+    seg_uncertainty: float | None = None  # schema v7; None: one model, or written before
 
     @property
     def row(self) -> FrameResultRow:
@@ -114,6 +117,7 @@ class StoredResult:
             n_lesions=self.n_lesions,
             flags=self.flags,
             result_dir=self.result_dir,
+            seg_uncertainty=self.seg_uncertainty,
         )
 
 
@@ -267,6 +271,7 @@ _RESULT_COLUMNS = (
     "model_version",
     "backend",
     "created_at",
+    "seg_uncertainty",
 )
 
 
@@ -339,6 +344,7 @@ def _result_values(
         model_version,
         backend,
         now,
+        frame.seg_uncertainty,
     )
 
 
@@ -360,4 +366,5 @@ def _result_from_row(row: sqlite3.Row) -> StoredResult:
         model_version=row["model_version"],
         backend=row["backend"],
         created_at=from_db_time(row["created_at"]),
+        seg_uncertainty=row["seg_uncertainty"],
     )

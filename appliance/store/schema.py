@@ -312,6 +312,13 @@ def _migrate_to_v6(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+def _migrate_to_v7(conn: sqlite3.Connection) -> None:
+    # A fold-ensemble model's per-frame disagreement of its lesion maps, in [0, 1]
+    # (trainer.models.fold_ensemble): shown next to the confidence, flagged high_uncertainty
+    # above the bundle's threshold. NULL for single-model results and rows written before.
+    conn.execute("ALTER TABLE results ADD COLUMN seg_uncertainty REAL")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     _migrate_to_v1,
     _migrate_to_v2,
@@ -319,6 +326,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     _migrate_to_v4,
     _migrate_to_v5,
     _migrate_to_v6,
+    _migrate_to_v7,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

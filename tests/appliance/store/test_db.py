@@ -34,7 +34,7 @@ def test_open_creates_the_latest_schema_with_wal_and_foreign_keys(tmp_path: Path
     db = tmp_path / "node.sqlite3"
     conn = connect(db)
     try:
-        assert SCHEMA_VERSION == 6
+        assert SCHEMA_VERSION == 7
         expected = {"schema_version", "jobs", "sop_uids", "images", "results"}
         assert expected | {"model_events", "reviews", "outbound", "audit"} <= _tables(conn)
         assert {"federation_rounds", "federation_heldout", "federation_models"} <= _tables(conn)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trainer.models import DualStageClassifier, FameNodeNet, LesionClassifier, MAUNet
+from trainer.models import DualStageClassifier, FameNodeNet, FoldEnsemble, LesionClassifier, MAUNet
 from trainer.profiles import DualStageProfile, MAUEncoderSpec, NASNetSpec, ResNetV2Spec
 
 
@@ -141,6 +141,39 @@ class CombinedDualStageFamily(CombinedFamily):
         return seg + _dual_stage_loss(model.classifier, cls_in, labels)
 
 
+class FoldEnsembleFamily:
+    """The exported graph of a fold-ensemble bundle (`trainer.ood.FameNodeNetWithOOD` over a
+    `FameNodeNet` whose segmenter is a `FoldEnsemble` of 3 MAU-Nets): 4 outputs, the last the
+    folds' disagreement. The OOD head's statistics are fixed, not fitted (buffers only)."""
+
+    in_channels = 1
+    input_name = "image"
+    output_names: tuple[str, ...] = ("lesion_prob", "class_prob", "ood_score", "seg_uncertainty")
+
+    @classmethod
+    def build(cls) -> nn.Module:
+        import numpy as np
+
+        from trainer.ood import FameNodeNetWithOOD, OODStats
+
+        net = FameNodeNet(
+            FoldEnsemble([MAUNet(base_width=4) for _ in range(3)]), LesionClassifier(widths=(4, 8))
+        )
+        stats = OODStats(means=np.eye(3, 8), precision=np.eye(8))
+        return FameNodeNetWithOOD(net, stats, temperature=1.5)
+
+    @classmethod
+    def output_shapes(cls, n: int, s: int) -> tuple[tuple[int, ...], ...]:
+        return ((n, 1, s, s), (n, 3), (n,), (n,))
+
+    @classmethod
+    def loss(cls, model: nn.Module, x: Tensor) -> Tensor:
+        masks, labels = _targets(x.shape[0], x.shape[-1])
+        lesion_prob, class_prob, _, _ = model(x)
+        seg = F.binary_cross_entropy(lesion_prob.clamp(1e-6, 1 - 1e-6), masks)
+        return seg + F.nll_loss(torch.log(class_prob.clamp_min(1e-8)), labels)
+
+
 class ACGANGeneratorFamily:
     """The ACGAN generator (training only, never exported): it takes noise and class
     indices, so it declares its own `inputs`; its training loss here is the distance to
@@ -205,6 +238,7 @@ ALL_FAMILIES: tuple[type, ...] = (
     DualStageFamily,
     SingleBackboneFamily,
     CombinedDualStageFamily,
+    FoldEnsembleFamily,
     ACGANGeneratorFamily,
     ACGANDiscriminatorFamily,
 )

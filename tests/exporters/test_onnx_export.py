@@ -18,6 +18,7 @@ from tests.exporters.families import (
     CombinedDualStageFamily,
     CombinedFamily,
     DualStageFamily,
+    FoldEnsembleFamily,
     MAUNetFamily,
     SingleBackboneFamily,
 )
@@ -95,6 +96,10 @@ class TestSingleBackboneExport(SingleBackboneFamily, ExportParityContract):
 
 class TestCombinedDualStageExport(CombinedDualStageFamily, ExportParityContract):
     pass
+
+
+class TestFoldEnsembleExport(FoldEnsembleFamily, ExportParityContract):
+    """All 4 outputs (lesion_prob, class_prob, ood_score, seg_uncertainty) within 1e-4."""
 
 
 class _TracesDifferently(nn.Module):

@@ -45,6 +45,7 @@ from trainer.loops import (
     _Synthetic,
     classification_metrics,
     predict,
+    train_classifier,
 )
 from trainer.losses import inverse_frequency_weights
 from trainer.models import DualStageClassifier, FoldEnsemble, LesionClassifier, MAUNet
@@ -130,6 +131,24 @@ def _start(
             if key in previous:
                 log.data[key] = previous[key]
     return ckpt, saved
+
+
+def train_any_classifier(
+    cfg: TrainConfig,
+    segmenter: MAUNet | FoldEnsemble,
+    train: ArraySet,
+    val: ArraySet,
+    gen: torch.Generator,
+    log: Logger,
+    deadline: float,
+) -> tuple[LesionClassifier | DualStageClassifier, dict[str, Any]]:
+    """The classifier stage of a run, of `cfg.classifier`'s kind: `train_dual_stage` or
+    `trainer.loops.train_classifier` (the pre-activation ResNet)."""
+    if cfg.classifier == "dual-stage":
+        return train_dual_stage(cfg, segmenter, train, val, gen, log, deadline)
+    if cfg.classifier != "preact-resnet":
+        raise ValueError(f"classifier {cfg.classifier!r}: expected one of {CLASSIFIERS}")
+    return train_classifier(cfg, segmenter, train, val, gen, log, deadline)
 
 
 def train_dual_stage(
@@ -378,4 +397,12 @@ def _plain(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: metrics[k] for k in ("accuracy", "macro_f1", "macro_auc")}
 
 
-__all__ = ["CLASSIFIERS", "classifier_for", "describe", "train_dual_stage"]
+__all__ = [
+    "CLASSIFIERS",
+    "STAGE_ONE",
+    "STAGE_TWO",
+    "classifier_for",
+    "describe",
+    "train_any_classifier",
+    "train_dual_stage",
+]

@@ -27,6 +27,13 @@ from typing import Any
 import torch
 
 from trainer.data import SITE_SHIFT, ArraySet, AugmentParams, load_datasets
+from trainer.dual_stage_train import (
+    CLASSIFIERS,
+    STAGE_TWO,
+    classifier_for,
+    describe,
+    train_any_classifier,
+)
 from trainer.loops import (  # re-exported: the settings and metrics of a run
     PAPER_EARLY_STOP_PATIENCE,
     PAPER_PLATEAU_FACTOR,
@@ -39,11 +46,12 @@ from trainer.loops import (  # re-exported: the settings and metrics of a run
     classification_metrics,
     paper_schedule,
     segmentation_metrics,
-    train_classifier,
     train_segmenter,
     validate,
 )
-from trainer.models import CLASSES, FameNodeNet, FoldEnsemble, LesionClassifier, MAUNet
+from trainer.models import CLASSES, FameNodeNet, FoldEnsemble, MAUNet
+from trainer.models.dual_stage import BACKBONES
+from trainer.profiles import PROFILES
 from trainer.resume import StageCheckpoint
 from trainer.seed import seed_everything
 
@@ -96,7 +104,7 @@ def run(cfg: TrainConfig) -> Path:
         segmenter, _ = train_fold_ensemble(cfg, train, val, log)
     else:
         segmenter, _ = train_segmenter(cfg, train, val, gen, log)
-    classifier, _ = train_classifier(
+    classifier, _ = train_any_classifier(
         cfg, segmenter, train, val, gen, log, deadline=start + 60.0 * cfg.max_minutes
     )
     log.data["wall_seconds"] = round(time.monotonic() - start, 1)
@@ -111,7 +119,7 @@ def run(cfg: TrainConfig) -> Path:
         checkpoint,
     )
     bundle = export_checkpoint(cfg, checkpoint, log.path)
-    for stage in ("stage1", "stage2"):  # the run is complete: nothing left to resume
+    for stage in ("stage1", "stage2", STAGE_TWO):  # the run is complete: nothing to resume
         StageCheckpoint(cfg.work_dir, stage).clear()
     for i in range(cfg.folds if cfg.folds > 1 else 0):
         StageCheckpoint(cfg.work_dir / f"fold{i}", "stage1").clear()
@@ -133,7 +141,7 @@ def load_checkpoint(cfg: TrainConfig, checkpoint: Path) -> tuple[FameNodeNet, di
         FoldEnsemble([mau_net() for _ in range(cfg.folds)]) if cfg.folds > 1 else mau_net()
     )
     segmenter.load_state_dict(state["segmenter"])
-    classifier = LesionClassifier(in_channels=2, widths=cfg.cls_widths, dropout=cfg.dropout)
+    classifier = classifier_for(cfg)
     classifier.load_state_dict(state["classifier"])
     return FameNodeNet(segmenter, classifier).eval(), dict(state["counts"])
 
@@ -250,7 +258,7 @@ def run_classifier(cfg: TrainConfig, segmenter_dir: Path) -> Path:
     for key in ("stage1", "stage1_summary"):
         log.data[key] = seg_log[key]
     log.data["segmenter"] = {"file": str(seg_file), "sha256": seg_sha}
-    classifier, _ = train_classifier(
+    classifier, _ = train_any_classifier(
         cfg, segmenter, train, val, gen, log, deadline=start + 60.0 * cfg.max_minutes
     )
     log.data["wall_seconds"] = round(time.monotonic() - start, 1)
@@ -265,6 +273,7 @@ def run_classifier(cfg: TrainConfig, segmenter_dir: Path) -> Path:
         checkpoint,
     )
     StageCheckpoint(cfg.work_dir, "stage2").clear()
+    StageCheckpoint(cfg.work_dir, STAGE_TWO).clear()
     marker.unlink()
     return checkpoint
 
@@ -331,8 +340,7 @@ def export_checkpoint(cfg: TrainConfig, checkpoint: Path, log_path: Path) -> Pat
                     if cfg.folds > 1
                     else ""
                 ),
-                "classifier": f"pre-activation ResNet, widths {list(cfg.cls_widths)}, "
-                "input [image, lesion_prob]",
+                "classifier": describe(cfg),
             },
             "stage1": {
                 "loss": "soft Dice + BCE",
@@ -486,6 +494,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--segmenter", type=Path, default=None, help="--stage cls: the --stage seg folder"
     )
+    parser.add_argument(
+        "--classifier",
+        choices=CLASSIFIERS,
+        default=d.classifier,
+        help="preact-resnet: the small ResNet (--cls widths); dual-stage: the FAME ensemble "
+        "of ResNet50V2, NASNet-A and the MAU-Net encoder with a meta-classifier",
+    )
+    parser.add_argument("--profile", choices=sorted(PROFILES), default=d.profile)
+    parser.add_argument(
+        "--backbones",
+        nargs="+",
+        choices=BACKBONES,
+        default=list(d.backbones),
+        help="dual-stage: the backbones fused (one alone: the ablation)",
+    )
+    parser.add_argument(
+        "--epochs-meta", type=int, default=d.epochs_meta, help="dual-stage: stage-two epochs"
+    )
     return parser
 
 
@@ -513,6 +539,10 @@ def _parse(argv: list[str] | None) -> tuple[TrainConfig, argparse.Namespace]:
         lr_cls=a.lr_cls,
         max_minutes=a.max_minutes,
         seg_share=a.seg_share,
+        classifier=a.classifier,
+        profile=a.profile,
+        backbones=tuple(a.backbones),
+        epochs_meta=a.epochs_meta,
     )
     if a.schedule == "paper":
         cfg = paper_schedule(cfg)

@@ -221,9 +221,11 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path: Path, tiny_pro
         resumed = _cfg(tmp_path, f"resumed-{stage}", manifest)
 
         class Killed(Logger):
+            kill_in = stage
+
             def epoch(self, at: str, record: dict[str, Any]) -> None:
                 super().epoch(at, record)
-                if at == stage and record["epoch"] == 2:
+                if at == self.kill_in and record["epoch"] == 2:
                     raise _Interrupt  # the epoch-2 checkpoint is not written yet
 
         with pytest.raises(_Interrupt):

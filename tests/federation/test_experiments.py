@@ -105,7 +105,9 @@ TINY = ExperimentSettings(
 def test_tiny_run_writes_json_the_renderer_turns_into_markdown_and_resumes(
     tmp_path: Path,
 ) -> None:
-    sites = [_synthetic("a", 1, 12), _synthetic("b", 2, 8)]
+    a = _synthetic("a", 1, 12)
+    scanners = {"x": np.arange(0, 4, dtype=np.int64), "y": np.arange(4, 8, dtype=np.int64)}
+    sites = [replace(a, test_scanners=scanners), _synthetic("b", 2, 8)]
     out = tmp_path / "federation"
     only = ["fedavg", "fedavg-dp-eps8", "fedavg-secagg", "local-a", "local-b", "centralised"]
     paths = run_all(TINY, sites, out, only, log=lambda _: None)
@@ -118,6 +120,8 @@ def test_tiny_run_writes_json_the_renderer_turns_into_markdown_and_resumes(
     assert fed["ea"]["auc"] == pytest.approx(
         abs(fed["sites"]["a"]["auc"] - fed["sites"]["b"]["auc"]) / 2
     )
+    assert fed["sites"]["a"]["by_scanner"]["y"]["n_test"] == 4
+    assert "by_scanner" not in fed["sites"]["b"]
     dp = json.loads((out / "fedavg-dp-eps8.json").read_text())
     for site in ("a", "b"):
         assert 7.9 <= dp["privacy"]["epsilon_spent"][site] <= 8.0
@@ -138,7 +142,20 @@ def test_tiny_run_writes_json_the_renderer_turns_into_markdown_and_resumes(
             }
         )
     )
-    markdown = render_dir(out)
+    reference = tmp_path / "shipped.json"
+    reference.write_text(
+        json.dumps(
+            {
+                "model": "shipped@1",
+                "measured": "2026-12-01T00:00:00",
+                "targets": {
+                    "busi": {"n": 3, "segmentation": {"dice": 0.5}, "classification": {"auc": 0.75}}
+                },
+            }
+        )
+    )
+    markdown = render_dir(out, reference)
+    assert "`shipped@1`" in markdown and "BUSI (3) Dice 0.500, AUC 0.750" in markdown
     for needle in (
         "## Test figures per site",
         "| fedavg-dp-eps8 |",

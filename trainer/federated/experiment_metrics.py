@@ -43,13 +43,19 @@ class Outputs:
     labels: NDArray[np.int64]
 
 
-def site_figures(val: Outputs, test: Outputs, min_area_px: float = 0.0) -> dict[str, object]:
-    """Test figures of one site, the mask threshold chosen on its val split."""
+def site_figures(
+    val: Outputs,
+    test: Outputs,
+    min_area_px: float = 0.0,
+    groups: Mapping[str, NDArray[np.int64]] | None = None,
+) -> dict[str, object]:
+    """Test figures of one site, the mask threshold chosen on its val split; with the same
+    figures per group of test images (``by_scanner``) when `groups` names some."""
     threshold, sweep = choose_threshold(val.lesion, val.masks, min_area_px)
     seg = segmentation_metrics(test.lesion, test.masks, threshold, min_area_px)
     report = classification_report(list(test.labels), test.classes, CLASSES)
     val_report = classification_report(list(val.labels), val.classes, CLASSES)
-    return {
+    out: dict[str, object] = {
         "n_test": len(test.labels),
         "n_test_with_lesion": int(sum(bool(m.any()) for m in test.masks)),
         "threshold": threshold,
@@ -59,6 +65,25 @@ def site_figures(val: Outputs, test: Outputs, min_area_px: float = 0.0) -> dict[
         "accuracy": report.accuracy,
         "val_dice": _finite(sweep[threshold]["dice"]),
         "val_auc": val_report.macro_auc,
+    }
+    if groups:
+        out["by_scanner"] = {
+            name: _subset_figures(test, idx, threshold, min_area_px) for name, idx in groups.items()
+        }
+    return out
+
+
+def _subset_figures(
+    test: Outputs, index: NDArray[np.int64], threshold: float, min_area_px: float
+) -> dict[str, object]:
+    part = Outputs(test.lesion[index], test.classes[index], test.masks[index], test.labels[index])
+    seg = segmentation_metrics(part.lesion, part.masks, threshold, min_area_px)
+    report = classification_report(list(part.labels), part.classes, CLASSES)
+    return {
+        "n_test": len(index),
+        "dice": _finite(seg["dice"]),
+        "auc": report.macro_auc,
+        "accuracy": report.accuracy,
     }
 
 

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import NDArray
 
 from appliance.preprocess import PreprocessParams
 from trainer.data import ArraySet, DataError, load_dataset
@@ -43,6 +44,8 @@ class Site:
     val: ArraySet
     test: ArraySet
     train_available: int  # before the cap
+    # test-image indices per scanner, for a site of several scanners (else empty)
+    test_scanners: dict[str, NDArray[np.int64]] = field(default_factory=dict)
 
 
 def default_sites(data_root: Path = SHARED_DATA) -> tuple[SiteSpec, ...]:
@@ -69,7 +72,8 @@ def load_sites(
     sites = []
     for index, spec in enumerate(specs):
         splits = load_dataset(spec.manifest, params, cache_dir)
-        keep = _scanner_filter(spec)
+        scanner_of = _scanners(spec)
+        keep = None if scanner_of is None else set(scanner_of)
         train, val, test = (subset(splits[s], keep) for s in ("train", "val", "test"))
         if min(len(train), len(val), len(test)) == 0:
             raise DataError(
@@ -82,7 +86,13 @@ def load_sites(
         if available > max_train:
             chosen = np.sort(rng.choice(available, size=max_train, replace=False))
             train = take(train, chosen)
-        sites.append(Site(spec.name, train, val, test, available))
+        groups: dict[str, NDArray[np.int64]] = {}
+        if scanner_of is not None and len(spec.scanners) > 1:
+            for scanner in spec.scanners:
+                groups[scanner] = np.array(
+                    [i for i, n in enumerate(test.names) if scanner_of[n] == scanner], np.int64
+                )
+        sites.append(Site(spec.name, train, val, test, available, groups))
     return sites
 
 
@@ -121,8 +131,8 @@ def concat(parts: Sequence[ArraySet]) -> ArraySet:
     )
 
 
-def _scanner_filter(spec: SiteSpec) -> set[str] | None:
-    """The manifest-relative image paths of the spec's scanners (None: keep every row)."""
+def _scanners(spec: SiteSpec) -> dict[str, str] | None:
+    """Manifest-relative image path -> scanner, for the spec's scanners (None: every row)."""
     if not spec.scanners:
         return None
     with spec.manifest.open(newline="", encoding="utf-8") as fh:
@@ -135,4 +145,4 @@ def _scanner_filter(spec: SiteSpec) -> set[str] | None:
         rows = [r for r in reader if r["site"] in spec.scanners]
     if not rows:
         raise DataError(f"no row of {spec.manifest} has site in {spec.scanners}")
-    return {r["image"] for r in rows}
+    return {r["image"]: r["site"] for r in rows}

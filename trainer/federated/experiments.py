@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import sys
@@ -76,7 +77,9 @@ from trainer.federated.strategy import SignedDeltaFedAvg
 from trainer.federated.wire import Arrays, clip, load_arrays, state_arrays, subtract
 from trainer.models import FameNodeNet, LesionClassifier, MAUNet
 
-FORMAT = 1
+FORMAT = 2
+
+log = logging.getLogger("fame_node.federation.experiments")
 
 
 @dataclass(frozen=True)
@@ -86,8 +89,8 @@ class ExperimentSettings:
     size: int = 64
     base_width: int = 8
     classifier_widths: tuple[int, ...] = (16, 32, 64, 128)
-    max_train: int = 128
-    rounds: int = 10
+    max_train: int = 112
+    rounds: int = 8
     local_epochs: int = 1
     batch_size: int = 8  # the deployment's default (RunSettings)
     learning_rate: float = 0.02
@@ -119,11 +122,14 @@ class Config:
 
 def configurations(settings: ExperimentSettings, site_names: Sequence[str]) -> list[Config]:
     """The experiment set, in the order it runs (the side-by-side timings first)."""
+    first, *others = settings.dp_epsilons or (0.0,)
     configs = [Config("fedavg", "federated")]
-    configs += [Config(_dp_name(e), "federated", dp_epsilon=e) for e in settings.dp_epsilons]
+    if settings.dp_epsilons:
+        configs.append(Config(_dp_name(first), "federated", dp_epsilon=first))
     configs.append(Config("fedavg-secagg", "federated", secagg=True))
     configs += [Config(f"local-{s}", "local", site=s) for s in site_names]
     configs.append(Config("centralised", "centralised"))
+    configs += [Config(_dp_name(e), "federated", dp_epsilon=e) for e in others]
     if settings.client_dp_epsilon > 0:
         eps = settings.client_dp_epsilon
         configs.append(Config(f"fedavg-client-dp-eps{eps:g}", "federated", client_dp_epsilon=eps))
@@ -212,7 +218,10 @@ def _mean_val_score(net: FameNodeNet, sites: Sequence[Site]) -> float:
 
 
 def _figures(net: FameNodeNet, sites: Sequence[Site]) -> dict[str, dict[str, object]]:
-    return {s.name: site_figures(outputs(net, s.val), outputs(net, s.test)) for s in sites}
+    return {
+        s.name: site_figures(outputs(net, s.val), outputs(net, s.test), groups=s.test_scanners)
+        for s in sites
+    }
 
 
 def run_alone(
@@ -234,6 +243,9 @@ def run_alone(
         )
         rounds.append(_timing(r, wall, cpu, train_s=[round(result.seconds, 3)]))
         tracker.offer(r, _mean_val_score(net, eval_sites), state_arrays(net))
+        log.info(
+            "%s epoch %d: %s, val score %.4f", config.name, r, rounds[-1], tracker.val_scores[-1]
+        )
     load_arrays(net, tracker.best_state)
     return {
         "rounds": rounds,
@@ -338,6 +350,9 @@ def run_federated(
         rounds.append(_timing(r, wall, cpu, train_s=train_s, **extra))
         load_arrays(net, strategy.current)
         tracker.offer(r, _mean_val_score(net, sites), strategy.current)
+        log.info(
+            "%s round %d: %s, val score %.4f", config.name, r, rounds[-1], tracker.val_scores[-1]
+        )
     load_arrays(net, tracker.best_state)
     out: dict[str, Any] = {
         "rounds": rounds,
@@ -519,6 +534,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", default=[], help="run only this configuration")
     parser.add_argument("--smoke", action="store_true", help="tiny settings (about 2 min)")
     parser.add_argument("--render-only", action="store_true")
+    parser.add_argument(
+        "--reference",
+        type=Path,
+        default=Path("docs/results/fame-node-multisite-0.2.0.json"),
+        help="the shipped model's site_report JSON, quoted for scale",
+    )
     a = parser.parse_args(argv)
     from trainer.federated.experiment_doc import render_dir
 
@@ -528,6 +549,7 @@ def main(argv: list[str] | None = None) -> int:
             settings = replace(settings, rounds=a.rounds)
         if a.max_train is not None:
             settings = replace(settings, max_train=a.max_train)
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
         torch.set_num_threads(settings.threads)
         specs: Sequence[SiteSpec] = default_sites(a.data_root) if a.data_root else default_sites()
         sites = load_sites(
@@ -538,7 +560,7 @@ def main(argv: list[str] | None = None) -> int:
             settings.seed,
         )
         run_all(settings, sites, a.out, a.only, log=lambda m: print(m, flush=True))
-    a.doc.write_text(render_dir(a.out), encoding="utf-8")
+    a.doc.write_text(render_dir(a.out, a.reference), encoding="utf-8")
     print(f"wrote {a.doc}")
     return 0
 

@@ -1,7 +1,8 @@
 """``fame-node train seg|cls|bundle`` (appliance.commands.train) on a tiny manifest of real
 PNGs: the two stages one after the other through the real CLI, the refusal of a segmenter
 of other settings, the arguments handed to ``trainer.train``, and the message without torch.
-Takes about half a minute on 2 shared cores (two 1-epoch stages at 32 px)."""
+Takes about half a minute on 2 shared cores (two 1-epoch stages at 32 px); the whole-bundle
+check with the paper schedule and an ACGAN is marked slow."""
 
 from __future__ import annotations
 
@@ -113,3 +114,47 @@ def test_without_torch_the_command_says_what_to_install(tmp_path: Path) -> None:
     )
     assert done.returncode == 2, done.stderr
     assert INSTALL_HINT in done.stderr
+
+
+@pytest.mark.slow  # about 90 s on 2 loaded cores: two stages and a whole bundle export
+def test_the_bundle_records_the_paper_schedule_and_the_acgan(tmp_path: Path) -> None:
+    # Through trainer.train.run, what `train bundle` calls: the command line has no
+    # classifier widths, and the OOD head of a bundle needs features narrower than 7 cases.
+    from appliance.bundle import load_bundle
+    from trainer.acgan import ACGANConfig, train_acgan
+    from trainer.loops import TrainConfig, paper_schedule
+    from trainer.train import run
+
+    manifest = write_tiny_busi(tmp_path / "busi", per_class=4)
+    gan = ACGANConfig(
+        manifests=(manifest,),
+        out=tmp_path / "gan",
+        work_dir=tmp_path / "gan-work",
+        cache_dir=tmp_path / "cache",
+        size=32,
+        latent_dim=8,
+        width=4,
+        batch_size=4,
+        epochs=1,
+    )
+    train_acgan(gan)
+    cfg = TrainConfig(
+        manifest=manifest,
+        out=tmp_path / "bundle",
+        work_dir=tmp_path / "work",
+        cache_dir=tmp_path / "cache",
+        size=32,
+        base_width=4,
+        cls_widths=(4, 8),
+        batch_size=4,
+        epochs_seg=1,
+        epochs_cls=1,
+        acgan=gan.out,
+    )
+    training = load_bundle(run(paper_schedule(cfg))).manifest.training
+    assert "ReduceLROnPlateau" in training["stage1"]["optimizer"]
+    assert "vertical flip" in training["augmentation"]
+    synthetic = training["stage2"]["synthetic"]
+    assert sum(synthetic["per_class_per_epoch"].values()) > 0
+    recorded = training["manifests"]["busi/manifest.csv"]
+    assert synthetic["acgan_manifests"] == {"busi/manifest.csv": recorded}

@@ -18,6 +18,11 @@ and starts this project's ClientApp for each message; the supervisor owns its pr
   ``ORT_DISABLE_TELEMETRY=1``; its local API bound to 127.0.0.1; no runtime dependency
   installation (flwr's default, never overridden here); ``FLWR_HOME`` in the node's work
   folder;
+* **only its own ClientApp code**: on start the supervisor pins the content of the
+  installed app bundle (`appliance.federation.app_pin`: ``work/federation/app-pin.json``,
+  built from the installed files) and puts ``work/federation/bin`` first on the
+  SuperNode's ``PATH``, whose ``flwr-clientapp`` refuses any FAB from the coordinator that
+  differs from the pin before a line of it is unpacked or imported;
 * **its output in the node log** (logger ``fame_node.federation.supernode``), colour codes
   stripped and control characters escaped, and whether it is connected (the SuperNode
   says ``SuperNode ID`` when registered, ``Connection attempt failed`` when not) kept in
@@ -47,6 +52,14 @@ from typing import IO, Any
 
 from appliance.config import NodeConfig
 from appliance.federation import FederationError
+from appliance.federation.app_pin import (
+    PIN_ENV,
+    PIN_FILE,
+    SHADOW_DIR,
+    install_shadow_commands,
+    installed_content,
+    write_pin,
+)
 from appliance.privacy import shown
 
 log = logging.getLogger("fame_node.federation")
@@ -142,7 +155,11 @@ class SupernodeSupervisor:
         f = self.config.federation
         env = dict(os.environ)
         bin_dir = str(self.program().parent)  # it spawns flower-superexec from PATH
-        env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", "")])
+        # The SuperExec starts flwr-clientapp (and any other task program) by name: the
+        # node's pinned, checking versions come first (`pin_app`).
+        shadow = str(self.config.folder("work") / SHADOW_DIR)
+        env["PATH"] = os.pathsep.join([shadow, bin_dir, env.get("PATH", "")])
+        env[PIN_ENV] = str(self.config.folder("work") / PIN_FILE)
         threads = str(f.max_threads)
         env.update({name: threads for name in THREAD_VARIABLES})
         env["FAME_NODE_TRAINING_THREADS"] = threads
@@ -159,9 +176,30 @@ class SupernodeSupervisor:
 
     # -- lifecycle -----------------------------------------------------------------------
 
+    def pin_app(self) -> str:
+        """Pin the installed ClientApp bundle's content and write the checking programs
+        the SuperNode finds first on its PATH; returns the pinned digest."""
+        work = self.config.folder("work")
+        content = installed_content()
+        write_pin(work / PIN_FILE, content)
+        install_shadow_commands(work / SHADOW_DIR)
+        log.info(
+            "ClientApp pinned to the installed app bundle (content digest %s): any other "
+            "app bundle from the coordinator is refused",
+            content.digest[:16],
+        )
+        return content.digest
+
     def start(self) -> None:
-        """Check the program is there, then supervise on a thread of its own."""
+        """Check the program is there, pin the app, then supervise on a thread of its own."""
         self.program()
+        try:
+            self.pin_app()
+        except OSError as exc:
+            raise FederationError(
+                f"cannot write the ClientApp pin under {self.config.folder('work')}: "
+                f"{exc.strerror}; the node's work folder must be writable"
+            ) from exc
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="fame-supernode", daemon=True)
         self._thread.start()

@@ -69,11 +69,34 @@ def check_federation(config: NodeConfig) -> Iterator[Finding]:
         yield Finding(CHECK, "ok", "federation not configured (federation.enabled = false)")
         return
     yield from federation_findings(target_of(section), datetime.now(UTC))
+    yield app_pin_finding()
     # The SuperNode the service starts listens on 127.0.0.1 for its ClientApps.
     from appliance.doctor.network import port_findings
 
     yield from port_findings(
         CHECK, "federation.supernode", "127.0.0.1", section.supernode_port, config
+    )
+
+
+def app_pin_finding() -> Finding:
+    """The installed ClientApp bundle that `fame-node run` pins (`federation.app_pin`)."""
+    from appliance.federation import FederationError
+    from appliance.federation.app_pin import installed_content
+
+    try:
+        digest = installed_content().digest
+    except (FederationError, ImportError) as exc:
+        return Finding(
+            CHECK,
+            "fail",
+            f"the installed ClientApp bundle cannot be pinned: {exc}",
+            "reinstall fame-node with the federation extra (pip install 'fame-node[federation]')",
+        )
+    return Finding(
+        CHECK,
+        "ok",
+        f"ClientApp pinned to the installed app bundle, content digest {digest[:16]}: the "
+        "coordinator must run this fame-node version; any other app bundle is refused",
     )
 
 

@@ -23,6 +23,14 @@ up by hand) does, trusting nothing in the files:
    aggregated weights and the held-out figures of both models; signs it with the node's
    own key (`appliance.models.node_key`); installs and activates it through the registry
    (``actor = "federation"``), which the running service swaps in live.
+   Before it is signed the export gets the optimised variants the rest of the project
+   builds (`add_variants`): its FP16 ONNX (`exporters.variants.add_fp16`, checked against
+   the FP32 graph in ONNX Runtime) and, where this machine has a CUDA GPU and TensorRT,
+   the TensorRT engine for ``runtime.precision`` (`exporters.engines.engine_for`, into
+   the engine cache and the bundle's ``engines/``); the manifest lists each with its
+   sha256. Where one cannot be built (no GPU or TensorRT here; an FP16 graph that moves
+   an output past its tolerance) the model deploys without it and the manifest's
+   ``evaluation.variants`` says why; the runtime then runs the FP32 ONNX.
 
 Every decision is one row of ``federation_models`` and a model-history event (``activated``
 or ``refused`` with the reason), which the audit log records with it.
@@ -45,7 +53,7 @@ from typing import Any
 from safetensors import SafetensorError
 from safetensors.numpy import load as load_numpy
 
-from appliance.bundle import MANIFEST_NAME, Bundle
+from appliance.bundle import MANIFEST_NAME, Bundle, load_bundle
 from appliance.config import NodeConfig, load_config
 from appliance.errors import FameNodeError
 from appliance.federation.ledger import PrivacyLedger
@@ -282,10 +290,43 @@ def _export(
         },
         evaluation={"federation_heldout": figures},
     )
+    add_variants(config, bundle)
     manifest = (bundle / MANIFEST_NAME).read_bytes()
     (bundle / SIGNATURE_NAME).write_bytes(sign_manifest(manifest, node_signing_key(config)))
     shutil.rmtree(out.with_name(out.name + ".work"), ignore_errors=True)
     return bundle
+
+
+def add_variants(config: NodeConfig, bundle_dir: Path) -> dict[str, Any]:
+    """Add the FP16 ONNX and, where a GPU and TensorRT are here, the TensorRT engine to
+    the (unsigned) export; what was added or why not, also in ``evaluation.variants``."""
+    from appliance.runtime.engine_cache import EngineCache
+    from exporters.engines import engine_for
+    from exporters.fp16 import Fp16Error
+    from exporters.tensorrt import EngineBuildError, machine_key
+    from exporters.variants import add_engine, add_files, add_fp16
+
+    done: dict[str, Any] = {}
+    try:
+        report = add_fp16(bundle_dir)
+        done["fp16"] = report.path.name
+    except Fp16Error as exc:
+        log.warning("the deployed model gets no FP16 ONNX: %s", exc)
+        done["fp16"] = f"not built: {exc}"
+    rt = config.runtime
+    try:
+        bundle = load_bundle(bundle_dir)
+        sha = bundle.manifest.files[bundle.manifest.model_file]
+        key = machine_key(sha, rt.precision, max(rt.batch_size, rt.micro_batch_max))
+        engine = engine_for(bundle, key, EngineCache(rt.engine_dir()))
+        add_engine(bundle_dir, engine.name, engine.data)
+        done["engines"] = [engine.name]
+    except EngineBuildError as exc:
+        log.info("no TensorRT engine for the deployed model on this machine: %s", exc)
+        done["engines"] = []
+        done["engines_not_built"] = str(exc)
+    add_files(bundle_dir, {}, evaluation={"variants": done})
+    return done
 
 
 def _refuse(
@@ -344,4 +385,12 @@ if __name__ == "__main__":
     raise SystemExit(main())
 
 
-__all__ = ["ACTOR", "Refused", "deploy_pending", "deploy_received", "fl_version", "main"]
+__all__ = [
+    "ACTOR",
+    "Refused",
+    "add_variants",
+    "deploy_pending",
+    "deploy_received",
+    "fl_version",
+    "main",
+]

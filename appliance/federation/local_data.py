@@ -12,9 +12,12 @@ Where the cases come from:
   The image is read only from bytes whose sha256 is the job's, the bytes that were
   analysed and reviewed: the node's kept training copy (``work/federation/cases/<sha256>``),
   else the job's spool copy, else the inbox file copied there while hashed
-  (`appliance.ingest.snapshot.Spool`: no links, no special files). An inbox path may hold
+  (`appliance.ingest.snapshot.Spool`: no links, no special files). The pipeline keeps
+  every done job's spool copy there (`appliance.federation.training_spool`), so a case
+  reviewed after its inbox file was removed is still trained on. An inbox path may hold
   other content by now (a PACS re-export under the same name): such a case is skipped and
-  counted, never trained on. Copies of cases no longer in the training set are removed.
+  counted, never trained on. Copies are kept while their case is in the training set,
+  else for the review window, within a size bound (`training_spool.prune`).
 * the manifests in ``federation.manifests``: split ``train`` is trained on, ``val`` is
   held out, ``test`` is never read (the site's own test set stays untouched).
 
@@ -26,7 +29,6 @@ is skipped and counted in ``LocalData.skipped`` by reason; nothing names the fil
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 from collections import Counter
@@ -40,6 +42,7 @@ from numpy.typing import NDArray
 from appliance.config import NodeConfig
 from appliance.errors import FameNodeError, InputError, TransientError
 from appliance.federation.heldout import HeldoutAssignments
+from appliance.federation.training_spool import CASES_FOLDER, prune
 from appliance.ingest.snapshot import Spool
 from appliance.io.reader import read_file
 from appliance.preprocess import PreprocessParams, letterbox_mask, preprocess
@@ -49,8 +52,6 @@ from appliance.store.db import Database
 from appliance.store.reviews import ReviewStore, TrainingExample
 from trainer.data import ArraySet, DataError, load_example, load_grey, read_manifest
 from trainer.models.classifier import CLASSES
-
-CASES_FOLDER = Path("federation") / "cases"  # under paths.work
 
 
 @dataclass(frozen=True)
@@ -140,14 +141,12 @@ def _reviewed_cases(
     kept = Spool(config.folder("work") / CASES_FOLDER)
     spool = Spool(config.folder("work") / "spool")
     cases: list[_Case] = []
-    wanted: set[str] = set()
     for ex in examples:
         spool_path, size, patient = jobs.get(ex.job_id, (None, None, None))
         source = _verified_source(ex, spool_path, size, kept, spool, config)
         if source is None:
             skipped["its bytes are gone or changed since it was analysed"] += 1
             continue
-        wanted.add(source.name)
         try:
             case = _case(ex, source, params, config)
         except _Skip as why:
@@ -157,7 +156,7 @@ def _reviewed_cases(
         cases.append(
             _Case(case[0], case[1], case[2], f"job-{ex.job_id}/frame-{ex.frame_index}", group)
         )
-    _prune(kept.folder, wanted)
+    prune(kept.folder, {ex.sha256 for ex in examples if ex.sha256})
     return cases
 
 
@@ -277,15 +276,6 @@ def _arrays(cases: Sequence[_Case], size: int) -> ArraySet:
         labels=np.asarray([c.label for c in cases], dtype=np.int64),
         names=tuple(c.name for c in cases),
     )
-
-
-def _prune(folder: Path, wanted: set[str]) -> None:
-    """Remove kept copies of cases no longer in the training set (reviews undone)."""
-    with contextlib.suppress(FileNotFoundError):
-        for entry in os.scandir(folder):
-            if entry.is_file(follow_symlinks=False) and entry.name not in wanted:
-                with contextlib.suppress(OSError):
-                    os.unlink(entry.path)
 
 
 def _said(counts: Counter[str]) -> str:

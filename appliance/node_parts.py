@@ -15,6 +15,7 @@ from appliance.analysis import Analyzer
 from appliance.bundle import Bundle
 from appliance.config import NodeConfig
 from appliance.errors import BundleError
+from appliance.federation.training_spool import CASES_FOLDER
 from appliance.health import Conditions
 from appliance.ingest.intake import Intake
 from appliance.ingest.snapshot import Spool
@@ -133,6 +134,9 @@ def build_parts(
             outbox_dir=config.folder("outbox") if config.dicom_out.enabled else None,
             device_serial=config.dicom_out.device_serial or config.node_name,
             send_destination=config.dicom_send.queued_for(),
+            training_copies=(
+                config.folder("work") / CASES_FOLDER if config.federation.enabled else None
+            ),
         ),
         analyzer,
         queue,

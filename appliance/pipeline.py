@@ -83,6 +83,10 @@ class PipelineSettings:
     # The PACS (``AE@host:port``) the SEG / SR are queued for in the job's done transaction
     # (None: not sent; `appliance.dicom_send`).
     send_destination: str | None = None
+    # With the federation on, each done job's spool copy is kept here for training
+    # (`appliance.federation.training_spool`), so a case reviewed after its inbox file
+    # is gone can still be trained on; None: not kept.
+    training_copies: Path | None = None
 
 
 @dataclass
@@ -188,7 +192,7 @@ class Pipeline:
             outbound=outbound_items(outbox, self.settings.send_destination),
         )
         self.metrics.finished(job, "done")
-        self._release(job)
+        self._release(job, reviewable=True)
         first = analyses[0].diagnosis
         log.info(
             "%s done: %d frame(s), first frame %s (p=%.2f)%s",
@@ -331,13 +335,24 @@ class Pipeline:
                 return
             pause = min(pause * 2, 10.0)
 
-    def _release(self, job: Job) -> None:
+    def _release(self, job: Job, *, reviewable: bool = False) -> None:
         try:
             copy = self.queue.release_spool(job.id)
         except StoreError:
             return  # kept: a later release or `jobs` housekeeping removes it
         if copy is not None:
+            folder = self.settings.training_copies
+            if reviewable and folder is not None and job.sha256:
+                from appliance.federation.training_spool import keep_for_review
+
+                keep_for_review(copy, job.sha256, folder, self._training_shas)
             self._forget_copy(copy)
+
+    def _training_shas(self) -> set[str]:
+        from appliance.store.reviews import ReviewStore
+
+        with ReviewStore(self.queue.path) as reviews:
+            return {e.sha256 for e in reviews.training_set() if e.sha256}
 
     def _forget_copy(self, copy: Path) -> None:
         if not self.queue.spool_in_use(copy):

@@ -139,15 +139,16 @@ def describe_decision(
 
 
 def confidence_text(confidence: float | None, seg_uncertainty: float | None = None) -> str:
-    """The confidence as shown, with a fold ensemble's outline uncertainty beside it:
-    ``"87 % confidence · outline uncertainty 0.12"``; "" without a confidence."""
+    """The confidence as shown, with a fold ensemble's outline uncertainty under it:
+    ``"87 % confidence\noutline uncertainty 0.12"`` (two lines: the viewer's badge row has
+    no room for both on one); "" without a confidence."""
     if confidence is None:
         return ""
     text = f"{confidence * 100:.0f} % confidence"
     if seg_uncertainty is None:
         return text
     shown = "not computed" if math.isnan(seg_uncertainty) else f"{seg_uncertainty:.2f}"
-    return f"{text} · outline uncertainty {shown}"
+    return f"{text}\noutline uncertainty {shown}"
 
 
 def flag_label(flag: str) -> str:

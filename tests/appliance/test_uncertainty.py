@@ -185,7 +185,7 @@ def _bytes(ds: pydicom.Dataset) -> bytes:
 
 def test_the_gui_text_shows_the_score_beside_the_confidence_and_names_the_flag() -> None:
     assert confidence_text(0.874) == "87 % confidence"
-    assert confidence_text(0.874, 0.1234) == "87 % confidence · outline uncertainty 0.12"
+    assert confidence_text(0.874, 0.1234) == "87 % confidence\noutline uncertainty 0.12"
     assert confidence_text(0.5, float("nan")).endswith("outline uncertainty not computed")
     assert confidence_text(None, 0.3) == ""
     assert flag_label(FLAG) == "Uncertain outline"

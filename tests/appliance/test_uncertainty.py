@@ -190,3 +190,31 @@ def test_the_gui_text_shows_the_score_beside_the_confidence_and_names_the_flag()
     assert confidence_text(None, 0.3) == ""
     assert flag_label(FLAG) == "Uncertain outline"
     assert "fold models" in FLAG_HELP[FLAG]
+
+
+def test_evaluate_reports_the_score_against_the_dice_error() -> None:
+    from appliance.evaluate import CaseOutputs, spearman, uncertainty_figures
+
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 45]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 1, 2, 3], [5, 5, 6, 7]) == pytest.approx(1.0)  # ties share ranks
+    assert spearman([1, 2], [1, 2]) is None and spearman([1, 1, 1], [1, 2, 3]) is None
+    truth = np.zeros((8, 8), np.uint8)
+    truth[2:6, 2:6] = 1
+    preds = []
+    for shift in range(4):  # the further off the mask, the higher the model's uncertainty
+        p = np.zeros((8, 8), np.uint8)
+        p[2 + shift : 6 + shift, 2:6] = 1
+        preds.append(p)
+    out = CaseOutputs(
+        preds=[*preds, np.zeros((8, 8), np.uint8)],
+        truths=[truth] * 4 + [np.zeros((8, 8), np.uint8)],
+        uncertainties=[0.1, 0.2, 0.3, 0.4, 0.05],
+        flagged_uncertain=[False, False, True, True, False],
+    )
+    fig = uncertainty_figures(out)
+    assert fig is not None
+    assert fig["spearman_vs_dice_error"] == pytest.approx(1.0)
+    assert fig["n_with_lesion"] == 4 and fig["flagged_high_uncertainty"] == pytest.approx(0.4)
+    assert fig["median"] == pytest.approx(0.2)
+    assert uncertainty_figures(CaseOutputs(uncertainties=[None])) is None

@@ -105,3 +105,42 @@ def test_a_single_mau_net_bundle_keeps_three_outputs_and_no_threshold(tmp_path: 
     assert "uncertainty" not in manifest.training
     assert manifest.training["model"]["segmenter"]["kind"] == "mau-net"
     assert "folds" not in json.dumps(manifest.training["model"])
+
+
+def test_fold_training_resumes_each_fold_from_its_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.trainer.test_train import write_tiny_busi
+    from trainer.data import load_datasets
+    from trainer.fold_training import train_fold_ensemble
+    from trainer.loops import Logger, TrainConfig
+
+    manifest = write_tiny_busi(tmp_path / "busi", per_class=4)
+    cfg = TrainConfig(
+        manifest=manifest,
+        out=tmp_path / "bundle",
+        work_dir=tmp_path / "work",
+        cache_dir=tmp_path / "cache",
+        size=SIZE,
+        base_width=4,
+        batch_size=4,
+        epochs_seg=1,
+        folds=2,
+    )
+    data = load_datasets(cfg.manifests, cfg.preprocess_params(), cfg.cache_dir)
+    first, summary = train_fold_ensemble(
+        cfg, data["train"], data["val"], Logger(tmp_path / "a.json", cfg)
+    )
+    assert [f["fold"] for f in summary["per_fold"]] == [0, 1]
+    assert sum(f["held_out_images"] for f in summary["per_fold"]) == len(data["train"])
+    assert all(0.0 <= f["val_dice"] <= 1.0 for f in summary["per_fold"])
+    assert 0.0 <= summary["ensemble_val_dice"] <= 1.0
+    assert (cfg.work_dir / "fold0" / "stage1.resume.pt").is_file()
+    capsys.readouterr()
+    again, _ = train_fold_ensemble(
+        cfg, data["train"], data["val"], Logger(tmp_path / "b.json", cfg)
+    )
+    printed = capsys.readouterr().out
+    assert printed.count("resuming after epoch 1") == 2  # both folds, nothing retrained
+    for a, b in zip(first.state_dict().values(), again.state_dict().values(), strict=True):
+        assert torch.equal(a, b)

@@ -8,9 +8,12 @@ Untrained weights: the speed does not depend on them. This is how the profile wi
 
     python -m trainer.dual_stage_bench --profile edge --threads 2 --size 128
 
-Measured on the development machine (2 CPU cores shared with other work, so the figures
-are lower bounds of an idle node), 128 x 128, MAU-Net base width 16, batch 1, 2 threads:
-see the report of the session that tuned them; rerun the command for this machine.
+Measured on the development machine at a load average of 9-13 on its 2 cores (other
+training runs), so only the ratios mean anything: 128 x 128, MAU-Net base width 16, batch
+1, 2 threads, 8 s windows, one after the other: today's graph (pre-activation ResNet
+32-64-128-256) 2.25 and 2.97 images/s, ``edge`` 3.12, ``paper`` 0.55. ``edge`` is as
+fast as today's single model (about 50 images/s on an idle node, issue 10); ``paper`` is
+about 5x slower. Rerun the command on an idle node for absolute figures.
 """
 
 from __future__ import annotations

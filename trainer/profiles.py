@@ -9,8 +9,8 @@ features); stage-one heads of 1024 units, dropout 0.3.
 
 ``edge`` is the same code narrowed until the node's whole graph (MAU-Net base width 16 plus
 this classifier, 128 x 128, batch 1) runs at >= 15 images/s through ONNX Runtime on the
-2-core CPU of the node (measured in `tests/trainer/test_dual_stage_speed.py`'s script, the
-figures in the module docstring of `trainer.models.dual_stage`): one bottleneck per ResNet
+2-core CPU of the node (`python -m trainer.dual_stage_bench`; the figures are in that
+module's docstring): one bottleneck per ResNet
 stage, NASNet-A with N = 1 and 8 first-stack filters, the MAU-Net encoder at base width 8 on
 the input average-pooled by 2, heads and meta-classifier of 128 units.
 

@@ -17,8 +17,8 @@ input), ``classify_features(f) -> logits``, ``forward(x) = classify_features(fea
 (one backbone, its features, a meta-classifier over them) runs through the same code.
 
 Speed of the node's whole graph (`FameNodeNet`: MAU-Net base width 16 + this classifier,
-128 x 128, batch 1, ONNX Runtime on the development machine's 2 shared CPU cores), measured
-with ``python -m trainer.dual_stage_bench``: see that module's docstring for the figures.
+128 x 128, batch 1, ONNX Runtime on the CPU): ``python -m trainer.dual_stage_bench``, whose
+docstring has the figures measured so far.
 """
 
 from __future__ import annotations

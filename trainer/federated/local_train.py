@@ -157,7 +157,8 @@ def train_local(
         for images, masks, labels in loader:
             if len(images) == 0:  # Poisson sampling may draw an empty batch: still a step
                 optimizer.zero_grad(set_to_none=True)
-                optimizer.step()
+                _empty_per_sample_gradients(view)
+                optimizer.step()  # DP-SGD: the step is the noise alone, and it is accounted
                 continue
             optimizer.zero_grad(set_to_none=True)
             seg_logits, cls_logits = view(images)
@@ -181,6 +182,17 @@ def train_local(
         seconds=time.perf_counter() - started,
         dp=record,
     )
+
+
+def _empty_per_sample_gradients(view: nn.Module) -> None:
+    """Zero per-sample gradients of an empty batch (shape (0, *param)) on every trainable
+    parameter: no backward pass runs for an empty batch, and Opacus refuses a step whose
+    parameters have no per-sample gradient at all ("Per sample gradient is not
+    initialized"). With them it clips nothing, adds its noise and counts the step, which is
+    what Poisson-sampled DP-SGD prescribes for an empty batch."""
+    for param in view.parameters():
+        if param.requires_grad:
+            param.grad_sample = torch.zeros((0, *param.shape), dtype=param.dtype)  # type: ignore[attr-defined]
 
 
 def _no_inplace_activations(net: nn.Module) -> None:

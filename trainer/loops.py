@@ -1,6 +1,12 @@
 """Training loops of the default models: stage 1 (MAU-Net) and stage 2 (the classifier on
 the frozen segmenter's lesion map), their validation, and the settings of a run.
 
+Two schedules (`TrainConfig.schedule`): ``default``, AdamW with warmup and cosine decay over
+fixed epochs (the shipped bundle), and ``paper``, FAME's Adam 1e-4 / L2 1e-5 with
+ReduceLROnPlateau and early stopping (`paper_schedule`). Either resumes exactly from the
+per-epoch stage checkpoint. With `TrainConfig.acgan`, stage 2 adds synthetic images of the
+minority classes to each epoch (`_Synthetic`). A progress bar shows on a terminal only.
+
 `trainer.train` runs them from the command line and exports the result as a bundle.
 """
 

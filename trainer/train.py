@@ -12,6 +12,10 @@ can be exported again without training (``--from-checkpoint``).
 
     python -m trainer.train --manifest ../shared/data/busi/manifest.csv --out models/default \\
         --size 128 --epochs-seg 40 --epochs-cls 40 --max-minutes 40
+
+``--schedule paper`` trains with the FAME recipe instead (`trainer.loops.paper_schedule`);
+``--acgan DIR`` balances stage 2 with a trained ACGAN's images (`trainer.acgan`);
+``--stage seg`` / ``--stage cls --segmenter DIR`` run one stage alone (``fame-node train``).
 """
 
 from __future__ import annotations

@@ -11,9 +11,10 @@
 
 Every form takes ``--schedule default|paper``, ``--acgan DIR`` (synthetic images of the
 minority classes, `trainer.acgan`), ``--augment``, ``--size``, ``--seed``, ``--threads``,
-``--epochs-seg`` / ``--epochs-cls``, ``--max-minutes`` and ``--no-resume``, passed to
-``trainer.train`` unchanged. ``--profile`` (the dual-stage classifier's ``edge`` /
-``paper`` sizes, `trainer.profiles`) is passed on where ``trainer.train`` takes it.
+``--epochs-seg`` / ``--epochs-cls``, ``--max-minutes``, ``--folds`` (the MAU-Net fold
+ensemble) and ``--no-resume``, passed to ``trainer.train`` unchanged. ``--profile
+edge|paper`` sizes the FAME dual-stage ensemble classifier (`trainer.profiles`) and selects
+it (``--classifier dual-stage``) unless ``--classifier`` says otherwise.
 
 torch is not a dependency of the node: without the ``train`` extra the command says what
 to install and exits 2. Exit codes: 0 trained; 2 missing extra or bad arguments.
@@ -68,6 +69,13 @@ def _common(p: argparse.ArgumentParser) -> None:
         default=None,
         help="size of the dual-stage classifier (trainer.profiles)",
     )
+    p.add_argument(
+        "--classifier",
+        choices=("preact-resnet", "dual-stage"),
+        default=None,
+        help="the classifier (default: dual-stage with --profile, else preact-resnet)",
+    )
+    p.add_argument("--folds", type=int, default=None, help="MAU-Net fold ensemble (3: FAME)")
     p.add_argument("--schedule", choices=("default", "paper"), default="default")
     p.add_argument("--acgan", type=Path, default=None, metavar="DIR", help="trained ACGAN")
     p.add_argument("--augment", choices=("default", "site-shift"), default="default")
@@ -96,7 +104,7 @@ def trainer_argv(args: argparse.Namespace) -> list[str]:
         if action == "cls":
             argv += ["--segmenter", str(args.segmenter)]
     argv += ["--schedule", args.schedule, "--augment", args.augment]
-    for flag in ("size", "seed", "threads", "epochs_seg", "epochs_cls", "max_minutes"):
+    for flag in ("size", "seed", "threads", "epochs_seg", "epochs_cls", "max_minutes", "folds"):
         value = getattr(args, flag)
         if value is not None:
             argv += ["--" + flag.replace("_", "-"), str(value)]
@@ -106,6 +114,9 @@ def trainer_argv(args: argparse.Namespace) -> list[str]:
             argv += ["--" + flag.replace("_", "-"), str(value)]
     if args.no_resume:
         argv.append("--no-resume")
+    classifier = args.classifier or ("dual-stage" if args.profile is not None else None)
+    if classifier is not None:
+        argv += ["--classifier", classifier]
     if args.profile is not None:
         argv += ["--profile", args.profile]
     return argv
@@ -125,17 +136,7 @@ def _train(config: NodeConfig, args: argparse.Namespace) -> int:
 
     argv = trainer_argv(args)
     _, unknown = train.build_parser().parse_known_args(argv)
-    if unknown == ["--profile", args.profile]:
-        if args.train_action != "seg":
-            return _fail(
-                f"--profile {args.profile}: this checkout's trainer.train has no --profile yet "
-                "(the dual-stage classifier of trainer/profiles.py is not wired in); leave "
-                "--profile out to train the current classifier"
-            )
-        # The profile sizes the classifier; stage 1 trains the same MAU-Net either way.
-        print("fame-node train: --profile concerns the classifier; MAU-Net trains as is")
-        argv = argv[:-2]
-    elif unknown:
+    if unknown:
         return _fail(f"trainer.train does not take {unknown}")
     try:
         code: int = train.main(argv)

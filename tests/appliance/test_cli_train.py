@@ -54,6 +54,18 @@ def test_each_stage_maps_to_trainer_arguments(tmp_path: Path) -> None:
     argv = trainer_argv(bundle)
     assert "--stage" not in argv and argv[argv.index("--out") + 1] == "B"
     assert parse_args(argv)[0].schedule == "default"
+    assert parse_args(argv)[0].classifier == "preact-resnet"
+
+
+def test_profile_selects_the_dual_stage_classifier_and_folds_pass_on() -> None:
+    base = ["train", "bundle", "--manifest", "a.csv", "--out", "B"]
+    cfg, _ = parse_args(trainer_argv(_parser().parse_args([*base, "--profile", "edge"])))
+    assert (cfg.classifier, cfg.profile) == ("dual-stage", "edge")
+    cfg, _ = parse_args(trainer_argv(_parser().parse_args([*base, "--folds", "3"])))
+    assert cfg.folds == 3 and cfg.classifier == "preact-resnet"
+    explicit = [*base, "--profile", "paper", "--classifier", "preact-resnet"]
+    cfg, _ = parse_args(trainer_argv(_parser().parse_args(explicit)))
+    assert (cfg.classifier, cfg.profile) == ("preact-resnet", "paper")
 
 
 def test_seg_then_cls_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -381,9 +381,12 @@ def render_latency(latency: Mapping[str, Any]) -> list[str]:
     """The section of ``latency.json``: inference latency during a round against idle."""
     idle, during = latency.get("idle", {}), latency.get("during_round", {})
     keys = [k for k in {**idle, **during} if _scalar(idle.get(k)) or _scalar(during.get(k))]
-    lines = [
-        "## Inference latency during a round",
-        "",
+    lines = ["## Inference latency during a round", ""]
+    if latency.get("what"):
+        lines += [f"What: {_cell(latency['what'])}.", ""]
+    if isinstance(latency.get("settings"), Mapping):
+        lines += [f"Settings: {_cell(latency['settings'])}.", ""]
+    lines += [
         "| | " + " | ".join(keys) + " |",
         "|---|" + "---|" * len(keys),
         "| idle | " + " | ".join(_cell(idle.get(k)) for k in keys) + " |",

@@ -109,7 +109,7 @@ def test_tiny_run_writes_json_the_renderer_turns_into_markdown_and_resumes(
     scanners = {"x": np.arange(0, 4, dtype=np.int64), "y": np.arange(4, 8, dtype=np.int64)}
     sites = [replace(a, test_scanners=scanners), _synthetic("b", 2, 8)]
     out = tmp_path / "federation"
-    only = ["fedavg", "fedavg-dp-eps8", "fedavg-secagg", "local-a", "local-b", "centralised"]
+    only = ["fedavg", "fedavg-dp-eps8", "fedavg-secagg", "local-b", "centralised"]
     paths = run_all(TINY, sites, out, only, log=lambda _: None)
     assert sorted(p.name for p in paths) == sorted(f"{n}.json" for n in only)
 
@@ -171,11 +171,11 @@ def test_tiny_run_writes_json_the_renderer_turns_into_markdown_and_resumes(
     # Resume: a finished configuration at the same settings is skipped, its file untouched.
     before = {p.name: p.stat().st_mtime_ns for p in paths}
     said: list[str] = []
-    run_all(TINY, sites, out, ["fedavg", "local-a"], log=said.append)
+    run_all(TINY, sites, out, ["fedavg", "local-b"], log=said.append)
     assert all("skipped" in line for line in said) and len(said) == 2
     assert {p.name: p.stat().st_mtime_ns for p in paths} == before
     # Other settings: the configuration runs again.
     said.clear()
-    run_all(replace(TINY, rounds=1), sites, out, ["local-a"], log=said.append)
+    run_all(replace(TINY, rounds=1), sites, out, ["local-b"], log=said.append)
     assert any("running" in line for line in said)
-    assert len(json.loads((out / "local-a.json").read_text())["rounds"]) == 1
+    assert len(json.loads((out / "local-b.json").read_text())["rounds"]) == 1

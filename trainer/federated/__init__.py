@@ -19,6 +19,10 @@ Modules, one owner each::
     strategy    the ServerApp's strategy: FedAvg / FedProx over weight deltas, signing
                 each global model it sends
     server      the ServerApp's main: the legacy workflow (plain or SecAgg+)
+    experiments the experiments of docs/FEDERATION.md (local-only / federated /
+                centralised, DP, SecAgg+), in process over `train_local` and the
+                strategy; helpers ``experiment_sites``, ``experiment_metrics``,
+                ``experiment_secagg``, ``experiment_doc``
     app/        the Flower app bundle (``pyproject.toml`` + a two-line shim per app) that
                 ``flwr run`` ships; it holds no model and no logic
 
@@ -29,7 +33,8 @@ Errors::
     └── GlobalModelError             a received global model is refused (signature, shapes)
 
 Nothing here imports Flower at import time except `client`, `server`, `strategy` and
-`guard`, which are only loaded inside Flower's processes.
+`guard`, which are only loaded inside Flower's processes, and the experiments
+(`experiments`, `experiment_secagg`), which are run on their own.
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ federation: $(VENV)/.dev
 
 # The federation experiments of docs/FEDERATION.md: local-only vs federated vs centralised,
 # DP-SGD at epsilon 8 and 1, SecAgg+, client-level DP, on BUSI and two BUS-BRA sites at a
-# reduced scale (about 60 min on 2 shared CPU cores; resumable: finished configurations in
+# reduced scale (33 min measured on 2 shared CPU cores; resumable: finished configurations in
 # docs/federation/*.json are skipped), then renders docs/FEDERATION.md.
 federation-experiments: $(VENV)/.dev
 	OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE nice -n 10 $(PY) -m trainer.federated.experiments

@@ -91,7 +91,9 @@ def _phase(db: Path, dropped: dict[str, float], timeout: float) -> dict[str, Any
         lambda: len(r := rows()) == len(dropped) and all(j["finished_at"] for j in r),
         timeout,
     )
-    queued, end_to_end, statuses = [], [], {}
+    queued: list[float] = []
+    end_to_end: list[float] = []
+    statuses: dict[str, int] = {}
     for j in rows():
         done = datetime.fromisoformat(j["finished_at"])
         queued.append((done - datetime.fromisoformat(j["created_at"])).total_seconds() * 1e3)

@@ -73,3 +73,30 @@ def test_dp_sgd_survives_empty_poisson_batches_and_accounts_them() -> None:
         plan = plan_round(len(data), settings)
         assert result.dp == (1.0, plan.sample_rate, plan.steps)
         assert _distance(state_arrays(net), before) > 0
+
+
+def test_dp_sgd_trains_every_model_family_and_leaves_unused_parameters_alone() -> None:
+    # The dual-stage classifier carries its stage-one heads, which the graph does not use:
+    # Opacus refused the step over them ("Per sample gradient is not initialized"). They
+    # are frozen for the round (zero delta) and trainable again afterwards.
+    import torch
+
+    from tests.exporters.families import TINY_DUAL_STAGE
+    from trainer.models import FameNodeNet, MAUNet
+    from trainer.models.dual_stage import DualStageClassifier
+    from trainer.models.fold_ensemble import FoldEnsemble
+
+    data = _data(8)
+    settings = LocalSettings(epochs=1, batch_size=4, learning_rate=0.05)
+    torch.manual_seed(0)
+    for segmenter in (MAUNet(base_width=4), FoldEnsemble([MAUNet(base_width=4) for _ in range(3)])):
+        classifier = DualStageClassifier(TINY_DUAL_STAGE)
+        net = FameNodeNet(segmenter, classifier)
+        heads = [p.detach().clone() for p in classifier.heads.parameters()]
+        before = state_arrays(net)
+        result = train_local(net, data, settings, DpSgd(noise_multiplier=1.0, max_grad_norm=1.0))
+        assert result.dp is not None
+        assert _distance(state_arrays(net), before) > 0
+        after = list(classifier.heads.parameters())
+        assert all(torch.equal(a, b) for a, b in zip(after, heads, strict=True))
+        assert all(p.requires_grad for p in net.parameters())

@@ -131,8 +131,28 @@ def train_local(
     _no_inplace_activations(net)
     view: nn.Module = _TrainingView(net)
     view.train()
+    frozen = _freeze_unreached(view, dataset[0])
+    try:
+        return _train(view, net, data, loader, settings, dp, global_state, started)
+    finally:
+        for param in frozen:
+            param.requires_grad_(True)
+
+
+def _train(
+    view: nn.Module,
+    net: FameNodeNet,
+    data: ArraySet,
+    loader: DataLoader[tuple[Tensor, ...]],
+    settings: LocalSettings,
+    dp: DpSgd | None,
+    global_state: Sequence[NDArray[np.float32]] | None,
+    started: float,
+) -> LocalTrainResult:
     optimizer: torch.optim.Optimizer = torch.optim.SGD(
-        view.parameters(), lr=settings.learning_rate, momentum=0.9
+        [p for p in view.parameters() if p.requires_grad],
+        lr=settings.learning_rate,
+        momentum=0.9,
     )
     engine = None
     if dp is not None:
@@ -182,6 +202,28 @@ def train_local(
         seconds=time.perf_counter() - started,
         dp=record,
     )
+
+
+def _freeze_unreached(view: nn.Module, sample: tuple[Tensor, ...]) -> list[nn.Parameter]:
+    """Freeze (and return) the parameters the training loss does not reach.
+
+    A model family may carry parameters its graph does not use: the dual-stage classifier
+    keeps its stage-one heads beside the meta-classifier that classifies. Opacus refuses a
+    step while a trainable parameter has no per-sample gradient, so these are frozen for the
+    round (their delta is zero) and given back to the caller unfrozen. Found by one forward
+    and backward pass on one case, with the random state restored, so the round's own
+    random draws are the same as without it.
+    """
+    images, masks, labels = (t[None] for t in sample)
+    params = [p for p in view.parameters() if p.requires_grad]
+    with torch.random.fork_rng(devices=[]):
+        seg_logits, cls_logits = view(images)
+        loss = dice_bce_loss(seg_logits, masks) + F.cross_entropy(cls_logits, labels)
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+    frozen = [p for p, g in zip(params, grads, strict=True) if g is None]
+    for param in frozen:
+        param.requires_grad_(False)
+    return frozen
 
 
 def _empty_per_sample_gradients(view: nn.Module) -> None:

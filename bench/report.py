@@ -26,6 +26,7 @@ FAMILY_LABELS = {
 # A GPU machine's `bench.models` results, kept in the repository (a GPU is lent to few
 # sessions), so that every later `make bench` on a CPU keeps the GPU section.
 GPU_RESULTS = REPO_ROOT / "docs" / "bench" / "models_gpu.json"
+ENSEMBLE_RESULTS = REPO_ROOT / "docs" / "bench" / "ensembles.json"  # bench.ensembles
 CPU_TARGET = 2.0
 NODE_TARGET = 3.0
 GPU_TARGET = 3.0
@@ -242,6 +243,56 @@ def node_section(d: dict[str, Any]) -> list[str]:
     return out
 
 
+ENSEMBLE_TARGET = 15.0  # images/s of the edge ensemble through fame-node run (issue 10)
+
+
+def ensembles_section(d: dict[str, Any]) -> list[str]:
+    """`bench.ensembles`: the FAME ensembles against the shipped model, one run."""
+    g, n, st = d["graph_batch1"], d["node_end_to_end"], d["settings"]
+    out = [
+        "## The FAME ensembles: graph and end to end",
+        "",
+        f"Command: `python -m bench.ensembles` (`docs/bench/ensembles.json`, measured "
+        f"{d['machine'].get('load_average', '')}). {st['size']} x {st['size']}, "
+        f"{st['threads']} threads, {st['timing']}. Inputs: {d['inputs']}. `edge-ensemble` "
+        "is the three-fold MAU-Net ensemble with the `edge` dual-stage classifier, OOD head "
+        "and uncertainty output; `paper-classifier` one MAU-Net with the `paper` dual-stage "
+        "classifier. Their weights are random (speed does not depend on them).",
+        "",
+        "| graph | parameters | torch eager FP32 img/s | ONNX Runtime CPU img/s |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for name in ("shipped", "edge-ensemble", "paper-classifier"):
+        out.append(
+            f"| {name} | {d['parameters'][name] / 1e6:.1f} M | "
+            f"{g[f'{name}/torch_eager_fp32']['images_per_s']:.2f} | "
+            f"{g[f'{name}/ort_cpu_fp32']['images_per_s']:.2f} |"
+        )
+    ratio = g["edge-ensemble/ort_cpu_fp32"]["speed_vs_shipped_ort"]
+    out += [
+        "",
+        f"The edge ensemble's graph runs at {ratio:.2f}x the shipped graph's speed (median of "
+        "per-repeat ratios, ONNX Runtime).",
+        "",
+        "| `fame-node run` with | images/s (median) | p95 latency | every run |",
+        "| --- | ---: | ---: | --- |",
+    ]
+    for name, v in n.items():
+        out.append(
+            f"| {name} | {v['images_per_s']:.2f} | {v['latency_p95_s'] * 1e3:.0f} ms | "
+            f"{', '.join(f'{r:.2f}' for r in v['runs'])} ({v['files']} files each) |"
+        )
+    got = n["edge-ensemble"]["images_per_s"]
+    out += [
+        "",
+        f"**Against the figure (edge ensemble through `fame-node run` ≥ {ENSEMBLE_TARGET:.0f} "
+        f"images/s):** {'met' if got >= ENSEMBLE_TARGET else 'not met'} ({got:.2f} images/s "
+        "on this machine at this load).",
+        "",
+    ]
+    return out
+
+
 def _node_limits(d: dict[str, Any]) -> list[str]:
     """What keeps the node from the figure, from the same run's numbers."""
     s = d["summary"]
@@ -292,6 +343,7 @@ def write(
     node: dict[str, Any] | None,
     out: Path,
     gpu_models: dict[str, Any] | None = None,
+    ensembles: dict[str, Any] | None = None,
 ) -> Path:
     """`gpu_models`: a `bench.models` run on a GPU machine for the GPU section (default: the
     GPU rows of `models`, if it ran on one)."""
@@ -319,6 +371,8 @@ def write(
     lines += gpu_section(gpu_models or models)
     if node:
         lines += node_section(node)
+    if ensembles:
+        lines += ensembles_section(ensembles)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
     return out
@@ -349,7 +403,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "PERFORMANCE.md")
     args = p.parse_args(argv)
     models, node = load_results(args.models), load_results(args.node)
-    written = write(models, node, args.out, load_results(args.gpu_models))
+    ensembles = load_results(ENSEMBLE_RESULTS)
+    written = write(models, node, args.out, load_results(args.gpu_models), ensembles)
     print(f"written: {written}")
     return 0
 

@@ -12,6 +12,14 @@ Variants:
 - ``no-channel-attention``, ``no-spatial-attention``, ``no-attention``: the attentions off;
 - ``busi-only``: the full MAU-Net trained on BUSI alone (measured on every site).
 
+Classifier variants (``--classifiers``), each trained on the frozen ``full`` MAU-Net of the
+same seed (restored from its finished checkpoint, not retrained), measured by AUC, accuracy
+and macro F1 on every site's test split:
+- ``dual-stage``: the FAME dual-stage classifier, ``edge`` profile, the three backbones fused;
+- ``dual-stage-resnet50v2`` / ``-nasnet`` / ``-maunet-encoder``: one backbone alone;
+- ``dual-stage-acgan``: the fusion with ACGAN images of the minority classes (``--acgan``);
+- ``preact-resnet``: the shipped bundle's classifier kind, for comparison.
+
 The schedule is shorter than the shipped model's (``--size``, ``--epochs``) so that every
 variant fits on a 2-core CPU: the figures compare variants with each other, not with the
 shipped bundle (`docs/RESULTS.md` says so next to the table).
@@ -23,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import os
 import platform
@@ -36,8 +45,10 @@ import torch
 
 from appliance.postprocess import clean_mask
 from trainer.data import SITE_SHIFT, ArraySet, load_datasets
+from trainer.dual_stage_train import train_any_classifier
 from trainer.loops import Logger, TrainConfig, predict, segmentation_metrics, train_segmenter
-from trainer.metrics import dice
+from trainer.metrics import classification_report, dice
+from trainer.models import CLASSES
 from trainer.seed import seed_everything
 from trainer.site_report import bootstrap_ci
 
@@ -47,6 +58,14 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "no-spatial-attention": {"spatial_attention": False},
     "no-attention": {"channel_attention": False, "spatial_attention": False},
     "busi-only": {"busi_only": True},
+}
+CLASSIFIER_VARIANTS: dict[str, dict[str, Any]] = {
+    "dual-stage": {"classifier": "dual-stage"},
+    "dual-stage-resnet50v2": {"classifier": "dual-stage", "backbones": ("resnet50v2",)},
+    "dual-stage-nasnet": {"classifier": "dual-stage", "backbones": ("nasnet",)},
+    "dual-stage-maunet-encoder": {"classifier": "dual-stage", "backbones": ("maunet-encoder",)},
+    "dual-stage-acgan": {"classifier": "dual-stage", "acgan": True},
+    "preact-resnet": {"classifier": "preact-resnet"},
 }
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -87,7 +106,11 @@ def measure(
             if m.any()
         ]
     )
-    ci = bootstrap_ci(len(per_image), lambda idx: float(per_image[idx].mean()), 1000)
+    ci = (
+        bootstrap_ci(len(per_image), lambda idx: float(per_image[idx].mean()), 1000)
+        if len(per_image)
+        else None
+    )
     return {
         "n": len(arrays),
         "n_lesion": len(per_image),
@@ -109,10 +132,31 @@ def run_variant(
     spec = dict(VARIANTS[name])
     busi_only = bool(spec.pop("busi_only", False))
     manifests = [args.busi] if busi_only else [args.busi, args.busbra]
-    cfg = TrainConfig(
+    cfg = _seg_config(name, seed, args, manifests, spec)
+    cfg.work_dir.mkdir(parents=True, exist_ok=True)
+    gen = seed_everything(seed, threads=args.threads)
+    data = load_datasets(cfg.manifests, cfg.preprocess_params(), cfg.cache_dir)
+    # Every variant is measured on the same test sets: all sites, whatever it trained on.
+    everything = data
+    if busi_only:
+        everything = load_datasets([args.busi, args.busbra], cfg.preprocess_params(), cfg.cache_dir)
+    started = time.monotonic()
+    log = Logger(cfg.work_dir / "training_log.json", cfg)
+    model, summary = train_segmenter(cfg, data["train"], data["val"], gen, log)
+    return _finish_segmentation(
+        name, seed, args, cfg, manifests, data, everything, model, summary, started, target
+    )
+
+
+def _seg_config(
+    name: str, seed: int, args: argparse.Namespace, manifests: list[Path], spec: dict[str, Any]
+) -> TrainConfig:
+    """The stage-1 settings of segmentation variant `name` (also how a classifier variant
+    finds the finished ``full`` segmenter again: the same settings resume it)."""
+    return TrainConfig(
         manifest=manifests[0],
         extra_manifests=tuple(manifests[1:]),
-        out=out_dir,
+        out=args.out,
         work_dir=args.work_dir / f"{name}-seed{seed}",
         cache_dir=args.cache_dir,
         size=args.size,
@@ -124,16 +168,21 @@ def run_variant(
         augment=SITE_SHIFT,
         **spec,
     )
-    cfg.work_dir.mkdir(parents=True, exist_ok=True)
-    gen = seed_everything(seed, threads=args.threads)
-    data = load_datasets(cfg.manifests, cfg.preprocess_params(), cfg.cache_dir)
-    # Every variant is measured on the same test sets: all sites, whatever it trained on.
-    everything = data
-    if busi_only:
-        everything = load_datasets([args.busi, args.busbra], cfg.preprocess_params(), cfg.cache_dir)
-    started = time.monotonic()
-    log = Logger(cfg.work_dir / "training_log.json", cfg)
-    model, summary = train_segmenter(cfg, data["train"], data["val"], gen, log)
+
+
+def _finish_segmentation(
+    name: str,
+    seed: int,
+    args: argparse.Namespace,
+    cfg: TrainConfig,
+    manifests: list[Path],
+    data: dict[str, ArraySet],
+    everything: dict[str, ArraySet],
+    model: torch.nn.Module,
+    summary: dict[str, Any],
+    started: float,
+    target: Path,
+) -> dict[str, Any]:
     threshold = float(summary["threshold"])
     sites = site_of_names(args.busbra)
     figures: dict[str, Any] = {}
@@ -169,12 +218,118 @@ def run_variant(
         "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "note": "network grid (size x size), Dice / IoU means over images with a lesion",
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
+    _write(target, record)
+    return record
+
+
+def _write(target: Path, record: dict[str, Any]) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=1) + "\n")
     tmp.replace(target)
     print(f"[ablations] wrote {target}", flush=True)
+
+
+def run_classifier_variant(
+    name: str, seed: int, args: argparse.Namespace, out_dir: Path
+) -> dict[str, Any] | None:
+    """Train and measure classifier variant `name` on the seed's frozen ``full`` MAU-Net."""
+    target = out_dir / f"cls-{name}-seed{seed}.json"
+    if target.is_file():
+        print(f"[ablations] {target} exists: skipped", flush=True)
+        return None
+    manifests = [args.busi, args.busbra]
+    seg_cfg = _seg_config("full", seed, args, manifests, {})
+    if not (seg_cfg.work_dir / "stage1.resume.pt").is_file():
+        raise SystemExit(
+            f"classifier variant {name}: the full MAU-Net of seed {seed} is not trained "
+            f"({seg_cfg.work_dir}); run the segmentation variant 'full' first"
+        )
+    gen = seed_everything(seed, threads=args.threads)
+    data = load_datasets(seg_cfg.manifests, seg_cfg.preprocess_params(), seg_cfg.cache_dir)
+    seg_log = Logger(seg_cfg.work_dir / "restored_log.json", seg_cfg)
+    segmenter, _ = train_segmenter(seg_cfg, data["train"], data["val"], gen, seg_log)
+    spec = dict(CLASSIFIER_VARIANTS[name])
+    if spec.pop("acgan", False):
+        if args.acgan is None:
+            raise SystemExit(
+                f"classifier variant {name} needs --acgan DIR (python -m trainer.acgan)"
+            )
+        spec["acgan"] = args.acgan
+    cfg = dataclasses.replace(
+        seg_cfg,
+        work_dir=args.work_dir / f"cls-{name}-seed{seed}",
+        epochs_cls=args.epochs_cls,
+        epochs_meta=args.epochs_meta,
+        profile="edge",
+        **spec,
+    )
+    cfg.work_dir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    gen = seed_everything(seed, threads=args.threads)
+    log = Logger(cfg.work_dir / "training_log.json", cfg)
+    classifier, summary = train_any_classifier(
+        cfg, segmenter, data["train"], data["val"], gen, log, deadline=time.monotonic() + 1e9
+    )
+    classifier.eval()
+    sites = site_of_names(args.busbra)
+    figures: dict[str, Any] = {}
+    for split in ("val", "test"):
+        for site, arrays in by_site(data[split], sites).items():
+            x = torch.from_numpy(arrays.images[:, None])
+            with torch.no_grad():
+                lesion = torch.sigmoid(predict(segmenter, x))
+                logits = predict(classifier, torch.cat([x, lesion], dim=1))
+            probs = torch.softmax(logits, dim=1).double().numpy()
+            figures[f"{split}/{site}"] = classification_figures(probs, arrays.labels)
+    record = {
+        "kind": "classifier_ablation",
+        "variant": name,
+        "seed": seed,
+        "settings": {
+            "size": cfg.size,
+            "classifier": cfg.classifier,
+            "profile": cfg.profile if cfg.classifier == "dual-stage" else None,
+            "backbones": list(cfg.backbones) if cfg.classifier == "dual-stage" else None,
+            "epochs_cls": cfg.epochs_cls,
+            "epochs_meta": cfg.epochs_meta if cfg.classifier == "dual-stage" else None,
+            "acgan": str(cfg.acgan) if cfg.acgan else None,
+            "segmenter": f"full MAU-Net, seed {seed} ({seg_cfg.epochs_seg} epochs), frozen",
+            "trained_on": [m.parent.name for m in manifests],
+            "augment": "site-shift",
+        },
+        "train_images": len(data["train"]),
+        "summary": {k: v for k, v in summary.items() if isinstance(v, int | float | str)},
+        "figures": figures,
+        "seconds": round(time.monotonic() - started, 1),
+        "machine": f"{platform.machine()} CPU, {args.threads} thread(s), load average "
+        f"{os.getloadavg()[0]:.1f} at the end",
+        "torch": torch.__version__,
+        "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "note": "uncalibrated softmax of the classifier; AUC: macro one-vs-rest on BUSI, "
+        "malignant vs benign on BUS-BRA (trainer.metrics.classification_report)",
+    }
+    _write(target, record)
     return record
+
+
+def classification_figures(
+    probs: np.ndarray[Any, Any], labels: np.ndarray[Any, Any]
+) -> dict[str, Any]:
+    """Accuracy, macro F1 and AUC (with a 95 % bootstrap interval) of one test set."""
+    report = classification_report(list(labels), probs, CLASSES)
+
+    def auc(idx: np.ndarray[Any, Any]) -> float | None:
+        return classification_report(list(labels[idx]), probs[idx], CLASSES).macro_auc
+
+    return {
+        "n": len(labels),
+        "accuracy": round(report.accuracy, 4),
+        "macro_f1": round(report.macro_f1, 4),
+        "auc": None if report.macro_auc is None else round(report.macro_auc, 4),
+        "auc_ci95": bootstrap_ci(len(labels), auc, 1000),
+        "auc_kind": report.auc_kind,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -183,6 +338,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--busi", type=Path, default=SHARED / "busi" / "manifest.csv")
     parser.add_argument("--busbra", type=Path, default=SHARED / "busbra" / "manifest.csv")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument(
+        "--classifiers",
+        nargs="*",
+        default=[],
+        choices=list(CLASSIFIER_VARIANTS),
+        help="classifier variants, run after the segmentation ones (seed: the first --seeds)",
+    )
+    parser.add_argument("--epochs-cls", type=int, default=6, help="classifier / stage one")
+    parser.add_argument("--epochs-meta", type=int, default=4, help="dual-stage stage two")
+    parser.add_argument("--acgan", type=Path, default=None, help="trained ACGAN (trainer.acgan)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[1])
     parser.add_argument(
         "--seeds-for", nargs="+", default=["full"], help="variants run with every --seeds"
@@ -206,6 +371,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     plan.sort(key=lambda p: (args.seeds.index(p[1]), list(VARIANTS).index(p[0])))
     for name, seed in plan:
         run_variant(name, seed, args, args.out)
+    for name in args.classifiers:
+        run_classifier_variant(name, args.seeds[0], args, args.out)
     return 0
 
 

@@ -121,6 +121,45 @@ def render_ablations(records: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def render_classifier_ablations(records: list[dict[str, Any]]) -> list[str]:
+    """The classifier ablation table (`trainer.ablations --classifiers`): per variant and
+    test site the AUC with its 95 % bootstrap interval, and the accuracy."""
+    if not records:
+        return []
+    first = records[0]["settings"]
+    lines = [
+        "## Classifier ablations (generated from `docs/results/ablations/cls-*.json`)",
+        "",
+        f"Every variant trained by `python -m trainer.ablations --classifiers ...` on the "
+        f"frozen `full` MAU-Net of the table above (same seed), {first['size']}x"
+        f"{first['size']} input, {first['epochs_cls']} epochs (the dual-stage classifier: "
+        f"{first['epochs_cls']} epochs of stage one, then its meta-classifier), "
+        f"{first['augment']} augmentation, the default schedule. AUC on each site's test "
+        "split (BUSI macro one-vs-rest, BUS-BRA malignant vs benign) with its 95 % bootstrap "
+        "interval, then the accuracy; uncalibrated. One seed, a short schedule: compare "
+        "the rows with each other.",
+        "",
+        "| variant | backbones | "
+        + " | ".join(TARGET_NAMES[k].replace(" test", "") for k in ABLATION_SITES)
+        + " | minutes |",
+        "|---|---|" + "---|" * len(ABLATION_SITES) + "---|",
+    ]
+    for r in sorted(records, key=lambda r: (r["variant"], r["seed"])):
+        cells = []
+        for site in ABLATION_SITES:
+            f = r["figures"].get(f"test/{site}")
+            cells.append(
+                "n/a" if f is None else f"{_f(f['auc'])}{_ci(f['auc_ci95'])}, {f['accuracy']:.2f}"
+            )
+        backbones = r["settings"]["backbones"]
+        lines.append(
+            f"| {r['variant']} | {', '.join(backbones) if backbones else 'n/a'} | "
+            f"{' | '.join(cells)} | {r['seconds'] / 60:.0f} |"
+        )
+    machines = sorted({r["machine"] for r in records})
+    return [*lines, "", f"Machine: {'; '.join(machines)}.", ""]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainer.results_doc", description=__doc__)
     parser.add_argument("--results", type=Path, default=Path("docs/results"))
@@ -145,7 +184,10 @@ def main(argv: list[str] | None = None) -> int:
         json.loads(p.read_text(encoding="utf-8"))
         for p in sorted((a.results / "ablations").glob("*.json"))
     ]
-    lines += render_ablations(ablations)
+    lines += render_ablations([r for r in ablations if r.get("kind") != "classifier_ablation"])
+    lines += render_classifier_ablations(
+        [r for r in ablations if r.get("kind") == "classifier_ablation"]
+    )
     a.out.write_text("\n".join(lines), encoding="utf-8")
     return 0
 

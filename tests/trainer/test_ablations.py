@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tests.trainer.test_train import write_tiny_busi
 from trainer import ablations
@@ -101,3 +102,49 @@ def test_render_ablations_mean_sd_over_seeds_and_ci_for_one() -> None:
     assert "| full | busi + busbra | 1, 2 | 0.710 ± 0.014 |" in text
     assert "| no-attention | busi + busbra | 1 | 0.600 (0.500–0.700) |" in text
     assert render_ablations([]) == []
+
+
+def test_classifier_variants_train_on_the_restored_full_segmenter(tmp_path: Path) -> None:
+    busi = write_tiny_busi(tmp_path / "busi", per_class=4)
+    busbra = _tiny_busbra(tmp_path / "busbra")
+    out = tmp_path / "out"
+    common = [
+        "--out", str(out), "--busi", str(busi), "--busbra", str(busbra), "--size", "32",
+        "--epochs", "1", "--work-dir", str(tmp_path / "work"),
+        "--cache-dir", str(tmp_path / "cache"),
+    ]  # fmt: skip
+    with pytest.raises(SystemExit, match="the full MAU-Net of seed 1 is not trained"):
+        ablations.main([*common, "--variants", "no-attention", "--classifiers", "preact-resnet"])
+    argv = [
+        *common, "--variants", "full", "--classifiers", "dual-stage-nasnet", "preact-resnet",
+        "--epochs-cls", "1", "--epochs-meta", "1",
+    ]  # fmt: skip
+    assert ablations.main(argv) == 0
+    full = json.loads((out / "full-seed1.json").read_text())
+    nasnet = json.loads((out / "cls-dual-stage-nasnet-seed1.json").read_text())
+    resnet = json.loads((out / "cls-preact-resnet-seed1.json").read_text())
+    assert nasnet["settings"]["backbones"] == ["nasnet"]
+    assert resnet["settings"]["classifier"] == "preact-resnet"
+    assert resnet["settings"]["backbones"] is None
+    for record in (nasnet, resnet):
+        assert record["kind"] == "classifier_ablation"
+        test = record["figures"]["test/busi"]
+        assert test["n"] == 2 and 0.0 <= test["accuracy"] <= 1.0  # the tiny test split
+        assert "vs rest" in test["auc_kind"]
+    assert full["variant"] == "full"
+
+
+def test_render_classifier_ablations_shows_auc_with_interval_and_accuracy() -> None:
+    from trainer.results_doc import render_classifier_ablations
+
+    settings = {
+        "size": 64, "epochs_cls": 6, "augment": "site-shift", "backbones": ["nasnet"],
+    }  # fmt: skip
+    site = {"auc": 0.71, "auc_ci95": [0.6, 0.8], "accuracy": 0.55}
+    record = {
+        "variant": "dual-stage-nasnet", "seed": 1, "settings": settings,
+        "figures": {"test/busi": site}, "seconds": 120.0, "machine": "x86_64 CPU",
+    }  # fmt: skip
+    text = "\\n".join(render_classifier_ablations([record]))
+    assert "| dual-stage-nasnet | nasnet | 0.710 (0.600–0.800), 0.55 | n/a |" in text
+    assert render_classifier_ablations([]) == []

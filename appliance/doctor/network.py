@@ -111,12 +111,12 @@ def port_findings(
     if state.free:
         yield Finding(check, "ok", f"{where} is free for the node to listen on")
         return
-    own = _own_pids(config)
+    service, own = _own_pids(config)
     if state.error == "EADDRINUSE":
         if own and (set(state.holders) & own or not state.holders):
             # Not seeing the holder (another user's process) while our service runs: the
             # service listens there (it stops at start when it cannot).
-            yield Finding(check, "ok", f"{where} is held by this node's service (pid {min(own)})")
+            yield Finding(check, "ok", f"{where} is held by this node's service (pid {service})")
             return
         who = f"pid {', '.join(map(str, state.holders))}" if state.holders else "another program"
         yield Finding(
@@ -147,13 +147,15 @@ def port_findings(
         )
 
 
-def _own_pids(config: NodeConfig) -> set[int]:
-    """This node's running service: its status file fresh and its pid alive. (The lock
-    file's pid alone is not enough: a killed service leaves it behind, and pids recycle.)"""
+def _own_pids(config: NodeConfig) -> tuple[int | None, set[int]]:
+    """This node's running service: its pid (status file fresh, pid alive; the lock
+    file's pid alone is not enough: a killed service leaves it behind, and pids recycle)
+    and the pids of it and every process below it. The service's pid is named as it is: a
+    child's pid may be the lower one once pids wrap around."""
     from appliance.service_status import read_service_status
 
     status: dict[str, Any] | None = read_service_status(config)
     if status is None or not status.get("alive"):
-        return set()
+        return None, set()
     pid = int(status["pid"])
-    return {pid, *descendants(pid)}  # its SuperNode child listens on the federation port
+    return pid, {pid, *descendants(pid)}  # its SuperNode child listens on the federation port

@@ -211,15 +211,22 @@ def _finish_segmentation(
         "best_epoch": summary["best_epoch"],
         "threshold": threshold,
         "figures": figures,
+        **_provenance(args, started),
+        "note": "network grid (size x size), Dice / IoU means over images with a lesion",
+    }
+    _write(target, record)
+    return record
+
+
+def _provenance(args: argparse.Namespace, started: float) -> dict[str, Any]:
+    """How long a variant took, on what, and when: the tail of every record."""
+    return {
         "seconds": round(time.monotonic() - started, 1),
         "machine": f"{platform.machine()} CPU, {args.threads} thread(s), load average "
         f"{os.getloadavg()[0]:.1f} at the end",
         "torch": torch.__version__,
         "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "note": "network grid (size x size), Dice / IoU means over images with a lesion",
     }
-    _write(target, record)
-    return record
 
 
 def _write(target: Path, record: dict[str, Any]) -> None:
@@ -301,11 +308,7 @@ def run_classifier_variant(
         "train_images": len(data["train"]),
         "summary": {k: v for k, v in summary.items() if isinstance(v, int | float | str)},
         "figures": figures,
-        "seconds": round(time.monotonic() - started, 1),
-        "machine": f"{platform.machine()} CPU, {args.threads} thread(s), load average "
-        f"{os.getloadavg()[0]:.1f} at the end",
-        "torch": torch.__version__,
-        "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **_provenance(args, started),
         "note": "uncalibrated softmax of the classifier; AUC: macro one-vs-rest on BUSI, "
         "malignant vs benign on BUS-BRA (trainer.metrics.classification_report)",
     }

@@ -111,23 +111,34 @@ def run(cfg: TrainConfig) -> Path:
     classifier, _ = train_any_classifier(
         cfg, segmenter, train, val, gen, log, deadline=start + 60.0 * cfg.max_minutes
     )
-    log.data["wall_seconds"] = round(time.monotonic() - start, 1)
-    log.save()
-    checkpoint = cfg.work_dir / "checkpoint.pt"
-    torch.save(
-        {
-            "segmenter": segmenter.state_dict(),
-            "classifier": classifier.state_dict(),
-            "counts": {"train": len(train), "val": len(val)},
-        },
-        checkpoint,
-    )
+    checkpoint = _save_checkpoint(cfg, log, segmenter, classifier, (len(train), len(val)), start)
     bundle = export_checkpoint(cfg, checkpoint, log.path)
     for stage in ("stage1", "stage2", STAGE_TWO):  # the run is complete: nothing to resume
         StageCheckpoint(cfg.work_dir, stage).clear()
     for i in range(cfg.folds if cfg.folds > 1 else 0):
         StageCheckpoint(cfg.work_dir / f"fold{i}", "stage1").clear()
     return bundle
+
+
+def _save_checkpoint(
+    cfg: TrainConfig,
+    log: Logger,
+    segmenter: torch.nn.Module,
+    classifier: torch.nn.Module,
+    counts: tuple[int, int],
+    start: float,
+) -> Path:
+    """Close the log (wall time) and save both stages' weights as ``checkpoint.pt``."""
+    log.data["wall_seconds"] = round(time.monotonic() - start, 1)
+    log.save()
+    checkpoint = cfg.work_dir / "checkpoint.pt"
+    state = {
+        "segmenter": segmenter.state_dict(),
+        "classifier": classifier.state_dict(),
+        "counts": {"train": counts[0], "val": counts[1]},
+    }
+    torch.save(state, checkpoint)
+    return checkpoint
 
 
 def load_checkpoint(cfg: TrainConfig, checkpoint: Path) -> tuple[FameNodeNet, dict[str, int]]:
@@ -265,17 +276,7 @@ def run_classifier(cfg: TrainConfig, segmenter_dir: Path) -> Path:
     classifier, _ = train_any_classifier(
         cfg, segmenter, train, val, gen, log, deadline=start + 60.0 * cfg.max_minutes
     )
-    log.data["wall_seconds"] = round(time.monotonic() - start, 1)
-    log.save()
-    checkpoint = cfg.work_dir / "checkpoint.pt"
-    torch.save(
-        {
-            "segmenter": segmenter.state_dict(),
-            "classifier": classifier.state_dict(),
-            "counts": {"train": len(train), "val": len(val)},
-        },
-        checkpoint,
-    )
+    checkpoint = _save_checkpoint(cfg, log, segmenter, classifier, (len(train), len(val)), start)
     StageCheckpoint(cfg.work_dir, "stage2").clear()
     StageCheckpoint(cfg.work_dir, STAGE_TWO).clear()
     marker.unlink()

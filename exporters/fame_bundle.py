@@ -121,8 +121,8 @@ def export_fame_bundle(
     except ValueError as exc:
         raise ExportDataError(
             f"the OOD statistics cannot be fitted on {len(train)} training case(s) of "
-            f"{features.shape[1]} features each ({exc}): more than {features.shape[1] // 4} "
-            "cases are needed, whose features are not all alike (a model whose classifier "
+            f"{features.shape[1]} features each ({exc}): at least one case per class plus "
+            "two are needed, whose features are not all alike (a model whose classifier "
             "features are constant cannot be exported)"
         ) from None
     val_features = classifier_features(net, val.images)

@@ -34,6 +34,34 @@ def test_the_score_is_the_distance_to_the_nearest_class_and_the_head_computes_it
         threshold_at(np.arange(10.0), 1.0)
     with pytest.raises(ValueError, match="features"):
         OODStats.fit(np.zeros((2, 64)), np.array([0, 1]))
+    with pytest.raises(ValueError, match="do not vary"):
+        OODStats.fit(np.zeros((8, 64)), np.array([0, 1] * 4))
+
+
+def test_ledoit_wolf_shrinkage_matches_its_definition_and_fits_wide_features() -> None:
+    from trainer.ood import ledoit_wolf_shrinkage
+
+    rng = np.random.default_rng(1)
+    # The intensity from its definition (Ledoit & Wolf 2004, lemmas 3.2-3.4), term by term.
+    x = rng.normal(size=(40, 6)) * np.array([1.0, 2.0, 0.5, 1.0, 3.0, 1.0])
+    n, p = x.shape
+    s = x.T @ x / n
+    m = np.trace(s) / p
+    d2 = np.sum((s - m * np.eye(p)) ** 2) / p
+    b2 = sum(np.sum((np.outer(r, r) - s) ** 2) for r in x) / n**2 / p
+    assert ledoit_wolf_shrinkage(x) == pytest.approx(min(b2, d2) / d2, rel=1e-9)
+    # Isotropic data: the sample covariance is noise around m * I, shrunk nearly all the way.
+    assert ledoit_wolf_shrinkage(rng.normal(size=(30, 200))) > 0.8
+    # Many more cases than features, of very different variances: little shrinkage.
+    assert ledoit_wolf_shrinkage(x @ np.diag([1.0, 5.0, 1.0, 9.0, 1.0, 1.0])) < 0.3
+    # Fewer cases than features (the paper classifier; a node's own few reviewed cases):
+    # fitted, and it still separates the classes.
+    wide_a = rng.normal(0.0, 1.0, (30, 400))
+    wide_b = rng.normal(1.0, 1.0, (30, 400))
+    stats = OODStats.fit(np.concatenate([wide_a, wide_b]), np.array([0] * 30 + [1] * 30))
+    inside = stats.score(rng.normal(0.0, 1.0, (20, 400)))
+    outside = stats.score(rng.normal(0.0, 4.0, (20, 400)))
+    assert np.all(np.isfinite(inside)) and inside.max() < outside.min()
 
 
 @pytest.fixture(scope="module")

@@ -116,9 +116,7 @@ def render_ablations(records: list[dict[str, Any]]) -> list[str]:
             f"{', '.join(str(r['seed']) for r in runs)} | {' | '.join(cells)} | "
             f"{runs[0]['seconds'] / 60:.0f} |"
         )
-    machines = sorted({r["machine"] for r in records})
-    lines += ["", f"Machine: {'; '.join(machines)}.", ""]
-    return lines
+    return [*lines, "", _machines(records), ""]
 
 
 def render_classifier_ablations(records: list[dict[str, Any]]) -> list[str]:
@@ -136,28 +134,50 @@ def render_classifier_ablations(records: list[dict[str, Any]]) -> list[str]:
         f"{first['epochs_cls']} epochs of stage one, then its meta-classifier), "
         f"{first['augment']} augmentation, the default schedule. AUC on each site's test "
         "split (BUSI macro one-vs-rest, BUS-BRA malignant vs benign) with its 95 % bootstrap "
-        "interval, then the accuracy; uncalibrated. One seed, a short schedule: compare "
-        "the rows with each other.",
+        "interval (one seed) or the mean ± SD over seeds, then the accuracy; uncalibrated. "
+        "A short schedule: compare the rows with each other.",
         "",
-        "| variant | backbones | "
+        "| variant | backbones | seeds | "
         + " | ".join(TARGET_NAMES[k].replace(" test", "") for k in ABLATION_SITES)
-        + " | minutes |",
-        "|---|---|" + "---|" * len(ABLATION_SITES) + "---|",
+        + " | minutes (1 seed) |",
+        "|---|---|---|" + "---|" * len(ABLATION_SITES) + "---|",
     ]
+    by_variant: dict[str, list[dict[str, Any]]] = {}
     for r in sorted(records, key=lambda r: (r["variant"], r["seed"])):
+        by_variant.setdefault(r["variant"], []).append(r)
+    for variant, runs in by_variant.items():
         cells = []
         for site in ABLATION_SITES:
-            f = r["figures"].get(f"test/{site}")
-            cells.append(
-                "n/a" if f is None else f"{_f(f['auc'])}{_ci(f['auc_ci95'])}, {f['accuracy']:.2f}"
-            )
-        backbones = r["settings"]["backbones"]
+            got = [r["figures"].get(f"test/{site}") for r in runs]
+            found = [g for g in got if g is not None and g["auc"] is not None]
+            if not found:
+                cells.append("n/a")
+            elif len(found) == 1:
+                f = found[0]
+                cells.append(f"{_f(f['auc'])}{_ci(f['auc_ci95'])}, {f['accuracy']:.2f}")
+            else:
+                aucs = [g["auc"] for g in found]
+                accuracy = float(np.mean([g["accuracy"] for g in found]))
+                cells.append(f"{np.mean(aucs):.3f} ± {np.std(aucs, ddof=1):.3f}, {accuracy:.2f}")
+        backbones = runs[0]["settings"]["backbones"]
         lines.append(
-            f"| {r['variant']} | {', '.join(backbones) if backbones else 'n/a'} | "
-            f"{' | '.join(cells)} | {r['seconds'] / 60:.0f} |"
+            f"| {variant} | {', '.join(backbones) if backbones else 'n/a'} | "
+            f"{', '.join(str(r['seed']) for r in runs)} | {' | '.join(cells)} | "
+            f"{runs[0]['seconds'] / 60:.0f} |"
         )
-    machines = sorted({r["machine"] for r in records})
-    return [*lines, "", f"Machine: {'; '.join(machines)}.", ""]
+    return [*lines, "", _machines(records), ""]
+
+
+def _machines(records: list[dict[str, Any]]) -> str:
+    """One line for the machines of `records`: the distinct kinds, the load range."""
+    kinds = sorted({r["machine"].split(", load average")[0] for r in records})
+    loads = []
+    for r in records:
+        tail = r["machine"].partition("load average ")[2].split()
+        if tail:
+            loads.append(float(tail[0]))
+    load = f"; load average {min(loads):.1f}–{max(loads):.1f} at the end of a run" if loads else ""
+    return f"Machine: {'; '.join(kinds)}{load} (shared with other work)."
 
 
 def main(argv: list[str] | None = None) -> int:

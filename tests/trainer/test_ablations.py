@@ -146,5 +146,8 @@ def test_render_classifier_ablations_shows_auc_with_interval_and_accuracy() -> N
         "figures": {"test/busi": site}, "seconds": 120.0, "machine": "x86_64 CPU",
     }  # fmt: skip
     text = "\\n".join(render_classifier_ablations([record]))
-    assert "| dual-stage-nasnet | nasnet | 0.710 (0.600–0.800), 0.55 | n/a |" in text
+    assert "| dual-stage-nasnet | nasnet | 1 | 0.710 (0.600–0.800), 0.55 | n/a |" in text
+    second = {**record, "seed": 2, "figures": {"test/busi": {**site, "auc": 0.73}}}
+    text = "\n".join(render_classifier_ablations([record, second]))
+    assert "| dual-stage-nasnet | nasnet | 1, 2 | 0.720 ± 0.014, 0.55 | n/a |" in text
     assert render_classifier_ablations([]) == []

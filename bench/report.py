@@ -252,8 +252,9 @@ def ensembles_section(d: dict[str, Any]) -> list[str]:
     out = [
         "## The FAME ensembles: graph and end to end",
         "",
-        f"Command: `python -m bench.ensembles` (`docs/bench/ensembles.json`, measured "
-        f"{d['machine'].get('load_average', '')}). {st['size']} x {st['size']}, "
+        f"Command: `python -m bench.ensembles` (`docs/bench/ensembles.json`; load average "
+        f"at its start {', '.join(f'{v:.1f}' for v in d['machine']['loadavg_at_start'])} "
+        f"on {d['machine']['cpus_usable']} cores). {st['size']} x {st['size']}, "
         f"{st['threads']} threads, {st['timing']}. Inputs: {d['inputs']}. `edge-ensemble` "
         "is the three-fold MAU-Net ensemble with the `edge` dual-stage classifier, OOD head "
         "and uncertainty output; `paper-classifier` one MAU-Net with the `paper` dual-stage "

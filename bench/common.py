@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import os
 import platform
+import sqlite3
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -169,3 +170,18 @@ def interleaved(
                 fn()
             out.seconds[name].append((time.perf_counter() - start) / calls)
     return out
+
+
+def read_jobs(db: Path) -> list[dict[str, Any]]:
+    """Every row of a node store's ``jobs`` table (read-only; [] before the store exists
+    or while its schema is being created)."""
+    if not db.exists():
+        return []
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    conn.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in conn.execute("SELECT * FROM jobs ORDER BY id")]
+    except sqlite3.OperationalError:
+        return []
+    finally:
+        conn.close()

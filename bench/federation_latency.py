@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import shutil
-import sqlite3
 import sys
 import tempfile
 import time
@@ -37,22 +36,9 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import DEFAULT_BUNDLE, REPO_ROOT, machine, phantom_pngs
+from bench.common import DEFAULT_BUNDLE, REPO_ROOT, machine, phantom_pngs, read_jobs
 
 OUT = REPO_ROOT / "docs" / "federation" / "latency.json"
-
-
-def _jobs(db: Path) -> list[dict[str, Any]]:
-    if not db.exists():
-        return []
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
-    conn.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in conn.execute("SELECT * FROM jobs ORDER BY id")]
-    except sqlite3.OperationalError:
-        return []
-    finally:
-        conn.close()
 
 
 def _wait(what: str, check: Any, timeout: float) -> None:
@@ -84,7 +70,7 @@ def _phase(db: Path, dropped: dict[str, float], timeout: float) -> dict[str, Any
     """Wait until every dropped file is done; latencies from the node's store (ms)."""
 
     def rows() -> list[dict[str, Any]]:
-        return [j for j in _jobs(db) if Path(j["path"]).name in dropped]
+        return [j for j in read_jobs(db) if Path(j["path"]).name in dropped]
 
     _wait(
         "every dropped file processed",

@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import shutil
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -37,24 +36,11 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import REPO_ROOT, RESULTS_DIR, input_images, load_eager, machine
+from bench.common import REPO_ROOT, RESULTS_DIR, input_images, load_eager, machine, read_jobs
 
 
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
-
-
-def _jobs(db: Path) -> list[dict[str, Any]]:
-    if not db.exists():
-        return []
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
-    conn.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in conn.execute("SELECT * FROM jobs ORDER BY id")]
-    except sqlite3.OperationalError:
-        return []
-    finally:
-        conn.close()
 
 
 def run_node(
@@ -98,7 +84,7 @@ def run_node(
             shutil.copyfile(src, tmp)
             tmp.rename(inbox / f"img_{i:04d}{src.suffix}")
         while True:
-            jobs = _jobs(db)
+            jobs = read_jobs(db)
             terminal = [j for j in jobs if j["status"] not in ("queued", "running")]
             if len(terminal) >= len(files):
                 break

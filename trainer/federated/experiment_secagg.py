@@ -102,7 +102,8 @@ def secagg_mean(
             vector = op(vector, pairwise)
         masked = parameters_mod(vector, modulus_range)
         total = masked if total is None else parameters_addition(total, masked)
-    assert total is not None and dims is not None  # k >= 2 was checked above
+    if total is None or dims is None:  # unreachable: k >= 2 was checked above
+        raise ValueError("SecAgg+ needs at least two updates to aggregate")
     for seed in seeds:
         total = parameters_subtraction(total, pseudo_rand_gen(seed, modulus_range, dims))
     q_total, summed = factor_extract(parameters_mod(total, modulus_range))

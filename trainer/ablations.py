@@ -46,9 +46,10 @@ import torch
 from appliance.postprocess import clean_mask
 from trainer.data import SITE_SHIFT, ArraySet, load_datasets
 from trainer.dual_stage_train import train_any_classifier
-from trainer.loops import Logger, TrainConfig, predict, segmentation_metrics, train_segmenter
+from trainer.loops import Logger, predict, segmentation_metrics, train_segmenter
 from trainer.metrics import classification_report, dice
 from trainer.models import CLASSES
+from trainer.run_config import TrainConfig
 from trainer.seed import seed_everything
 from trainer.site_report import bootstrap_ci
 

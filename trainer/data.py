@@ -214,7 +214,7 @@ class AugmentParams:
     speckle: float = 0.0
     depth_gain: float = 0.0  # the ramp's top-to-bottom change, in z-score units
     # Vertical flip: off by default (ultrasound depth has a direction); the FAME paper's
-    # recipe (`trainer.loops.paper_schedule`) turns it on.
+    # recipe (`trainer.run_config.paper_schedule`) turns it on.
     vflip_p: float = 0.0
 
     def describe(self) -> str:

@@ -13,7 +13,7 @@ It takes the place of `trainer.loops.train_classifier` when ``TrainConfig.classi
   (``requires_grad`` off, not in the optimiser), the meta-classifier trained on the
   concatenated features of augmented batches, selected on val macro-F1 (ties: AUC).
 
-Both stages use the run's optimiser schedule (`cfg.schedule`, `trainer.loops._Schedule`),
+Both stages use the run's optimiser schedule (`cfg.schedule`, `trainer.run_config._Schedule`),
 ACGAN images where configured, and a `trainer.resume.StageCheckpoint` after every epoch,
 so an interrupted run resumes exactly. The summary written as ``stage2_summary`` has the
 keys `trainer.train.export_checkpoint` reads (epochs_run, best_epoch, seconds).
@@ -35,12 +35,9 @@ from torch import Tensor, nn
 
 from trainer.data import ArraySet, augment_batch
 from trainer.loops import (
-    PAPER_EARLY_STOP_PATIENCE,
     Logger,
-    TrainConfig,
     _batches,
     _restore,
-    _Schedule,
     _snapshot,
     _Synthetic,
     classification_metrics,
@@ -52,6 +49,7 @@ from trainer.models import DualStageClassifier, FoldEnsemble, LesionClassifier, 
 from trainer.profiles import profile
 from trainer.progress import EpochProgress
 from trainer.resume import StageCheckpoint
+from trainer.run_config import PAPER_EARLY_STOP_PATIENCE, TrainConfig, _Schedule
 
 CLASSIFIERS = ("preact-resnet", "dual-stage")
 STAGE_ONE, STAGE_TWO = "stage2", "stage2_meta"

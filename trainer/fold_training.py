@@ -27,9 +27,10 @@ from appliance.evaluate import spearman
 from appliance.postprocess import clean_mask
 from trainer.data import ArraySet
 from trainer.folds import assign_folds, fold_masks, group_keys, subset
-from trainer.loops import Logger, TrainConfig, choose_threshold, predict, train_segmenter
+from trainer.loops import Logger, choose_threshold, predict, train_segmenter
 from trainer.metrics import dice
 from trainer.models import FoldEnsemble, MAUNet
+from trainer.run_config import TrainConfig
 
 
 def train_fold_ensemble(

@@ -17,6 +17,7 @@ import torch
 from appliance.cli import _parser, main
 from appliance.commands.train import INSTALL_HINT, trainer_argv
 from tests.trainer.test_train import write_tiny_busi
+from tests.trainer.tinybundle import tiny_config
 from trainer.train import SEGMENTER_FILE, parse_args
 
 TINY = ["--size", "32", "--epochs-seg", "1", "--epochs-cls", "1", "--threads", "1"]
@@ -134,7 +135,7 @@ def test_the_bundle_records_the_paper_schedule_and_the_acgan(tmp_path: Path) -> 
     # classifier widths, and the OOD head of a bundle needs features narrower than 7 cases.
     from appliance.bundle import load_bundle
     from trainer.acgan import ACGANConfig, train_acgan
-    from trainer.loops import TrainConfig, paper_schedule
+    from trainer.run_config import paper_schedule
     from trainer.train import run
 
     manifest = write_tiny_busi(tmp_path / "busi", per_class=4)
@@ -150,19 +151,7 @@ def test_the_bundle_records_the_paper_schedule_and_the_acgan(tmp_path: Path) -> 
         epochs=1,
     )
     train_acgan(gan)
-    cfg = TrainConfig(
-        manifest=manifest,
-        out=tmp_path / "bundle",
-        work_dir=tmp_path / "work",
-        cache_dir=tmp_path / "cache",
-        size=32,
-        base_width=4,
-        cls_widths=(4, 8),
-        batch_size=4,
-        epochs_seg=1,
-        epochs_cls=1,
-        acgan=gan.out,
-    )
+    cfg = tiny_config(manifest, tmp_path, acgan=gan.out)
     training = load_bundle(run(paper_schedule(cfg))).manifest.training
     assert "ReduceLROnPlateau" in training["stage1"]["optimizer"]
     assert "vertical flip" in training["augmentation"]

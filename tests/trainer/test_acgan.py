@@ -16,6 +16,7 @@ from PIL import Image
 
 from appliance.preprocess import PreprocessParams
 from tests.trainer.test_train import write_tiny_busi
+from tests.trainer.tinybundle import tiny_config
 from trainer.acgan import (
     ACGANConfig,
     ACGANError,
@@ -29,7 +30,7 @@ from trainer.acgan import (
     train_acgan,
 )
 from trainer.data import load_datasets
-from trainer.loops import Logger, TrainConfig, train_classifier
+from trainer.loops import Logger, train_classifier
 from trainer.models import CLASSES, MAUNet
 from trainer.models.acgan import IMAGE_SCALE, ACGANDiscriminator, ACGANGenerator
 from trainer.seed import seed_everything
@@ -138,18 +139,7 @@ def test_classifier_training_is_balanced_with_synthetic_images(tmp_path: Path) -
     again, _ = synthesize(g, [2, 0, 1], size=64, seed=1)
     assert torch.equal(images, again)  # seeded: a resumed epoch draws the same images
 
-    cfg = TrainConfig(
-        manifest=manifest,
-        out=tmp_path / "bundle",
-        work_dir=tmp_path / "work",
-        cache_dir=tmp_path / "cache",
-        size=32,
-        base_width=4,
-        cls_widths=(4, 8),
-        batch_size=4,
-        epochs_cls=2,
-        acgan=acgan.out,
-    )
+    cfg = tiny_config(manifest, tmp_path, epochs_cls=2, acgan=acgan.out)
     gen = seed_everything(cfg.seed, threads=1)
     data = load_datasets([manifest], cfg.preprocess_params(), cfg.cache_dir)
     log = Logger(tmp_path / "log.json", cfg)

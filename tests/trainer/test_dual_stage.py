@@ -25,11 +25,12 @@ from tests.trainer.test_train import write_tiny_busi
 from trainer import dual_stage_train, profiles
 from trainer.data import ArraySet, load_datasets
 from trainer.dual_stage_train import STAGE_ONE, STAGE_TWO, train_dual_stage
-from trainer.loops import Logger, TrainConfig
+from trainer.loops import Logger
 from trainer.models import BACKBONES, DualStageClassifier, FameNodeNet, MAUNet
 from trainer.models.backbones import NASNetA, PreActResNet
 from trainer.profiles import EDGE, PAPER, DualStageProfile, NASNetSpec, ResNetV2Spec
 from trainer.resume import StageCheckpoint
+from trainer.run_config import TrainConfig
 from trainer.seed import seed_everything
 from trainer.train import parse_args
 from trainer.weights import architecture, architecture_of, build_net, load_bundle_net

@@ -113,7 +113,8 @@ def test_fold_training_resumes_each_fold_from_its_checkpoint(
     from tests.trainer.test_train import write_tiny_busi
     from trainer.data import load_datasets
     from trainer.fold_training import train_fold_ensemble
-    from trainer.loops import Logger, TrainConfig
+    from trainer.loops import Logger
+    from trainer.run_config import TrainConfig
 
     manifest = write_tiny_busi(tmp_path / "busi", per_class=4)
     cfg = TrainConfig(

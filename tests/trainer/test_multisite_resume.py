@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-import trainer.loops
+import trainer.run_config
 from appliance.bundle import load_bundle
 from appliance.preprocess import PreprocessParams
 from tests.trainer.test_train import write_tiny_busi
 from trainer.data import SITE_SHIFT, AugmentParams, DataError, augment_batch, load_datasets
-from trainer.loops import Logger, TrainConfig, paper_schedule, train_segmenter
+from trainer.loops import Logger, train_segmenter
 from trainer.resume import StageCheckpoint
+from trainer.run_config import TrainConfig, paper_schedule
 from trainer.seed import seed_everything
 from trainer.train import parse_args, run
 
@@ -93,7 +94,7 @@ def test_an_interrupted_stage_resumes_to_the_same_weights(
 ) -> None:
     # paper: patience 0, so ReduceLROnPlateau cuts the rate after every epoch without a new
     # best and the resumed run must carry the scheduler's state (its best, its bad epochs).
-    monkeypatch.setattr(trainer.loops, "PAPER_PLATEAU_PATIENCE", 0)
+    monkeypatch.setattr(trainer.run_config, "PAPER_PLATEAU_PATIENCE", 0)
     manifest = write_tiny_busi(tmp_path / "busi", per_class=4)
     straight = _cfg(tmp_path, manifest, "straight", schedule)
     straight_log = Logger(tmp_path / "straight.json", straight)
@@ -120,7 +121,7 @@ def test_an_interrupted_stage_resumes_to_the_same_weights(
     lrs = [r["lr"] for r in straight_log.data["stage1"]]
     assert [r["lr"] for r in log.data["stage1"]] == lrs
     if schedule == "paper":
-        assert lrs[0] == trainer.loops.PAPER_LR
+        assert lrs[0] == trainer.run_config.PAPER_LR
         assert min(lrs) < lrs[0], "the plateau never cut the rate: the test would prove little"
     for key, value in expected.items():
         torch.testing.assert_close(got[key], value, rtol=0, atol=0, msg=key)

@@ -1,4 +1,4 @@
-"""The paper's training schedule (`trainer.loops.paper_schedule`, `_Schedule`), the default
+"""The paper's training schedule (`trainer.run_config.paper_schedule`, `_Schedule`), the default
 one it sits beside, early stopping, and the per-epoch progress bar (`trainer.progress`).
 The resumed-equals-uninterrupted check under both schedules is in test_multisite_resume."""
 
@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from trainer.data import AugmentParams
-from trainer.loops import (
+from trainer.progress import EpochProgress, bar_text
+from trainer.run_config import (
     PAPER_EARLY_STOP_PATIENCE,
     PAPER_L2,
     PAPER_LR,
@@ -21,7 +22,6 @@ from trainer.loops import (
     _Schedule,
     paper_schedule,
 )
-from trainer.progress import EpochProgress, bar_text
 from trainer.train import parse_args
 
 

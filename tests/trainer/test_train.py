@@ -23,7 +23,6 @@ from trainer.losses import dice_bce_loss, inverse_frequency_weights, soft_dice_l
 from trainer.models import MAUNet
 from trainer.train import (
     THRESHOLDS,
-    TrainConfig,
     choose_threshold,
     classification_metrics,
     run,
@@ -213,19 +212,10 @@ def test_read_manifest_rejects_unknown_label(tmp_path: Path) -> None:
 
 
 def test_tiny_training_run_writes_a_verified_bundle(tmp_path: Path) -> None:
+    from tests.trainer.tinybundle import tiny_config  # it imports this module
+
     manifest = write_tiny_busi(tmp_path / "busi", per_class=4)
-    cfg = TrainConfig(
-        manifest=manifest,
-        out=tmp_path / "bundle",
-        work_dir=tmp_path / "work",
-        cache_dir=tmp_path / "cache",
-        size=32,
-        base_width=4,
-        cls_widths=(4, 8),
-        batch_size=4,
-        epochs_seg=2,
-        epochs_cls=2,
-    )
+    cfg = tiny_config(manifest, tmp_path, epochs_seg=2, epochs_cls=2)
     bundle = load_bundle(run(cfg))
     m = bundle.manifest
     assert m.classes == ["normal", "benign", "malignant"]

@@ -6,7 +6,8 @@ fixed epochs (the shipped bundle), and ``paper``, FAME's Adam 1e-4 / L2 1e-5 wit
 ReduceLROnPlateau and early stopping (`paper_schedule`). Either resumes exactly from the
 per-epoch stage checkpoint. With `TrainConfig.acgan`, stage 2 adds synthetic images of the
 minority classes to each epoch (`_Synthetic`). A progress bar shows on a terminal only.
-The settings and the schedules themselves are `trainer.run_config`'s.
+The settings and the schedules themselves are `trainer.run_config`'s. With a `teacher`
+(`trainer.teacher`) each stage adds the teacher's soft terms on the same augmented batch.
 
 `trainer.train` runs them from the command line and exports the result as a bundle.
 """
@@ -42,6 +43,7 @@ from trainer.models.acgan import ACGANGenerator
 from trainer.progress import EpochProgress
 from trainer.resume import StageCheckpoint
 from trainer.run_config import PAPER_EARLY_STOP_PATIENCE, TrainConfig, _Schedule
+from trainer.teacher import Teacher
 
 THRESHOLDS = tuple(round(0.3 + 0.05 * i, 2) for i in range(9))  # 0.3 .. 0.7
 
@@ -158,7 +160,12 @@ class Logger:
 
 
 def train_segmenter(
-    cfg: TrainConfig, train: ArraySet, val: ArraySet, gen: torch.Generator, log: Logger
+    cfg: TrainConfig,
+    train: ArraySet,
+    val: ArraySet,
+    gen: torch.Generator,
+    log: Logger,
+    teacher: Teacher | None = None,
 ) -> tuple[MAUNet, dict[str, Any]]:
     """Stage 1. Returns the best-epoch MAU-Net and a summary (epochs, threshold, metrics)."""
     start = time.monotonic()
@@ -194,7 +201,8 @@ def train_segmenter(
         bar = EpochProgress("stage1", epoch, cfg.epochs_seg, steps)
         for idx in _batches(len(train), cfg.batch_size, gen):
             batch = augment_batch(x[idx], gen, cfg.augment, intensity_channels=1, mask_channels=1)
-            loss = dice_bce_loss(model(batch[:, :1]), batch[:, 1:])
+            loss = dice_bce_loss(logits := model(batch[:, :1]), batch[:, 1:])
+            loss = loss if teacher is None else loss + teacher.segmentation_term(logits, batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             schedule.after_batch()
@@ -253,6 +261,7 @@ def train_classifier(
     gen: torch.Generator,
     log: Logger,
     deadline: float,
+    teacher: Teacher | None = None,
 ) -> tuple[LesionClassifier, dict[str, Any]]:
     """Stage 2 with the segmenter frozen. Returns the best-epoch classifier and a summary."""
     start = time.monotonic()
@@ -265,6 +274,7 @@ def train_classifier(
         return torch.cat([img, torch.sigmoid(predict(segmenter, img))], dim=1)
 
     x, val_x = with_lesion_map(train.images), with_lesion_map(val.images)
+    x = x if teacher is None else torch.cat([x, teacher.lesion_maps(x[:, :1])], dim=1)
     y = torch.from_numpy(train.labels)
     model = LesionClassifier(in_channels=2, widths=cfg.cls_widths, dropout=cfg.dropout)
     weights = inverse_frequency_weights(train.class_counts())
@@ -298,9 +308,11 @@ def train_classifier(
         bar = EpochProgress("stage2", epoch, cfg.epochs_cls, steps)
         for idx in _batches(len(ex), cfg.batch_size, gen):
             batch = augment_batch(ex[idx], gen, cfg.augment, intensity_channels=1)
+            logits = model(batch[:, :2])  # [image, lesion map]; a teacher's map is channel 2
             loss = F.cross_entropy(
-                model(batch), ey[idx], weight=weights, label_smoothing=cfg.label_smoothing
+                logits, ey[idx], weight=weights, label_smoothing=cfg.label_smoothing
             )
+            loss = loss if teacher is None else loss + teacher.classification_term(logits, batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             schedule.after_batch()

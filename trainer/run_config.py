@@ -76,6 +76,11 @@ class TrainConfig:
     profile: str = "edge"
     backbones: tuple[str, ...] = BACKBONES
     epochs_meta: int = 15
+    # Distillation (`trainer.distill`): the sha256 of the teacher bundle's manifest.json, and
+    # the weight and temperature of the soft terms. None: trained on the labels alone.
+    teacher_sha256: str | None = None
+    distil_weight: float = 1.0
+    distil_temperature: float = 2.0
 
     def preprocess_params(self) -> PreprocessParams:
         return PreprocessParams(size=self.size)
@@ -96,6 +101,9 @@ class TrainConfig:
             keep.pop("acgan", None)
         if keep.get("classifier") == "preact-resnet":  # and the dual-stage settings unused
             for key in ("classifier", "profile", "backbones", "epochs_meta"):
+                keep.pop(key, None)
+        if keep.get("teacher_sha256") is None:  # and the distillation settings unused
+            for key in ("teacher_sha256", "distil_weight", "distil_temperature"):
                 keep.pop(key, None)
         if not keep["augment"].get("vflip_p"):
             keep["augment"].pop("vflip_p", None)

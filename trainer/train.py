@@ -370,6 +370,8 @@ def export_checkpoint(cfg: TrainConfig, checkpoint: Path, log_path: Path) -> Pat
             "augmentation": cfg.augment.describe(),
             "dp": None,
             "rounds": 0,
+            # trainer.distill: the teacher bundle and the soft terms (absent: no teacher).
+            **({"distilled_from": log["distilled_from"]} if "distilled_from" in log else {}),
         },
         evaluation={"busi_val" if len(cfg.manifests) == 1 else "val": evaluation},
         extra_files={"training_log.json": log_path},

@@ -134,6 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse(argv: list[str] | None) -> tuple[TrainConfig, argparse.Namespace]:
     a = build_parser().parse_args(argv)
+    return config_from(a), a
+
+
+def config_from(a: argparse.Namespace) -> TrainConfig:
+    """The `TrainConfig` of parsed arguments (`build_parser`'s, or a parser built on it)."""
     cfg = TrainConfig(
         manifest=a.manifest[0],
         extra_manifests=tuple(a.manifest[1:]),
@@ -166,4 +171,4 @@ def parse(argv: list[str] | None) -> tuple[TrainConfig, argparse.Namespace]:
     if a.acgan is not None:
         cfg = replace(cfg, acgan=a.acgan)
     cfg.preprocess_params()  # validates --size
-    return cfg, a
+    return cfg

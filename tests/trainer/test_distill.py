@@ -25,6 +25,12 @@ from appliance.bundle import load_bundle, sha256_file
 from appliance.cli import _parser
 from appliance.cli import main as node_main
 from appliance.commands.train import distil_argv
+from appliance.models.signing import (
+    SIGNATURE_NAME,
+    generate_keypair,
+    load_private_key,
+    sign_manifest,
+)
 from tests.trainer.foldbundle import arrays, export_tiny, tiny_fold_net, tiny_single_net
 from tests.trainer.test_train import write_tiny_busi
 from tests.trainer.tinybundle import tiny_config
@@ -215,6 +221,23 @@ def test_a_tampered_teacher_is_refused_before_any_training(
     with pytest.raises(SystemExit, match=r"checksum mismatch for weights\.safetensors"):
         distill.main(_distil_argv(tampered, manifest, tmp_path))
     assert not (tmp_path / "work").exists() and not (tmp_path / "cache").exists()
+
+
+def test_with_a_trusted_key_only_a_teacher_signed_by_it_is_taken(
+    teacher_bundle: Path, manifest: Path, tmp_path: Path
+) -> None:
+    private, public = generate_keypair(tmp_path / "coordinator")
+    with pytest.raises(SystemExit, match="refused"):  # the teacher is unsigned
+        distill.main(_distil_argv(teacher_bundle, manifest, tmp_path, "--trusted-key", str(public)))
+    assert not (tmp_path / "work").exists()
+    signed = tmp_path / "signed"
+    shutil.copytree(teacher_bundle, signed)
+    manifest_bytes = (signed / "manifest.json").read_bytes()
+    (signed / SIGNATURE_NAME).write_bytes(sign_manifest(manifest_bytes, load_private_key(private)))
+    bundle, net = distill.load_teacher(signed, [public])
+    assert bundle.signature is not None and bundle.signature.trusted
+    cfg = TrainConfig(manifest=manifest, out=tmp_path, size=32)
+    assert distill.distilled_from(bundle, net, cfg)["signature"] == bundle.signature.fingerprint
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ files over TCP on 127.0.0.1 into a receiver writing into a temporary inbox."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -111,10 +112,19 @@ def test_an_unknown_caller_is_rejected_and_logged(
     assoc = _scu("INTRUDER").associate("127.0.0.1", receiver.port, ae_title="FAMENODE")
     assert assoc.is_rejected
     assert [p for p in receiver.inbox.iterdir() if p.is_file()] == []
-    assert any(
-        "'INTRUDER'" in r.getMessage() and "allowed_callers" in r.getMessage()
-        for r in caplog.records
-    )
+
+    def logged() -> bool:
+        return any(
+            "'INTRUDER'" in r.getMessage() and "allowed_callers" in r.getMessage()
+            for r in caplog.records
+        )
+
+    # pynetdicom fires EVT_REJECTED on its own thread after the rejection is sent, so the
+    # caller can see the rejection before the node's warning is written.
+    deadline = time.monotonic() + 5.0
+    while not logged() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert logged()
 
 
 def test_a_dataset_over_the_size_limit_is_refused_and_not_stored(tmp_path: Path) -> None:

@@ -42,12 +42,13 @@ from trainer.calibration import expected_calibration_error, fit_temperature
 from trainer.data import ArraySet
 from trainer.models import CLASSES, FameNodeNet
 from trainer.ood import (
+    LAYER_NAMES,
     OOD_OUTPUT,
     UNCERTAINTY_OUTPUT,
     FameNodeNetWithOOD,
-    OODStats,
-    classifier_features,
+    LayeredOODStats,
     classifier_logits,
+    ood_features,
     segmentation_uncertainty,
     threshold_at,
 )
@@ -115,19 +116,19 @@ def export_fame_bundle(
         )
     net.eval()
     work_dir.mkdir(parents=True, exist_ok=True)
-    features = classifier_features(net, train.images)
+    layers = ood_features(net, train.images)
+    val_layers = ood_features(net, val.images)
     try:
-        stats = OODStats.fit(features, train.labels)
+        stats = LayeredOODStats.fit(layers, train.labels, val_layers)
     except ValueError as exc:
         raise ExportDataError(
             f"the OOD statistics cannot be fitted on {len(train)} training case(s) of "
-            f"{features.shape[1]} features each ({exc}): at least one case per class plus "
-            "two are needed, whose features are not all alike (a model whose classifier "
+            f"{[f.shape[1] for f in layers]} features per layer ({exc}): at least one case "
+            "per class plus two are needed, whose features are not all alike (a model whose "
             "features are constant cannot be exported)"
         ) from None
-    val_features = classifier_features(net, val.images)
-    ood_threshold = threshold_at(stats.score(val_features), OOD_FLAGGED_SHARE)
-    val_logits = classifier_logits(net, val_features)
+    ood_threshold = threshold_at(stats.score(val_layers), OOD_FLAGGED_SHARE)
+    val_logits = classifier_logits(net, val_layers[-1])
     temperature = fit_temperature(val_logits, val.labels)
     calibration = {
         "temperature": round(temperature, 4),
@@ -192,9 +193,12 @@ def export_fame_bundle(
             "model": architecture_of(net),
             "calibration": calibration,
             "ood": (
-                "Mahalanobis distance of the classifier features to the nearest class mean, "
-                f"shared covariance fitted on the train split ({len(train)} images); "
-                f"threshold flags {OOD_FLAGGED_SHARE:.0%} of the {val_name} split"
+                "Mahalanobis distance to the nearest class mean of each of the layers "
+                f"{', '.join(LAYER_NAMES)} (MAU-Net activation mean and std per channel; "
+                "classifier pooled features), shared covariance per layer fitted on the "
+                f"train split ({len(train)} images), each divided by its median on the "
+                f"{val_name} split and averaged (trainer.ood.LayeredOODStats); threshold "
+                f"flags {OOD_FLAGGED_SHARE:.0%} of the {val_name} split"
             ),
             **uncertainty_training,
         },

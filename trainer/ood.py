@@ -1,4 +1,4 @@
-"""Out-of-distribution score: how unlike the training images an image is, to the classifier.
+"""Out-of-distribution score: how unlike the training images an image is, to the network.
 
 An image the model was not trained for (another body part, a phantom, a screenshot) still
 gets a softmax that sums to one, often a confident one. The score here is the Mahalanobis
@@ -8,6 +8,15 @@ Detecting Out-of-Distribution Samples and Adversarial Attacks", NeurIPS 2018). T
 is a percentile of the validation split's scores, so about that share of in-distribution
 images is flagged; the test images and the pydicom-data ultrasound frames (obstetric,
 abdominal: not breast) measure how well it separates (`trainer.site_report`).
+
+Bundles exported since 0.2.1 score several layers (`LayeredOODStats`, Lee et al.'s feature
+ensemble): the MAU-Net's four encoder levels and its bottleneck, each as the per-channel
+spatial mean and standard deviation of its activations (`MAUNet.forward_with_stats`; for a
+fold ensemble, its first fold model's), and the classifier's pooled features. Each layer's
+distance is divided by its median on the validation split and the layers are averaged, so
+no layer dominates by its width. The classifier's features alone learnt what separates
+benign from malignant lesions and little about what an image of a breast looks like; an
+obstetric frame's texture statistics are far from any breast image's (docs/RESULTS.md).
 
 `FameNodeNetWithOOD` computes the score inside the exported graph (output ``ood_score``,
 one value per image), so every backend gets it with the other outputs. Where the segmenter
@@ -108,18 +117,109 @@ class MahalanobisHead(nn.Module):
         return (m * d).sum(dim=2).min(dim=1).values / self.means.shape[1]
 
 
+LAYER_NAMES = ("encoder1", "encoder2", "encoder3", "encoder4", "bottleneck", "classifier")
+
+
+@dataclass(frozen=True)
+class LayeredOODStats:
+    """`OODStats` per layer (`LAYER_NAMES`) and each layer's scale: the median of its
+    scores on the validation split. The score is the mean over layers of score / scale."""
+
+    layers: tuple[OODStats, ...]
+    scales: tuple[float, ...]
+
+    @classmethod
+    def fit(
+        cls,
+        train: list[NDArray[np.float64]],
+        labels: NDArray[np.int64],
+        val: list[NDArray[np.float64]],
+    ) -> LayeredOODStats:
+        """Fit each layer on the train features (`OODStats.fit`), scale it on val's."""
+        if len(train) != len(val) or not train:
+            raise ValueError(
+                f"need the same layers for train and val, got {len(train)} and {len(val)}"
+            )
+        layers = tuple(OODStats.fit(f, labels) for f in train)
+        scales = tuple(float(np.median(st.score(v))) for st, v in zip(layers, val, strict=True))
+        if not all(s > 0 for s in scales):
+            raise ValueError(f"a layer's median validation score is not positive: {scales}")
+        return cls(layers=layers, scales=scales)
+
+    def score(self, features: list[NDArray[np.float64]]) -> NDArray[np.float64]:
+        """The layered score (N,) of each layer's features (N, D_l), as the graph computes."""
+        parts = [
+            st.score(f) / s for st, s, f in zip(self.layers, self.scales, features, strict=True)
+        ]
+        return np.mean(parts, axis=0)
+
+
+class LayeredMahalanobisHead(nn.Module):
+    """`LayeredOODStats.score` in torch (exported into the graph)."""
+
+    scales: Tensor
+
+    def __init__(self, stats: LayeredOODStats) -> None:
+        super().__init__()
+        self.heads = nn.ModuleList(MahalanobisHead(st) for st in stats.layers)
+        self.register_buffer("scales", torch.tensor(stats.scales, dtype=torch.float32))
+
+    def forward(self, features: list[Tensor]) -> Tensor:
+        parts = torch.stack([head(f) for head, f in zip(self.heads, features, strict=True)])
+        return (parts / self.scales[:, None]).mean(dim=0)
+
+
+def _graph_pass(
+    net: FameNodeNet, image: Tensor
+) -> tuple[Tensor, Tensor, Tensor | None, list[Tensor]]:
+    """One pass of the exported graph: (lesion_prob, classifier features, fold disagreement
+    or None, every OOD layer's features in `LAYER_NAMES` order)."""
+    segmenter = net.segmenter
+    uncertainty: Tensor | None = None
+    if isinstance(segmenter, FoldEnsemble):
+        lesion_prob, uncertainty, stats = segmenter.predict_with_stats(image)
+    else:
+        logits, stats = segmenter.forward_with_stats(image)
+        lesion_prob = torch.sigmoid(logits)
+    features = net.classifier.features(torch.cat([image, lesion_prob], dim=1))
+    return lesion_prob, features, uncertainty, [*stats, features]
+
+
+def ood_features(
+    net: FameNodeNet, images: NDArray[np.float32], batch: int = 64
+) -> list[NDArray[np.float64]]:
+    """Every OOD layer's features of preprocessed images (N, S, S), eval mode: one
+    (N, D_l) array per layer of `LAYER_NAMES`, computed as the exported graph does."""
+    net.eval()
+    out: list[list[NDArray[np.float64]]] = []
+    with torch.no_grad():
+        for i in range(0, len(images), batch):
+            x = torch.from_numpy(np.ascontiguousarray(images[i : i + batch, None]))
+            out.append([f.double().numpy() for f in _graph_pass(net, x)[3]])
+    return [np.concatenate(layer) for layer in zip(*out, strict=True)]
+
+
 class FameNodeNetWithOOD(nn.Module):
     """`FameNodeNet` plus the out-of-distribution score: (lesion_prob, class_prob, ood), and
     the fold disagreement (seg_uncertainty) after them when the segmenter is a `FoldEnsemble`.
 
-    `temperature` divides the classifier's logits (`trainer.calibration`): 1 leaves them."""
+    `temperature` divides the classifier's logits (`trainer.calibration`): 1 leaves them.
+    `stats` is a `LayeredOODStats` (what `exporters.fame_bundle` exports) or, as bundles
+    before 0.2.1 had it, an `OODStats` of the classifier's features alone."""
 
-    def __init__(self, net: FameNodeNet, stats: OODStats, temperature: float = 1.0) -> None:
+    def __init__(
+        self, net: FameNodeNet, stats: OODStats | LayeredOODStats, temperature: float = 1.0
+    ) -> None:
         super().__init__()
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.net = net
-        self.head = MahalanobisHead(stats)
+        self.layered = isinstance(stats, LayeredOODStats)
+        self.head: nn.Module = (
+            LayeredMahalanobisHead(stats)
+            if isinstance(stats, LayeredOODStats)
+            else MahalanobisHead(stats)
+        )
         self.temperature = float(temperature)
 
     @property
@@ -133,19 +233,14 @@ class FameNodeNetWithOOD(nn.Module):
         return isinstance(self.net.segmenter, FoldEnsemble)
 
     def forward(self, image: Tensor) -> tuple[Tensor, ...]:
-        segmenter = self.net.segmenter
-        uncertainty: Tensor | None = None
-        if isinstance(segmenter, FoldEnsemble):
-            # One pass over the folds gives both the mean map and their disagreement.
-            lesion_prob, uncertainty = segmenter.predict(image)
-        else:
-            lesion_prob = torch.sigmoid(segmenter(image))
-        features = self.net.classifier.features(torch.cat([image, lesion_prob], dim=1))
+        # One pass over the folds gives the mean map, their disagreement and the features.
+        lesion_prob, features, uncertainty, layers = _graph_pass(self.net, image)
         logits = self.net.classifier.classify_features(features)
         class_prob = torch.softmax(logits / self.temperature, dim=1)
+        ood = self.head(layers) if self.layered else self.head(features)
         if uncertainty is None:
-            return lesion_prob, class_prob, self.head(features)
-        return lesion_prob, class_prob, self.head(features), uncertainty
+            return lesion_prob, class_prob, ood
+        return lesion_prob, class_prob, ood, uncertainty
 
 
 def classifier_features(

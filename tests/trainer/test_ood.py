@@ -14,7 +14,14 @@ from appliance.bundle import load_bundle
 from appliance.config import RuntimeConfig, ThresholdsConfig
 from appliance.runtime import create_backend
 from tests.trainer.tinybundle import make_tiny_bundle
-from trainer.ood import MahalanobisHead, OODStats, threshold_at
+from trainer.models import FoldEnsemble, MAUNet
+from trainer.ood import (
+    LayeredMahalanobisHead,
+    LayeredOODStats,
+    MahalanobisHead,
+    OODStats,
+    threshold_at,
+)
 
 
 def test_the_score_is_the_distance_to_the_nearest_class_and_the_head_computes_it() -> None:
@@ -62,6 +69,49 @@ def test_ledoit_wolf_shrinkage_matches_its_definition_and_fits_wide_features() -
     inside = stats.score(rng.normal(0.0, 1.0, (20, 400)))
     outside = stats.score(rng.normal(0.0, 4.0, (20, 400)))
     assert np.all(np.isfinite(inside)) and inside.max() < outside.min()
+
+
+def test_the_layered_score_averages_each_layers_distance_over_its_val_median() -> None:
+    rng = np.random.default_rng(4)
+    labels = np.array([0, 1] * 100)
+    train = [rng.normal(0.0, 1.0, (200, 3)), rng.normal(0.0, 2.0, (200, 5))]
+    val = [rng.normal(0.0, 1.0, (60, 3)), rng.normal(0.0, 2.0, (60, 5))]
+    stats = LayeredOODStats.fit(train, labels, val)
+    for layer, scale, v in zip(stats.layers, stats.scales, val, strict=True):
+        assert np.median(layer.score(v) / scale) == pytest.approx(1.0)
+    x = [rng.normal(0.0, 3.0, (16, 3)), rng.normal(0.0, 3.0, (16, 5))]
+    by_hand = np.mean(
+        [st.score(f) / s for st, s, f in zip(stats.layers, stats.scales, x, strict=True)], axis=0
+    )
+    np.testing.assert_allclose(stats.score(x), by_hand)
+    head = LayeredMahalanobisHead(stats)
+    torch_scores = head([torch.tensor(f, dtype=torch.float32) for f in x]).numpy()
+    np.testing.assert_allclose(torch_scores, stats.score(x), rtol=1e-4)
+    # Far off in one layer only: the ordinary other layers do not hide it.
+    far = [np.zeros((1, 3)), np.full((1, 5), 40.0)]
+    assert stats.score(far)[0] > 10 * np.quantile(stats.score(val), 0.95)
+    with pytest.raises(ValueError, match="same layers"):
+        LayeredOODStats.fit(train, labels, val[:1])
+
+
+def test_the_mau_nets_statistics_are_each_levels_channel_mean_and_std() -> None:
+    torch.manual_seed(0)
+    net = MAUNet(base_width=4).eval()
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        logits, stats = net.forward_with_stats(x)
+        torch.testing.assert_close(logits, net(x))
+        # Four encoder levels and the bottleneck, 2 x channels each (widths 4 ... 64).
+        assert [tuple(s.shape) for s in stats] == [(2, 8), (2, 16), (2, 32), (2, 64), (2, 128)]
+        first = net.encoders[0](x)
+        by_hand = torch.cat([first.mean(dim=(2, 3)), first.std(dim=(2, 3), correction=0)], 1)
+        torch.testing.assert_close(stats[0], by_hand, atol=1e-5, rtol=1e-4)
+        torch.manual_seed(1)
+        folds = FoldEnsemble([net, MAUNet(base_width=4).eval()])
+        mean, disagreement, fold_stats = folds.predict_with_stats(x)
+        torch.testing.assert_close((mean, disagreement), folds.predict(x))
+        for a, b in zip(fold_stats, stats, strict=True):  # the first fold model's
+            torch.testing.assert_close(a, b)
 
 
 @pytest.fixture(scope="module")

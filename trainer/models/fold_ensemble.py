@@ -28,6 +28,7 @@ threshold inside the graph), so the exported ONNX graph reproduces it to float p
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -96,6 +97,14 @@ class FoldEnsemble(nn.Module):
         """(mean probability (N, 1, S, S), fold disagreement (N,) in [0, 1])."""
         probs = self.fold_probs(x)
         return probs.mean(dim=0), disagreement(probs)
+
+    def predict_with_stats(self, x: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """`predict` and the first fold model's activation statistics
+        (`MAUNet.forward_with_stats`), from the same single pass over the folds."""
+        first, stats = cast(MAUNet, self.members[0]).forward_with_stats(x)
+        rest = [torch.sigmoid(m(x)) for m in self.members[1:]]
+        probs = torch.stack([torch.sigmoid(first), *rest])
+        return probs.mean(dim=0), disagreement(probs), stats
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.logit(self.fold_probs(x).mean(dim=0).clamp(EPS, 1.0 - EPS))

@@ -212,13 +212,34 @@ class MAUNet(nn.Module):
             )
 
     def forward(self, x: Tensor) -> Tensor:
+        return self.forward_with_stats(x, keep_stats=False)[0]
+
+    def forward_with_stats(self, x: Tensor, keep_stats: bool = True) -> tuple[Tensor, list[Tensor]]:
+        """The logits and, with `keep_stats`, each encoder level's and the bottleneck's
+        activation statistics: per channel the spatial mean and standard deviation,
+        (N, 2 C) per level, shallowest first (`layer_stats`). They describe the image's
+        texture and contrast as the network sees it; the out-of-distribution score
+        (`trainer.ood`) is fitted on them."""
         self.check_input(x)
         skips: list[Tensor] = []
+        stats: list[Tensor] = []
         for encoder, attention in zip(self.encoders, self.skip_attention, strict=True):
             x = encoder(x)
+            if keep_stats:
+                stats.append(layer_stats(x))
             skips.append(attention(x))
             x = self.pool(x)
         x = self.bottleneck_attention(self.bottleneck(x))
+        if keep_stats:
+            stats.append(layer_stats(x))
         for decoder, skip in zip(self.decoders, reversed(skips), strict=True):
             x = decoder(x, skip)
-        return self.head(x)
+        return self.head(x), stats
+
+
+def layer_stats(x: Tensor) -> Tensor:
+    """Per channel the spatial mean and (population) standard deviation of (N, C, H, W):
+    (N, 2 C). Written out rather than `torch.std`, so eager and ONNX compute the same."""
+    mean = x.mean(dim=(2, 3))
+    var = (x - mean[:, :, None, None]).pow(2).mean(dim=(2, 3))
+    return torch.cat([mean, torch.sqrt(var + 1e-8)], dim=1)

@@ -13,12 +13,16 @@
   `UNCERTAINTY_FLAGGED_SHARE` of the *validation* images are flagged ``high_uncertainty``
   (a single-MAU-Net bundle keeps its 3 outputs and no such key);
 - ``model.onnx`` (parity-checked against the eager model on real validation images,
-  `exporters.onnx_export`), ``weights.safetensors`` (`trainer.weights`) and the manifest,
-  whose ``training`` gets the architecture (``model``), ``calibration`` and ``ood``
-  entries on top of the caller's provenance.
+  `exporters.onnx_export`), ``weights.safetensors`` (`trainer.weights`),
+  ``heads.safetensors`` (the OOD head and the exact temperature, bound to the weights by
+  their sha256: `trainer.graph`) and the manifest, whose ``training`` gets the
+  architecture (``model``), ``calibration`` and ``ood`` entries on top of the caller's
+  provenance.
 
 The bundle is read back with `appliance.bundle.load_bundle` before it is returned
-(`exporters.bundle.write_bundle`), so nothing the node would refuse leaves this function.
+(`exporters.bundle.write_bundle`), and the torch graph is rebuilt from its two safetensors
+files (`trainer.graph.load_bundle_graph`, what the torch backend runs) and checked to give
+the exported module's outputs, so nothing the node would refuse leaves this function.
 Too few cases to fit the head or the temperature is an `ExportDataError` that says how
 many were given and how many are needed.
 """
@@ -34,12 +38,13 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from appliance.bundle import TensorSpec
+from appliance.bundle import TensorSpec, load_bundle, sha256_bytes
 from appliance.errors import BundleError
 from exporters.bundle import write_bundle
 from exporters.onnx_export import export_onnx
 from trainer.calibration import expected_calibration_error, fit_temperature
 from trainer.data import ArraySet
+from trainer.graph import HEADS_FILE, load_bundle_graph, save_heads
 from trainer.models import CLASSES, FameNodeNet
 from trainer.ood import (
     LAYER_NAMES,
@@ -146,6 +151,12 @@ def export_fame_bundle(
         real_inputs=torch.from_numpy(np.ascontiguousarray(val.images[:8, None])),
     )
     weights_path = save_weights(net, work_dir / WEIGHTS_FILE)
+    heads_path = save_heads(
+        stats,
+        temperature,
+        work_dir / HEADS_FILE,
+        weights_sha256=sha256_bytes(weights_path.read_bytes()),
+    )
     n = "batch"
     # A fold ensemble's disagreement: its output, threshold and provenance; nothing otherwise.
     uncertainty_specs: list[TensorSpec] = []
@@ -165,7 +176,7 @@ def export_fame_bundle(
                 f"({len(val)} images, median {float(np.median(scores)):.4f})"
             )
         }
-    return write_bundle(
+    written = write_bundle(
         out,
         onnx_path,
         name=identity.name,
@@ -203,8 +214,29 @@ def export_fame_bundle(
             **uncertainty_training,
         },
         evaluation=dict(evaluation),
-        extra_files={**(extra_files or {}), WEIGHTS_FILE: weights_path},
+        extra_files={**(extra_files or {}), WEIGHTS_FILE: weights_path, HEADS_FILE: heads_path},
     )
+    _check_torch_graph(written, wrapper, val.images[:2])
+    return written
+
+
+def _check_torch_graph(
+    bundle_dir: Path, exported: FameNodeNetWithOOD, images: NDArray[np.float32]
+) -> None:
+    """The graph the torch backend rebuilds from the written bundle's safetensors files
+    gives the exported module's outputs (both eager FP32 torch: equal up to rounding)."""
+    rebuilt = load_bundle_graph(load_bundle(bundle_dir))
+    x = torch.from_numpy(np.ascontiguousarray(images[:, None]))
+    with torch.no_grad():
+        want, got = exported.eval()(x), rebuilt(x)
+    for name, a, b in zip(exported.output_names, want, got, strict=True):
+        diff = float((a - b).abs().max())
+        if not diff <= 1e-5:
+            raise BundleError(
+                f"bundle {bundle_dir}: the torch graph rebuilt from {WEIGHTS_FILE} and "
+                f"{HEADS_FILE} differs from the exported model in {name} by {diff:.3g}; this "
+                "is a bug in the export (trainer.graph), please report it"
+            )
 
 
 def _ece(logits: NDArray[Any], labels: NDArray[np.int64], temperature: float) -> float:

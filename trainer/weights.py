@@ -3,7 +3,8 @@
 The federation fine-tunes the model a node runs, so a bundle carries its torch weights
 beside the ONNX graph. They are stored as safetensors (tensors and a JSON header only:
 reading them runs no code, unlike a pickle) and listed with their sha256 in the manifest
-like every other bundle file. The architecture they belong to is recorded twice: in the
+like every other bundle file (the name is the node's convention,
+`appliance.runtime.variants`). The architecture they belong to is recorded twice: in the
 manifest (``training.model``) and in the file's own metadata; a model is built only when
 both agree, and only from the verified bytes of a verified bundle (`appliance.bundle`).
 
@@ -12,6 +13,9 @@ the classifier over ``[image, lesion_prob]``), GroupNorm throughout so DP-SGD ap
 The classifier is either the pre-activation ResNet (kind ``preact-resnet``, the shipped
 default) or the dual-stage ensemble (kind ``dual-stage``: profile name, backbones and every
 width, `trainer.models.dual_stage`); the record of a ``preact-resnet`` bundle is unchanged.
+The segmenter is one MAU-Net or a fold ensemble of them (kind ``mau-net-folds``).
+
+The graph around the network (OOD head, temperature) is rebuilt by `trainer.graph`.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
 from appliance.bundle import Bundle, BundleError
+from appliance.runtime.variants import WEIGHTS_FILE
 from trainer.models import (
     DualStageClassifier,
     FameNodeNet,
@@ -35,7 +40,6 @@ from trainer.models import (
 )
 from trainer.profiles import DualStageProfile
 
-WEIGHTS_FILE = "weights.safetensors"
 FAMILY = "fame-node-net"
 ARCHITECTURE_VERSION = 1
 DUAL_STAGE = "dual-stage"  # classifier kind of `DualStageClassifier`

@@ -1,14 +1,15 @@
 """``fame-node export``: optimised variants of a bundle, TensorRT engines, a Triton repository.
 
-``export onnx --bundle DIR [--checkpoint CKPT] [--out NEW]``
+``export onnx --bundle DIR [--out NEW]``
     Adds the FP16 ONNX (``model.fp16.onnx``: FP16 inside, FP32 inputs and outputs, checked
-    against ``model.onnx`` through ONNX Runtime) to the bundle. With ``--checkpoint`` (a
-    ``trainer.train`` checkpoint) it also re-exports the eager model to ONNX with a dynamic
-    batch axis, checks it with ``onnx.checker`` and against the eager model, checks that it
-    computes the bundle's ``model.onnx``, and adds the torch weights (``model.pt``) the
-    torch-CUDA backend needs. The bundle's ``model.onnx`` itself is never replaced: a new
-    model is a new bundle (``python -m trainer.train``). The bundle is changed in place, or
-    copied to ``--out`` first; a signed bundle must be copied (then signed again).
+    against ``model.onnx`` through ONNX Runtime) to the bundle. The bundle's ``model.onnx``
+    itself is never replaced: a new model is a new bundle (``python -m trainer.train``). The
+    bundle is changed in place, or copied to ``--out`` first; a signed bundle must be copied
+    (then signed again). The torch-CUDA backend needs nothing from here: it rebuilds the
+    graph of ``model.onnx`` from the ``weights.safetensors`` and ``heads.safetensors`` that
+    every export writes (``python -m trainer.refit_heads`` adds the heads to an older
+    bundle). The ``--checkpoint`` of earlier versions, which added a pickled ``model.pt``
+    that could not compute the OOD score, is refused with that explanation.
 
 ``export engines --bundle DIR [--precision fp16|fp32|both] [--max-batch N] [--into-bundle]``
     Builds the TensorRT engines for this machine's GPU and TensorRT into the engine cache
@@ -38,19 +39,17 @@ from appliance.errors import FameNodeError
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "export", help="FP16 ONNX and torch weights, TensorRT engines, a Triton repository"
-    )
+    p = subparsers.add_parser("export", help="FP16 ONNX, TensorRT engines, a Triton repository")
     sub = p.add_subparsers(dest="export_action", required=True, metavar="ACTION")
 
-    ox = sub.add_parser("onnx", help="add the FP16 ONNX (and, from a checkpoint, torch weights)")
+    ox = sub.add_parser("onnx", help="add the FP16 ONNX to a bundle")
     ox.add_argument("--bundle", type=Path, required=True)
-    ox.add_argument("--checkpoint", type=Path, help="trainer checkpoint: re-export, add model.pt")
+    # Gone: refused with the reason, so that an old script learns what replaced it.
+    ox.add_argument("--checkpoint", type=Path, help=argparse.SUPPRESS)
     ox.add_argument("--out", type=Path, help="write a copy here instead of changing the bundle")
     ox.add_argument(
         "--keep-fp32", nargs="*", default=[], metavar="OP", help="op types kept in FP32"
     )
-    ox.add_argument("--no-fp16", action="store_true", help="do not write the FP16 variant")
     ox.set_defaults(handler=_onnx)
 
     en = sub.add_parser("engines", help="build TensorRT engines for this machine's GPU")
@@ -74,48 +73,32 @@ def _fail(message: str) -> int:
     return 1
 
 
+CHECKPOINT_GONE = (
+    "--checkpoint is no longer needed and no model.pt is written: the torch backend rebuilds "
+    "the graph of model.onnx (OOD score and calibration included) from the bundle's "
+    "weights.safetensors and heads.safetensors, which every export writes. Export a new "
+    "bundle with `python -m trainer.train`, or add the heads to an older one with "
+    "`python -m trainer.refit_heads --bundle DIR --manifest CSV --version NEW --out NEW_DIR`"
+)
+
+
 def _onnx(config: NodeConfig, args: argparse.Namespace) -> int:
     from exporters.fp16 import Fp16Error
     from exporters.variants import add_fp16, copy_bundle
 
+    if args.checkpoint is not None:
+        return _fail(CHECKPOINT_GONE)
     try:
         target = copy_bundle(args.bundle, args.out) if args.out else args.bundle
         load_bundle(target)
-        if args.checkpoint is not None:
-            from exporters.onnx_export import ExportError
-
-            try:
-                diff = _add_checkpoint(target, args.checkpoint)
-            except ExportError as exc:
-                return _fail(str(exc))
-            print(f"torch weights: {target / 'model.pt'} (matches model.onnx to {diff:.1e})")
-        if not args.no_fp16:
-            report = add_fp16(target, keep_fp32=tuple(args.keep_fp32))
-            print(f"fp16: {report}")
+        report = add_fp16(target, keep_fp32=tuple(args.keep_fp32))
+        print(f"fp16: {report}")
     except Fp16Error as exc:
         return _fail(str(exc))
     except FameNodeError as exc:
         return _fail(str(exc))
     print(f"bundle updated and verified: {target}")
     return 0
-
-
-def _add_checkpoint(bundle_dir: Path, checkpoint: Path) -> float:
-    """Re-export the checkpoint (checker + parity vs eager), then add its weights."""
-    import tempfile
-
-    from exporters.onnx_export import export_onnx
-    from exporters.variants import add_torch_weights, load_trainer_checkpoint
-
-    if not checkpoint.is_file():
-        raise FameNodeError(f"checkpoint {checkpoint} does not exist")
-    bundle = load_bundle(bundle_dir)
-    size = bundle.manifest.preprocess_params().size
-    net = load_trainer_checkpoint(checkpoint)
-    with tempfile.TemporaryDirectory() as tmp:
-        report = export_onnx(net, Path(tmp) / "model.onnx", size)
-        print(f"onnx re-export: {report}")
-    return add_torch_weights(bundle_dir, net)
 
 
 def _engines(config: NodeConfig, args: argparse.Namespace) -> int:

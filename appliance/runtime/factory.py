@@ -8,7 +8,8 @@ Order (DESIGN.md, "Runtime"), each tried only if the previous one does not reall
    (`exporters.engines`; an engine that no longer deserializes is rebuilt);
 2. **onnxruntime-cuda**: ONNX Runtime with the CUDA provider, *checked to be the provider the
    session really uses* (ONNX Runtime silently falls back to the CPU);
-3. **torch-cuda**: torch with CUDA and the bundle's ``model.pt`` (FP16, compiled);
+3. **torch-cuda**: torch with CUDA, the graph of ``model.onnx`` rebuilt from the bundle's
+   ``weights.safetensors`` and ``heads.safetensors`` (FP16, compiled);
 4. **onnxruntime-cpu**: always there.
 
 A backend is taken only once it has loaded *and* run a first (warm-up) batch of zeros with
@@ -39,11 +40,17 @@ import onnxruntime as ort
 from appliance.bundle import Bundle
 from appliance.config import RuntimeConfig
 from appliance.cpus import usable_cpus
-from appliance.errors import BackendError
+from appliance.errors import BackendError, BundleError
 from appliance.runtime.base import InferenceBackend
 from appliance.runtime.batcher import MicroBatcher
 from appliance.runtime.onnx_backend import OnnxRuntimeBackend
-from appliance.runtime.variants import FP16_FILE, batch_dims, fp16_model, torch_weights
+from appliance.runtime.variants import (
+    FP16_FILE,
+    TORCH_GRAPH_FILES,
+    batch_dims,
+    fp16_model,
+    missing_torch_files,
+)
 
 log = logging.getLogger("fame_node.runtime")
 
@@ -230,21 +237,27 @@ def _onnxruntime_cuda(bundle: Bundle, config: RuntimeConfig) -> InferenceBackend
 def _torch_cuda(bundle: Bundle, config: RuntimeConfig) -> InferenceBackend:
     from appliance.runtime.torch_backend import TorchBackend, cuda_available
 
-    weights = torch_weights(bundle)  # checked first: it costs no torch import
-    if weights is None:
+    missing = missing_torch_files(bundle)  # checked first: it costs no torch import
+    if missing:
         raise BackendError(
-            "the bundle has no torch weights (model.pt); add them with `fame-node export onnx "
-            "--bundle DIR --checkpoint CKPT`"
+            f"bundle {bundle.version_label} has no {' or '.join(missing)}: the torch backend "
+            f"rebuilds the graph of model.onnx from {' and '.join(TORCH_GRAPH_FILES)}. Add the "
+            "heads to a bundle that has the weights with `python -m trainer.refit_heads "
+            "--bundle DIR --manifest CSV --version NEW --out NEW_DIR`; a bundle without "
+            "weights must be exported again by the trainer"
         )
     if not cuda_available():
         raise BackendError("torch is not installed or has no CUDA device")
-    return TorchBackend(
-        weights,
-        device="cuda",
-        precision=config.precision,
-        compile=config.torch_compile,
-        max_batch=max(config.batch_size, config.micro_batch_max),
-    )
+    try:
+        return TorchBackend(
+            bundle,
+            device="cuda",
+            precision=config.precision,
+            compile=config.torch_compile,
+            max_batch=max(config.batch_size, config.micro_batch_max),
+        )
+    except BundleError as exc:  # the files do not rebuild the graph: say which and why
+        raise BackendError(f"the torch backend cannot rebuild the bundle's graph: {exc}") from exc
 
 
 def _tensorrt(bundle: Bundle, config: RuntimeConfig) -> InferenceBackend:

@@ -1,16 +1,26 @@
-"""torch backend: the eager model rebuilt from the bundle's ``model.pt``, FP16 on CUDA.
+"""torch backend: the graph of the bundle's ``model.onnx`` rebuilt in torch, FP16 on CUDA.
 
 For GPU machines where torch has CUDA but neither TensorRT nor ONNX Runtime GPU is
-installed. The bundle must carry ``model.pt`` (`appliance.runtime.variants`; written by
-``fame-node export onnx --checkpoint``, which checks it computes the bundle's
-``model.onnx``); without it the backend is not available.
+installed. The module is `trainer.graph.load_bundle_graph`'s: the network from the
+bundle's ``weights.safetensors`` (every family `trainer.weights` builds: one MAU-Net or a
+fold ensemble, the ResNet or the dual-stage classifier) and the out-of-distribution head
+and calibration temperature from its ``heads.safetensors`` (`appliance.runtime.variants`).
+So it returns what ``model.onnx`` returns, 3 outputs or 4 (``ood_score``, and a fold
+ensemble's ``seg_uncertainty``), with the class probabilities temperature-scaled as in the
+graph; a bundle without both files, or whose files do not rebuild the manifest's outputs,
+is refused (`trainer.graph.HeadsError`). No file is unpickled: safetensors only.
 
-On CUDA the model runs in half precision (GroupNorm statistics and the softmax still
-accumulate in float32 inside their kernels), channels-last, under ``torch.inference_mode``;
-with ``compile`` it goes through ``torch.compile`` (Inductor), which fuses the attention
-blocks' element-wise chains. Batches are padded up to a power of two so that the compiled
-graph is specialised to a handful of shapes instead of one per batch size. On the CPU (for
-tests and benchmarks) it runs FP32 eager unless compiling is asked for.
+On CUDA the network runs in half precision (GroupNorm statistics and the softmax still
+accumulate in float32 inside their kernels), channels-last, under ``torch.inference_mode``.
+The OOD head runs in float32 on the network's (FP16) features: its precision matrices have
+entries far beyond FP16's range (65504) for features of small variance, and the quadratic
+form sums D x D products of both signs that largely cancel, which FP16's 11-bit mantissa
+cannot resolve; in float32 (as in ``model.onnx``) the score differs from FP32's only by
+what the FP16 features themselves differ. With ``compile`` the module goes through
+``torch.compile`` (Inductor), which fuses the attention blocks' element-wise chains.
+Batches are padded up to a power of two so that the compiled graph is specialised to a
+handful of shapes instead of one per batch size. On the CPU (for tests and benchmarks) it
+runs FP32 eager unless compiling is asked for.
 
 ``torch.compile`` compiles on first use, not when it is called: a compiler that fails
 (no Triton, an unsupported GPU, a compiler bug) would fail the first job, and every one
@@ -18,13 +28,12 @@ after it. `TorchBackend.warm_up`, which the factory runs before it selects the b
 therefore runs every padded batch size once; if compiling fails, the backend says so in
 the log and in `device` and runs the eager model instead.
 
-The weights are the bundle's verified bytes (``torch.load`` with ``weights_only``, from
-memory). torch is imported lazily: the node itself does not need it.
+The tensors are the bundle's verified bytes (`Bundle.data`). torch is imported lazily: the
+node itself does not need it.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import threading
 from collections.abc import Callable
@@ -33,42 +42,27 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
+from appliance.bundle import Bundle
 from appliance.errors import BackendError
-from appliance.runtime.base import ModelOutputs
-from appliance.runtime.variants import TORCH_FORMAT
+from appliance.runtime.base import OOD_OUTPUT, UNCERTAINTY_OUTPUT, ModelOutputs
 
 log = logging.getLogger("fame_node.runtime")
 
 TorchPrecision = Literal["fp16", "fp32"]
 
 
-def load_torch_model(weights: bytes, label: str = "model.pt") -> Any:
-    """`FameNodeNet` (eval mode, on the CPU) from the bytes of a ``model.pt`` of
-    `TORCH_FORMAT`; `label` names the file in messages."""
-    import torch
+def load_torch_model(bundle: Bundle) -> Any:
+    """The graph of `bundle`'s ``model.onnx`` as a torch module (eval, CPU, FP32):
+    `trainer.graph.load_bundle_graph`. Raises its `BundleError`s (what is missing or does
+    not fit, and what to do)."""
+    from trainer.graph import load_bundle_graph
 
-    from trainer.models import FameNodeNet, LesionClassifier, MAUNet
+    return load_bundle_graph(bundle)
 
-    try:
-        payload = torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises pickle / runtime errors of many kinds
-        raise BackendError(f"cannot read torch weights {label}: {exc}") from exc
-    if not isinstance(payload, dict) or payload.get("format") != TORCH_FORMAT:
-        raise BackendError(
-            f"{label} is not a FAME Node torch weights file (format {TORCH_FORMAT!r}); write "
-            "it with `fame-node export onnx --bundle DIR --checkpoint CKPT`"
-        )
-    arch = payload["architecture"]
-    try:
-        seg = MAUNet(**arch["segmenter"])
-        seg.load_state_dict(payload["segmenter"])
-        cls_arch = dict(arch["classifier"])
-        cls_arch["widths"] = tuple(cls_arch["widths"])
-        cls = LesionClassifier(**cls_arch)
-        cls.load_state_dict(payload["classifier"])
-    except (KeyError, TypeError, RuntimeError) as exc:
-        raise BackendError(f"{label}: the weights do not fit the architecture: {exc}") from exc
-    return FameNodeNet(seg, cls).eval()
+
+def _float32_inputs(module: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Forward pre-hook of the OOD head: its (list of) feature tensors in float32."""
+    return tuple([t.float() for t in a] if isinstance(a, list) else a.float() for a in args)
 
 
 def cuda_available() -> bool:
@@ -90,17 +84,27 @@ def padded_batch(n: int, max_batch: int) -> int:
 
 
 class TorchBackend:
-    """The bundle's eager model in torch (FP16 + compiled on CUDA).
+    """The graph of a verified bundle's ``model.onnx`` in torch (FP16 + compiled on CUDA).
 
-    `weights` are the verified bytes of ``model.pt``. `compile` compiles on CUDA, and on
-    the CPU too when `compiler` is given (``torch.compile``'s ``backend``: a name or a
-    callable); call `warm_up` before use so that compiling happens, or fails, now."""
+    `bundle` must carry ``weights.safetensors`` and ``heads.safetensors``. `compile`
+    compiles on CUDA, and on the CPU too when `compiler` is given (``torch.compile``'s
+    ``backend``: a name or a callable); call `warm_up` before use so that compiling
+    happens, or fails, now. `output_names` are the module's outputs, the manifest's.
+
+    Raises
+    ------
+    BackendError
+        no CUDA device for a CUDA backend, or FP16 asked for on the CPU.
+    BundleError
+        the bundle's files cannot rebuild its graph (`trainer.graph.HeadsError`,
+        `trainer.weights.WeightsError`).
+    """
 
     name = "torch"
 
     def __init__(
         self,
-        weights: bytes,
+        bundle: Bundle,
         *,
         device: str = "cuda",
         precision: TorchPrecision = "fp16",
@@ -119,7 +123,12 @@ class TorchBackend:
         self._dtype = torch.float16 if precision == "fp16" else torch.float32
         self.precision = precision
         self.max_batch = max_batch
-        model = load_torch_model(weights).to(self._device, self._dtype)
+        model = load_torch_model(bundle).to(self._device)
+        self.output_names: tuple[str, ...] = tuple(model.output_names)
+        # The network in the backend's precision, the OOD head kept in float32 (see the
+        # module docstring): its buffers are never rounded to FP16, its inputs are cast up.
+        model.net.to(self._dtype)
+        model.head.register_forward_pre_hook(_float32_inputs)
         if self._device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
         self.compiled = False
@@ -175,10 +184,7 @@ class TorchBackend:
             raise ValueError(f"expected a batch of shape (N, 1, S, S), got {batch.shape}")
         torch = self._torch
         n = int(batch.shape[0])
-        lesions: list[NDArray[np.float32]] = []
-        classes: list[NDArray[np.float32]] = []
-        oods: list[NDArray[np.float32]] = []
-        uncertainties: list[NDArray[np.float32]] = []
+        parts: dict[str, list[NDArray[np.float32]]] = {k: [] for k in self.output_names}
         with self._lock, torch.inference_mode():
             for start in range(0, n, self.max_batch):
                 chunk = batch[start : start + self.max_batch]
@@ -187,20 +193,19 @@ class TorchBackend:
                 x[: len(chunk)] = torch.from_numpy(np.ascontiguousarray(chunk)).to(self._device)
                 if self._device.type == "cuda":
                     x = x.contiguous(memory_format=torch.channels_last)
-                got = self._model(x)
-                lesions.append(got[0][: len(chunk), 0].float().cpu().numpy())
-                classes.append(got[1][: len(chunk)].float().cpu().numpy())
-                if len(got) > 2:  # a model with the out-of-distribution score
-                    oods.append(got[2][: len(chunk)].float().cpu().numpy())
-                if len(got) > 3:  # and a fold ensemble's disagreement
-                    uncertainties.append(got[3][: len(chunk)].float().cpu().numpy())
+                for name, t in zip(self.output_names, self._model(x), strict=True):
+                    parts[name].append(t[: len(chunk)].float().cpu().numpy())
+
+        def output(name: str) -> NDArray[np.float32] | None:
+            got = parts.get(name)
+            return np.concatenate(got).astype(np.float32, copy=False) if got else None
+
+        lesion, cls = output("lesion_prob"), output("class_prob")
+        if lesion is None or cls is None:
+            raise BackendError(f"the torch graph returned {list(parts)}, without lesion_prob")
         return ModelOutputs(
-            lesion_prob=np.concatenate(lesions).astype(np.float32, copy=False),
-            class_prob=np.concatenate(classes).astype(np.float32, copy=False),
-            ood_score=np.concatenate(oods).astype(np.float32, copy=False) if oods else None,
-            seg_uncertainty=(
-                np.concatenate(uncertainties).astype(np.float32, copy=False)
-                if uncertainties
-                else None
-            ),
+            lesion_prob=lesion[:, 0],
+            class_prob=cls,
+            ood_score=output(OOD_OUTPUT),
+            seg_uncertainty=output(UNCERTAINTY_OUTPUT),
         )

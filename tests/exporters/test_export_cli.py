@@ -8,9 +8,9 @@ import pytest
 
 from appliance.bundle import load_bundle
 from appliance.cli import main
-from appliance.runtime.variants import FP16_FILE, TORCH_FILE
+from appliance.runtime.variants import FP16_FILE
 from exporters.tensorrt import tensorrt_version
-from tests.exporters.tinybundle import make_tiny_bundle, save_checkpoint, tiny_net
+from tests.exporters.tinybundle import make_tiny_bundle
 
 
 @pytest.fixture
@@ -20,25 +20,25 @@ def bundle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return make_tiny_bundle(tmp_path / "bundle")
 
 
-def test_export_onnx_adds_fp16_and_torch_weights(
-    bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    ckpt = save_checkpoint(tiny_net(), tmp_path / "checkpoint.pt")
-    assert main(["export", "onnx", "--bundle", str(bundle), "--checkpoint", str(ckpt)]) == 0
-    out = capsys.readouterr().out
-    assert "onnx re-export" in out and "parity at batch [1, 3]" in out
-    files = load_bundle(bundle).manifest.files
-    assert {FP16_FILE, TORCH_FILE} <= set(files)
-    assert "onnx_fp16" in load_bundle(bundle).manifest.evaluation
+def test_export_onnx_adds_fp16(bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["export", "onnx", "--bundle", str(bundle)]) == 0
+    assert "bundle updated and verified" in capsys.readouterr().out
+    manifest = load_bundle(bundle).manifest
+    assert FP16_FILE in manifest.files and "onnx_fp16" in manifest.evaluation
+    assert not any(rel.endswith(".pt") for rel in manifest.files)  # no pickle is written
 
 
-def test_export_onnx_refuses_weights_of_another_model(
+def test_export_onnx_checkpoint_is_refused_with_what_replaced_it(
     bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    ckpt = save_checkpoint(tiny_net(seed=1), tmp_path / "other.pt")
+    before = (bundle / "manifest.json").read_bytes()
+    ckpt = tmp_path / "checkpoint.pt"
+    ckpt.write_bytes(b"never read")
     assert main(["export", "onnx", "--bundle", str(bundle), "--checkpoint", str(ckpt)]) == 1
-    assert "do not compute bundle" in capsys.readouterr().err
-    assert TORCH_FILE not in load_bundle(bundle).manifest.files
+    err = capsys.readouterr().err
+    assert "no model.pt is written" in err and "heads.safetensors" in err
+    assert "trainer.refit_heads" in err
+    assert (bundle / "manifest.json").read_bytes() == before
 
 
 def test_a_signed_bundle_is_copied_not_changed(

@@ -18,20 +18,6 @@ def tiny_net(seed: int = 0) -> FameNodeNet:
     return FameNodeNet(MAUNet(base_width=4), LesionClassifier(widths=(4, 8))).eval()
 
 
-def save_checkpoint(net: FameNodeNet, path: Path) -> Path:
-    """A checkpoint in `trainer.train`'s format."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(
-        {
-            "segmenter": net.segmenter.state_dict(),
-            "classifier": net.classifier.state_dict(),
-            "counts": {"train": 0, "val": 0},
-        },
-        path,
-    )
-    return path
-
-
 def make_tiny_bundle(out: Path, net: FameNodeNet | None = None) -> Path:
     """Export `net` (default `tiny_net()`) and write a verified bundle to `out`."""
     net = net if net is not None else tiny_net()

@@ -13,8 +13,11 @@ import pytest
 import torch
 
 from appliance.bundle import load_bundle
+from appliance.runtime.variants import HEADS_FILE
 from tests.trainer.tinybundle import make_tiny_bundle
+from trainer.graph import HeadsError, heads_bytes, heads_from_bytes, load_bundle_graph
 from trainer.models import FameNodeNet, LesionClassifier, MAUNet
+from trainer.ood import LAYER_NAMES, LayeredOODStats, OODStats
 from trainer.weights import (
     WEIGHTS_FILE,
     WeightsError,
@@ -116,3 +119,71 @@ def test_a_bundle_without_weights_says_it_cannot_be_fine_tuned(
     assert not bundle.has(WEIGHTS_FILE)
     with pytest.raises(WeightsError, match=r"cannot be fine-tuned|not fine-tuned"):
         load_bundle_net(bundle)
+
+
+# --------------------------------------------------------------------------- heads
+
+
+def _stats(rng: np.random.Generator, widths: tuple[int, ...]) -> list[OODStats]:
+    out = []
+    for d in widths:
+        a = rng.normal(size=(d, d))
+        out.append(OODStats(means=rng.normal(size=(3, d)), precision=a @ a.T + np.eye(d)))
+    return out
+
+
+def test_the_heads_round_trip_layered_and_single_and_hold_no_pickle() -> None:
+    rng = np.random.default_rng(0)
+    layered = LayeredOODStats(
+        layers=tuple(_stats(rng, (2, 3, 4, 5, 6, 7))), scales=(0.5, 1.0, 1.5, 2.0, 2.5, 3.125)
+    )
+    data = heads_bytes(layered, 1.2345678901, weights_sha256="ab" * 32)
+    assert data[:1] != b"\x80"  # safetensors, never a pickle
+    got = heads_from_bytes(data)
+    assert got.temperature == 1.2345678901 and got.weights_sha256 == "ab" * 32
+    assert isinstance(got.stats, LayeredOODStats) and got.layers == LAYER_NAMES
+    assert got.stats.scales == layered.scales
+    for a, b in zip(got.stats.layers, layered.layers, strict=True):
+        # float32: what the graph's buffers hold (MahalanobisHead), exactly
+        np.testing.assert_array_equal(a.means, b.means.astype(np.float32))
+        np.testing.assert_array_equal(a.precision, b.precision.astype(np.float32))
+    single = _stats(rng, (5,))[0]
+    back = heads_from_bytes(heads_bytes(single, 2.0, weights_sha256="cd" * 32))
+    assert isinstance(back.stats, OODStats) and back.layers == ("classifier",)
+    np.testing.assert_array_equal(back.stats.means, single.means.astype(np.float32))
+
+
+def test_heads_that_are_not_heads_are_refused() -> None:
+    with pytest.raises(HeadsError, match="not a safetensors"):
+        heads_from_bytes(b"\x80\x04")
+    net = FameNodeNet(MAUNet(base_width=4), LesionClassifier(in_channels=2, widths=(4, 8)))
+    with pytest.raises(HeadsError, match=r"format None.*fame-node-heads/1"):
+        heads_from_bytes(weights_bytes(net))  # a weights file is not a heads file
+    rng = np.random.default_rng(1)
+    data = heads_bytes(_stats(rng, (4,))[0], 1.0, weights_sha256="00" * 32)
+    header_len = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + header_len])
+    header["__metadata__"]["layers"] = json.dumps(["encoder1"])
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    forged = len(text).to_bytes(8, "little") + text + data[8 + header_len :]
+    with pytest.raises(HeadsError, match="incomplete or corrupt"):
+        heads_from_bytes(forged)
+    with pytest.raises(ValueError, match="temperature"):
+        heads_bytes(_stats(rng, (4,))[0], 0.0, weights_sha256="00" * 32)
+
+
+def test_a_trained_bundles_torch_graph_is_its_onnx_graph(tiny_bundle: Path) -> None:
+    # The bundle trainer.train exports: the graph from weights + heads gives every output.
+    bundle = load_bundle(tiny_bundle)
+    assert bundle.has(HEADS_FILE)
+    module = load_bundle_graph(bundle)
+    names = [o.name for o in bundle.manifest.outputs]
+    assert list(module.output_names) == names
+    x = np.random.default_rng(2).normal(size=(3, 1, 32, 32)).astype(np.float32)
+    session = ort.InferenceSession(bundle.model_bytes, providers=["CPUExecutionProvider"])
+    want = session.run(names, {"image": x})
+    with torch.no_grad():
+        got = module(torch.from_numpy(x))
+    for name, a, b in zip(names, got, want, strict=True):
+        assert float(np.abs(a.numpy() - b).max()) <= 1e-4, name

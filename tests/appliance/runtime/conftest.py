@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from appliance.bundle import Bundle, load_bundle
-from tests.exporters.tinybundle import make_tiny_bundle, tiny_net
+from tests.exporters.tinybundle import make_tiny_bundle
 
 
 @pytest.fixture(scope="session")
@@ -17,10 +17,11 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
 
 @pytest.fixture(scope="session")
 def tiny_bundle_with_weights(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
-    """The tiny bundle plus ``model.pt`` and ``model.fp16.onnx``."""
-    from exporters.variants import add_fp16, add_torch_weights
+    """A real FAME export of a tiny single MAU-Net (``weights.safetensors`` and
+    ``heads.safetensors``, what the torch backend needs) plus ``model.fp16.onnx``."""
+    from exporters.variants import add_fp16
+    from tests.trainer.foldbundle import export_tiny, tiny_single_net
 
-    path = make_tiny_bundle(tmp_path_factory.mktemp("tinyw") / "bundle")
-    add_torch_weights(path, tiny_net())
+    path = export_tiny(tiny_single_net(), tmp_path_factory.mktemp("tinyw"), name="tiny")
     add_fp16(path)
     return load_bundle(Path(path))

@@ -118,15 +118,11 @@ def test_torch_compile_failing_at_warm_up_runs_the_eager_model(
     tiny_bundle_with_weights: Bundle, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from appliance.runtime.torch_backend import TorchBackend
-    from appliance.runtime.variants import torch_weights
-
-    weights = torch_weights(tiny_bundle_with_weights)
-    assert weights is not None
 
     def torch_on_cpu(bundle: Bundle, config: RuntimeConfig) -> TorchBackend:
         # the torch-cuda loader as it is on a GPU, on the CPU with a failing compiler
         return TorchBackend(
-            weights, device="cpu", precision="fp32", max_batch=2, compiler=_broken_compiler
+            bundle, device="cpu", precision="fp32", max_batch=2, compiler=_broken_compiler
         )
 
     monkeypatch.setitem(factory.LOADERS, "torch-cuda", torch_on_cpu)

@@ -219,7 +219,12 @@ def test_tiny_training_run_writes_a_verified_bundle(tmp_path: Path) -> None:
     bundle = load_bundle(run(cfg))
     m = bundle.manifest
     assert m.classes == ["normal", "benign", "malignant"]
-    assert set(m.files) == {"model.onnx", "training_log.json", "weights.safetensors"}
+    assert set(m.files) == {
+        "model.onnx",
+        "training_log.json",
+        "weights.safetensors",
+        "heads.safetensors",
+    }
     assert m.postprocessing["mask_threshold"] in THRESHOLDS
     assert m.training["stage1"]["epochs_run"] == 2
     assert set(m.evaluation["busi_val"]) >= {"dice", "iou", "accuracy", "macro_f1", "macro_auc"}

@@ -68,6 +68,15 @@ def _float32_inputs(module: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple([t.float() for t in a] if isinstance(a, list) else a.float() for a in args)
 
 
+def in_precision(model: Any, dtype: Any) -> Any:
+    """`model` (a `load_torch_model` module in float32) with its network in `dtype` and its
+    OOD head kept in float32 (see the module docstring): the head's buffers are never
+    rounded to `dtype`, its inputs are cast up. Returns `model`, changed in place."""
+    model.net.to(dtype)
+    model.head.register_forward_pre_hook(_float32_inputs)
+    return model
+
+
 def cuda_available() -> bool:
     try:
         import torch
@@ -128,10 +137,7 @@ class TorchBackend:
         self.max_batch = max_batch
         model = load_torch_model(bundle).to(self._device)
         self.output_names: tuple[str, ...] = tuple(model.output_names)
-        # The network in the backend's precision, the OOD head kept in float32 (see the
-        # module docstring): its buffers are never rounded to FP16, its inputs are cast up.
-        model.net.to(self._dtype)
-        model.head.register_forward_pre_hook(_float32_inputs)
+        model = in_precision(model, self._dtype)
         if self._device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
         self.compiled = False

@@ -18,7 +18,12 @@ from appliance.bundle import MANIFEST_NAME, Bundle, load_bundle, sha256_bytes
 from appliance.config import RuntimeConfig, ThresholdsConfig
 from appliance.errors import BackendError, BundleError
 from appliance.runtime.factory import create_backend, select_backend
-from appliance.runtime.torch_backend import TorchBackend, padded_batch
+from appliance.runtime.torch_backend import (
+    TorchBackend,
+    in_precision,
+    load_torch_model,
+    padded_batch,
+)
 from appliance.runtime.variants import HEADS_FILE, WEIGHTS_FILE
 from tests.exporters.families import TINY_DUAL_STAGE
 from tests.trainer.foldbundle import export_tiny, tiny_fold_net, tiny_single_net
@@ -128,6 +133,23 @@ def test_cpu_fp32_equals_onnxruntime_and_so_do_the_flags(
 def test_fp16_needs_cuda(bundles: dict[str, Path]) -> None:
     with pytest.raises(BackendError, match="CUDA"):
         TorchBackend(load_bundle(bundles["single"]), device="cpu", precision="fp16")
+
+
+def test_under_fp16_the_ood_head_stays_float32(bundles: dict[str, Path]) -> None:
+    # The backend's FP16 set-up, on the CPU's FP16 kernels (CUDA's are tested under `gpu`).
+    bundle = load_bundle(bundles["folds"])
+    fp32 = load_torch_model(bundle)
+    half = in_precision(load_torch_model(bundle), torch.float16)
+    assert {p.dtype for p in half.net.parameters()} == {torch.float16}
+    for (name, a), b in zip(half.head.named_buffers(), fp32.head.buffers(), strict=True):
+        assert a.dtype == torch.float32 and torch.equal(a, b), name  # never rounded
+    x = _frames(3)
+    with torch.inference_mode():
+        got = half(torch.from_numpy(x).half())
+    want = create_backend(bundle, RuntimeConfig(backend="onnxruntime-cpu"), workers=1).infer(x)
+    assert want.ood_score is not None
+    assert got[2].dtype == torch.float32 and torch.isfinite(got[2]).all()
+    np.testing.assert_allclose(got[2].numpy(), want.ood_score, rtol=5e-2, atol=1e-2)
 
 
 def _copy(src: Path, dst: Path) -> Path:

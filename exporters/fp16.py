@@ -14,7 +14,14 @@ before each output, so every backend feeds it the same arrays.
   ``scales`` and ``roi`` of ``Resize``, the ``scales`` of ``Upsample``) stay float32, and a
   computed tensor feeding one gets a ``Cast`` back to float32 in front of it;
 - nodes whose type is in `keep_fp32` run in float32 between casts (for ops that lose too
-  much in half precision, or that a runtime has no FP16 kernel for).
+  much in half precision, or that a runtime has no FP16 kernel for), and so do the nodes
+  whose name contains an entry of `keep_fp32` that begins with ``/`` (a module scope of the
+  torch export: ``/ood_head``, ``/ood_stats``). Such nodes form a float32 region: a kept
+  node reads another kept node's float32 output directly, so a chain of them (the
+  out-of-distribution head's difference, precision product and sum) never rounds through
+  float16; only what leaves the region is cast down, and a graph output computed in it is
+  written in float32. Its constants stay float32 (the head's precision matrices hold values
+  beyond float16's 65504).
 
 `check_fp16` then runs both graphs with ONNX Runtime (CPU) on the same inputs and raises
 `Fp16ToleranceError` when an output moves by more than the tolerance: FP16 trades a little
@@ -23,7 +30,7 @@ precision for speed, never a different diagnosis.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,8 +43,10 @@ FP32_INPUT_SLOTS: dict[str, tuple[int, ...]] = {"Resize": (1, 2), "Upsample": (1
 # Ops whose outputs' type comes from an attribute, not from their inputs; handled below.
 _TYPED_BY_ATTRIBUTE = {"Cast", "Constant", "ConstantOfShape"}
 _UNSUPPORTED = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "EyeLike"}
-DEFAULT_KEEP_FP32: tuple[str, ...] = ()
-FP16_TOLERANCE = 2e-2  # on probabilities in [0, 1]
+# The out-of-distribution score stays float32: its head (`trainer.ood`, ``ood_head``) and
+# the MAU-Net's activation statistics it reads (``MAUNet.ood_stats``).
+DEFAULT_KEEP_FP32: tuple[str, ...] = ("/ood_head", "/ood_stats")
+FP16_TOLERANCE = 2e-2  # on probabilities in [0, 1]; relative on values beyond 1
 FP16_SUFFIX = ".fp16.onnx"
 
 
@@ -62,7 +71,8 @@ class Fp16ToleranceError(Fp16Error):
         self.tolerance = tolerance
         super().__init__(
             f"FP16 check failed: output {output!r} differs from the FP32 graph by up to "
-            f"{max_abs_diff:.3g} (tolerance {tolerance:.0e}). Keep the ops that lose precision "
+            f"{max_abs_diff:.3g} (tolerance {tolerance:.0e}; relative where the FP32 value is "
+            "beyond 1). Keep the ops that lose precision "
             "in FP32 (keep_fp32=('InstanceNormalization', ...)) or ship the FP32 model only."
         )
 
@@ -105,7 +115,7 @@ def convert_to_fp16(
         the graph has subgraphs (If / Loop / Scan) or ops whose output type cannot be
         changed safely (random generators, EyeLike).
     """
-    keep = frozenset(keep_fp32)
+    kept = _kept_predicate(keep_fp32)
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
@@ -128,7 +138,7 @@ def convert_to_fp16(
     constants = {t.name for t in graph.initializer} | {
         n.output[0] for n in graph.node if n.op_type == "Constant"
     }
-    fp32_only = _names_read_only_in_fp32(graph.node, keep) & constants
+    fp32_only = _names_read_only_in_fp32(graph.node, kept) & constants
     for tensor in graph.initializer:
         if tensor.data_type == TensorProto.FLOAT and tensor.name not in fp32_only:
             tensor.CopyFrom(_to_fp16_tensor(tensor))
@@ -146,6 +156,9 @@ def convert_to_fp16(
     out_renamed = {name: f"{name}__fp16" for name in float_outputs}
     is_float |= set(renamed.values()) | set(out_renamed.values())
     counter = 0
+    region: dict[str, str] = {}  # FP16 name -> FP32 name of a kept node's float output
+    graph_output = {fp16: name for name, fp16 in out_renamed.items()}
+    direct: set[str] = set()  # graph outputs a kept node writes in FP32 itself
     for node in graph.node:
         for i, name in enumerate(node.input):
             if name in renamed:
@@ -155,14 +168,19 @@ def convert_to_fp16(
         for i, name in enumerate(node.output):
             if name in out_renamed:
                 node.output[i] = out_renamed[name]
+        keep_node = kept(node)
         if node.op_type == "Cast" and _attr(node, "to") == TensorProto.FLOAT:
-            _set_attr_int(node, "to", TensorProto.FLOAT16)
+            if not keep_node:
+                _set_attr_int(node, "to", TensorProto.FLOAT16)
         elif node.op_type in ("Constant", "ConstantOfShape"):
             _constant_to_fp16(node, keep_fp32=node.output[0] in fp32_only)
-        if node.op_type in keep:
-            # Run in FP32: cast its float inputs up and its outputs back down.
+        if keep_node:
+            # Run in FP32: read kept producers' FP32 outputs as they are, cast other float
+            # inputs up; keep the FP32 output for kept readers and cast a copy down.
             for i, name in enumerate(node.input):
-                if name in is_float and name not in fp32_only:
+                if name in region:
+                    node.input[i] = region[name]
+                elif name in is_float and name not in fp32_only:
                     up = f"{name}__fp32_{counter}"
                     counter += 1
                     new_nodes.append(
@@ -173,8 +191,12 @@ def convert_to_fp16(
             for i, name in enumerate(list(node.output)):
                 if name not in is_float:
                     continue
-                low = f"{name}__fp32out"
+                # A graph output computed here is written in FP32 as it is, never rounded.
+                low = graph_output.get(name, f"{name}__fp32out")
+                if name in graph_output:
+                    direct.add(low)
                 node.output[i] = low
+                region[name] = low
                 new_nodes.append(
                     helper.make_node(
                         "Cast", [low], [name], to=TensorProto.FLOAT16, name=f"{name}__to_fp16"
@@ -194,6 +216,8 @@ def convert_to_fp16(
                 node.input[slot] = up
         new_nodes.append(node)
     for name, fp16_name in out_renamed.items():
+        if name in direct:
+            continue
         new_nodes.append(
             helper.make_node(
                 "Cast", [fp16_name], [name], to=TensorProto.FLOAT, name=f"{name}__to_fp32"
@@ -281,7 +305,10 @@ def check_fp16(
     inputs: Sequence[np.ndarray] | None = None,
     tolerance: float = FP16_TOLERANCE,
 ) -> dict[str, float]:
-    """Max |FP16 - FP32| per output through ONNX Runtime (CPU); raises over `tolerance`.
+    """Max |FP16 - FP32| / max(1, |FP32|) per output through ONNX Runtime (CPU): the
+    absolute difference on probabilities, the relative one on values beyond 1 (an
+    out-of-distribution score of 40 may move by 0.4 where a probability may move by 0.01,
+    each at the same tolerance); raises over `tolerance`.
 
     Each model is a file or the model's bytes."""
     import onnxruntime as ort
@@ -307,7 +334,10 @@ def check_fp16(
         for name, e, g in zip(names, expected, got, strict=True):
             if g.dtype != e.dtype or g.shape != e.shape:
                 raise Fp16ToleranceError(name, float("inf"), tolerance)
-            diff = float(np.max(np.abs(e.astype(np.float64) - g))) if e.size else 0.0
+            ref64 = e.astype(np.float64)
+            # Absolute on probabilities; relative on scores beyond 1 (the OOD score).
+            scale = np.maximum(1.0, np.abs(ref64))
+            diff = float(np.max(np.abs(ref64 - g) / scale)) if e.size else 0.0
             if not diff <= tolerance:  # also catches NaN
                 raise Fp16ToleranceError(name, diff, tolerance)
             worst[name] = max(worst[name], diff)
@@ -376,16 +406,33 @@ def _constant_to_fp16(node: onnx.NodeProto, *, keep_fp32: bool) -> None:
             )
 
 
-def _names_read_only_in_fp32(nodes: Iterable[onnx.NodeProto], keep: frozenset[str]) -> set[str]:
-    """Tensors every reader of which needs float32 (FP32 slots, or ops kept in FP32)."""
+def _kept_predicate(keep_fp32: Iterable[str]) -> Callable[[onnx.NodeProto], bool]:
+    """Whether a node runs in FP32: its op type is listed, or its name contains a listed
+    scope (an entry beginning with ``/``; nested modules' nodes carry their parents' path,
+    a module called twice gets ``_1`` after its name)."""
+    entries = tuple(keep_fp32)
+    types = frozenset(e for e in entries if not e.startswith("/"))
+    scopes = tuple(e for e in entries if e.startswith("/"))
+
+    def kept(node: onnx.NodeProto) -> bool:
+        return node.op_type in types or any(scope in node.name for scope in scopes)
+
+    return kept
+
+
+def _names_read_only_in_fp32(
+    nodes: Iterable[onnx.NodeProto], kept: Callable[[onnx.NodeProto], bool]
+) -> set[str]:
+    """Tensors every reader of which needs float32 (FP32 slots, or nodes kept in FP32)."""
     fp32_reads: dict[str, int] = {}
     all_reads: dict[str, int] = {}
     for node in nodes:
         slots = FP32_INPUT_SLOTS.get(node.op_type, ())
+        keep_node = kept(node)
         for i, name in enumerate(node.input):
             if not name:
                 continue
             all_reads[name] = all_reads.get(name, 0) + 1
-            if i in slots or node.op_type in keep:
+            if i in slots or keep_node:
                 fp32_reads[name] = fp32_reads.get(name, 0) + 1
     return {name for name, n in fp32_reads.items() if n == all_reads[name]}

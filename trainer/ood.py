@@ -215,7 +215,9 @@ class FameNodeNetWithOOD(nn.Module):
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.net = net
         self.layered = isinstance(stats, LayeredOODStats)
-        self.head: nn.Module = (
+        # Named apart from every other module: the FP16 export keeps this scope in FP32
+        # (`exporters.fp16.DEFAULT_KEEP_FP32`); its precision matrices overflow float16.
+        self.ood_head: nn.Module = (
             LayeredMahalanobisHead(stats)
             if isinstance(stats, LayeredOODStats)
             else MahalanobisHead(stats)
@@ -237,7 +239,7 @@ class FameNodeNetWithOOD(nn.Module):
         lesion_prob, features, uncertainty, layers = _graph_pass(self.net, image)
         logits = self.net.classifier.classify_features(features)
         class_prob = torch.softmax(logits / self.temperature, dim=1)
-        ood = self.head(layers) if self.layered else self.head(features)
+        ood = self.ood_head(layers) if self.layered else self.ood_head(features)
         if uncertainty is None:
             return lesion_prob, class_prob, ood
         return lesion_prob, class_prob, ood, uncertainty

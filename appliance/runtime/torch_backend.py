@@ -73,7 +73,7 @@ def in_precision(model: Any, dtype: Any) -> Any:
     OOD head kept in float32 (see the module docstring): the head's buffers are never
     rounded to `dtype`, its inputs are cast up. Returns `model`, changed in place."""
     model.net.to(dtype)
-    model.head.register_forward_pre_hook(_float32_inputs)
+    model.ood_head.register_forward_pre_hook(_float32_inputs)
     return model
 
 

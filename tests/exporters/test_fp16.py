@@ -203,3 +203,47 @@ def test_values_beyond_the_fp16_range_are_refused() -> None:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     with pytest.raises(Fp16ConversionError, match="beyond the FP16 range"):
         convert_to_fp16(model)
+
+
+def _mahalanobis_like_graph() -> onnx.ModelProto:
+    """x (1, 4) -> d = x - mu; s = sum((d @ P) * d): P holds values beyond float16's range,
+    and d @ P of an ordinary x too; a conv-like 'network' node sits outside the scope."""
+    precision = np.diag([7.0e4, 1.0, 2.0, 3.0]).astype(np.float32)
+    nodes = [
+        helper.make_node("Relu", ["x"], ["f"], name="/net/Relu"),
+        helper.make_node("Sub", ["f", "mu"], ["d"], name="/ood_head/Sub"),
+        helper.make_node("MatMul", ["d", "P"], ["m"], name="/ood_head/MatMul"),
+        helper.make_node("Mul", ["m", "d"], ["md"], name="/ood_head/Mul"),
+        helper.make_node("ReduceSum", ["md", "axes"], ["score"], name="/ood_head/ReduceSum"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "mahalanobis",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, [1, 1])],
+        initializer=[
+            numpy_helper.from_array(np.full((1, 4), 0.5, np.float32), "mu"),
+            numpy_helper.from_array(precision, "P"),
+            numpy_helper.from_array(np.array([1], np.int64), "axes"),
+        ],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_scope_kept_in_fp32_is_one_float32_region_with_float32_constants() -> None:
+    model = _mahalanobis_like_graph()
+    x = np.array([[1.5, 2.0, 3.0, 4.0]], np.float32)
+    expected = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    # d @ P reaches 7e4 (over float16's 65504): a region that rounded through float16
+    # between its nodes would give inf; the whole scope stays float32.
+    assert expected[0, 0] == pytest.approx(7.0e4 + 2.25 + 12.5 + 36.75, rel=1e-6)
+    with pytest.raises(Fp16ConversionError, match="FP16 range"):
+        convert_to_fp16(model, keep_fp32=())
+    converted = convert_to_fp16(model)  # the default keeps "/ood_head"
+    got = ort.InferenceSession(converted.SerializeToString()).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    types = {t.name: t.data_type for t in converted.graph.initializer}
+    assert types["P"] == types["mu"] == TensorProto.FLOAT
+    # Only what leaves the network scope enters the region through a cast up.
+    ups = [n for n in converted.graph.node if n.op_type == "Cast" and n.input[0] == "f"]
+    assert len(ups) == 1

@@ -195,6 +195,9 @@ class MAUNet(nn.Module):
             DecoderBlock(widths[i + 1], widths[i], widths[i]) for i in reversed(range(DEPTH))
         )
         self.head = nn.Conv2d(widths[0], 1, kernel_size=1)
+        # No parameters; a module so that its ops have a scope of their own in the ONNX
+        # graph, which the FP16 export keeps in float32 (`exporters.fp16.DEFAULT_KEEP_FP32`).
+        self.ood_stats = LayerStats()
 
     def check_input(self, x: Tensor) -> None:
         """Raise ValueError unless `x` is (N, in_channels, S, S) with S divisible by 16."""
@@ -226,15 +229,22 @@ class MAUNet(nn.Module):
         for encoder, attention in zip(self.encoders, self.skip_attention, strict=True):
             x = encoder(x)
             if keep_stats:
-                stats.append(layer_stats(x))
+                stats.append(self.ood_stats(x))
             skips.append(attention(x))
             x = self.pool(x)
         x = self.bottleneck_attention(self.bottleneck(x))
         if keep_stats:
-            stats.append(layer_stats(x))
+            stats.append(self.ood_stats(x))
         for decoder, skip in zip(self.decoders, reversed(skips), strict=True):
             x = decoder(x, skip)
         return self.head(x), stats
+
+
+class LayerStats(nn.Module):
+    """`layer_stats` as a module (see `MAUNet.ood_stats`)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return layer_stats(x)
 
 
 def layer_stats(x: Tensor) -> Tensor:

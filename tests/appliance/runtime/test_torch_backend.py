@@ -141,7 +141,7 @@ def test_under_fp16_the_ood_head_stays_float32(bundles: dict[str, Path]) -> None
     fp32 = load_torch_model(bundle)
     half = in_precision(load_torch_model(bundle), torch.float16)
     assert {p.dtype for p in half.net.parameters()} == {torch.float16}
-    for (name, a), b in zip(half.head.named_buffers(), fp32.head.buffers(), strict=True):
+    for (name, a), b in zip(half.ood_head.named_buffers(), fp32.ood_head.buffers(), strict=True):
         assert a.dtype == torch.float32 and torch.equal(a, b), name  # never rounded
     x = _frames(3)
     with torch.inference_mode():

@@ -56,10 +56,10 @@ train: $(VENV)/.dev
 	$(PY) -m trainer.train --manifest ../shared/data/busi/manifest.csv \
 		--manifest ../shared/data/busbra/manifest.csv --augment site-shift \
 		--epochs-seg 14 --epochs-cls 20 --max-minutes 95 --seg-share 0.8 \
-		--name fame-node-multisite --version 0.2.0 \
+		--name fame-node-multisite --version 0.2.1 \
 		--work-dir .cache/train-multisite --out models/default
-	$(PY) -m trainer.site_report --bundle models/default --out docs/results/fame-node-multisite-0.2.0.json
-	$(PY) -m trainer.figures --report docs/results/fame-node-multisite-0.2.0.json
+	$(PY) -m trainer.site_report --bundle models/default --out docs/results/fame-node-multisite-0.2.1.json
+	$(PY) -m trainer.figures --report docs/results/fame-node-multisite-0.2.1.json
 	$(PY) -m trainer.results_doc --intro docs/results/intro.md
 
 # Benchmarks (not part of `make test`): writes docs/PERFORMANCE.md; see bench/README.md.

@@ -1,7 +1,7 @@
 """The confusion matrix, ROC curves and reliability diagram of a `trainer.site_report` JSON,
 as one PNG per test set, drawn from the JSON's own numbers (nothing is recomputed here).
 
-    python -m trainer.figures --report docs/results/fame-node-multisite-0.2.0.json \\
+    python -m trainer.figures --report docs/results/fame-node-multisite-0.2.1.json \\
         --out docs/results/figures
 
 matplotlib (the ``train`` extra) draws them with its non-interactive Agg backend, so no

@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--reference",
         type=Path,
-        default=Path("docs/results/fame-node-multisite-0.2.0.json"),
+        default=Path("docs/results/fame-node-multisite-0.2.1.json"),
         help="the shipped model's site_report JSON, quoted for scale",
     )
     a = parser.parse_args(argv)

@@ -41,8 +41,8 @@ def render_run(name: str, data: dict[str, Any], figures: dict[str, str] | None =
         f"95 % intervals from {data['bootstrap_resamples']} bootstrap resamples of the images.",
         "",
         "| test set | n | Dice (95 % CI) | IoU | HD95 px (median) | accuracy | macro F1 | "
-        "AUC (95 % CI) | AUC kind | ECE |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "AUC (95 % CI) | AUC kind | ECE | OOD flagged |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key, t in data["targets"].items():
         s, c = t["segmentation"], t["classification"]
@@ -50,7 +50,7 @@ def render_run(name: str, data: dict[str, Any], figures: dict[str, str] | None =
             f"| {TARGET_NAMES.get(key, key)} | {t['n']} | {_f(s['dice'])}{_ci(s['dice_ci95'])} "
             f"| {_f(s['iou'])} | {_f(s['hd95_px_median'], 1)} | {_f(c['accuracy'])} "
             f"| {_f(c['macro_f1'])} | {_f(c['auc'])}{_ci(c['auc_ci95'])} | {c['auc_kind']} "
-            f"| {_f(c.get('ece'))} |"
+            f"| {_f(c.get('ece'))} | {_pct(t.get('ood_flagged'))} |"
         )
     ood = data.get("out_of_distribution")
     if ood:
@@ -67,6 +67,10 @@ def render_run(name: str, data: dict[str, Any], figures: dict[str, str] | None =
         links = ", ".join(f"[{TARGET_NAMES.get(k, k)}]({link})" for k, link in figures.items())
         lines += ["", f"Confusion matrix, ROC curves and reliability diagram: {links}."]
     return [*lines, ""]
+
+
+def _pct(share: float | None) -> str:
+    return "n/a" if share is None else f"{100 * share:.1f} %"
 
 
 ABLATION_SITES = ("busi", "busbra-logiq7", "busbra-aplio300", "busbra-usystems")

@@ -174,6 +174,15 @@ def ood_figures(
     }
 
 
+def flagged_share(scores: Sequence[float | None], threshold: float | None) -> float | None:
+    """The share of `scores` above the OOD `threshold` (None: no threshold, or a model
+    without the score)."""
+    t = threshold
+    if t is None or not scores or any(s is None for s in scores):
+        return None
+    return round(float(np.mean(np.array(scores, dtype=np.float64) > t)), 4)
+
+
 def targets(busi: Path, busbra: Path) -> list[tuple[str, Path, str | None]]:
     """(name, manifest, site) of every test split present on this machine."""
     found: list[tuple[str, Path, str | None]] = []
@@ -216,6 +225,10 @@ def main(argv: list[str] | None = None) -> int:
         result["targets"][name] = figures(out, analyzer.classes, a.boot)
         # A fold-ensemble bundle's outline uncertainty vs its Dice error (None: one model).
         result["targets"][name]["seg_uncertainty"] = uncertainty_figures(out)
+        # This scanner's breast images the node would flag out_of_distribution.
+        result["targets"][name]["ood_flagged"] = flagged_share(
+            out.ood_scores, analyzer.ood_threshold
+        )
         result["targets"][name]["seconds"] = round(time.perf_counter() - t0, 1)
         seg, cls = (
             result["targets"][name]["segmentation"],

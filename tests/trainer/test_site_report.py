@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from appliance.evaluate import CaseOutputs
-from trainer.site_report import bootstrap_ci, figures
+from trainer.site_report import bootstrap_ci, figures, flagged_share
 
 CLASSES = ("normal", "benign", "malignant")
 
@@ -64,7 +64,10 @@ def test_results_doc_renders_every_target_from_the_json(tmp_path: Path) -> None:
         "machine": "x86_64 CPU",
         "split": "test",
         "bootstrap_resamples": 50,
-        "targets": {"busbra-aplio300": figures(out, CLASSES, boots=50)},
+        "targets": {
+            "busbra-aplio300": {**figures(out, CLASSES, boots=50), "ood_flagged": 0.25},
+            "busbra-logiq7": figures(out, CLASSES, boots=50),  # a report without the share
+        },
         "out_of_distribution": None,
     }
     (tmp_path / "results").mkdir()
@@ -74,3 +77,12 @@ def test_results_doc_renders_every_target_from_the_json(tmp_path: Path) -> None:
     dice = data["targets"]["busbra-aplio300"]["segmentation"]["dice"]
     assert "BUS-BRA Aplio 300 test | 12 |" in text and f"{dice:.3f}" in text
     assert "malignant vs rest" in text
+    assert "| 25.0 % |" in text and "| n/a |" in text
+
+
+def test_the_share_of_a_sites_images_over_the_ood_threshold() -> None:
+    assert flagged_share([0.5, 1.5, 2.5, 3.5], 2.0) == 0.5
+    assert flagged_share([0.5, 2.0], 2.0) == 0.0  # at the threshold: not flagged, as the node
+    assert flagged_share([0.5, 1.0], None) is None  # a bundle without a threshold
+    assert flagged_share([0.5, None], 2.0) is None  # a model without the score
+    assert flagged_share([], 2.0) is None

@@ -47,14 +47,13 @@ from typing import Any
 import torch
 
 from appliance.bundle import Bundle, BundleError, load_bundle, sha256_bytes
-from trainer.data import load_datasets
 from trainer.loops import Logger, train_classifier, train_segmenter
 from trainer.models import CLASSES, FameNodeNet, FoldEnsemble
 from trainer.resume import StageCheckpoint
 from trainer.run_config import TrainConfig
 from trainer.seed import seed_everything
 from trainer.teacher import Teacher
-from trainer.train import _save_checkpoint, export_checkpoint
+from trainer.train import _save_checkpoint, export_checkpoint, load_train_val
 from trainer.train_cli import build_parser as train_parser
 from trainer.train_cli import config_from
 from trainer.weights import WEIGHTS_FILE
@@ -150,10 +149,7 @@ def run(cfg: TrainConfig, teacher: Teacher, record: dict[str, Any]) -> Path:
         raise SystemExit("the run's teacher_sha256 is not the teacher's: build cfg with it")
     start = time.monotonic()
     gen = seed_everything(cfg.seed, threads=cfg.threads)
-    data = load_datasets(cfg.manifests, cfg.preprocess_params(), cfg.cache_dir)
-    train, val = data["train"], data["val"]
-    if not len(train) or not len(val):
-        raise SystemExit(f"{cfg.manifest}: need train and val rows, got {len(train)}, {len(val)}")
+    train, val = load_train_val(cfg)
     print(
         f"data: train {len(train)} {train.class_counts()}, val {len(val)} "
         f"{val.class_counts()}; teacher {record['name']}@{record['version']} "

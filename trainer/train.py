@@ -87,10 +87,7 @@ def run(cfg: TrainConfig) -> Path:
     """Train both stages, save the checkpoint, export the bundle; returns the bundle path."""
     start = time.monotonic()
     gen = seed_everything(cfg.seed, threads=cfg.threads)
-    data = load_datasets(cfg.manifests, cfg.preprocess_params(), cfg.cache_dir)
-    train, val = data["train"], data["val"]
-    if not len(train) or not len(val):
-        raise SystemExit(f"{cfg.manifest}: need train and val rows, got {len(train)}, {len(val)}")
+    train, val = load_train_val(cfg)
     for m in cfg.extra_manifests:
         print(f"also training on {m}", flush=True)
     print(
@@ -191,11 +188,17 @@ def _segmenter_model(cfg: TrainConfig) -> MAUNet | FoldEnsemble:
     return FoldEnsemble([mau_net() for _ in range(cfg.folds)]) if cfg.folds > 1 else mau_net()
 
 
-def _train_val(cfg: TrainConfig) -> tuple[ArraySet, ArraySet]:
+def load_train_val(cfg: TrainConfig) -> tuple[ArraySet, ArraySet]:
+    """The train and val splits of every manifest of `cfg`; exits unless both have rows."""
     data = load_datasets(cfg.manifests, cfg.preprocess_params(), cfg.cache_dir)
     train, val = data["train"], data["val"]
     if not len(train) or not len(val):
         raise SystemExit(f"{cfg.manifest}: need train and val rows, got {len(train)}, {len(val)}")
+    return train, val
+
+
+def _train_val(cfg: TrainConfig) -> tuple[ArraySet, ArraySet]:
+    train, val = load_train_val(cfg)
     print(f"data: train {len(train)} {train.class_counts()}, val {len(val)}", flush=True)
     return train, val
 

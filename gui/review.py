@@ -39,7 +39,10 @@ from appliance.app.display import (
     lesion_size,
     local_time,
     provider_label,
+    shown_diagnosis,
+    shown_diagnosis_rgb,
     text_on,
+    withheld,
 )
 from appliance.app.mask_editor import Tool
 from appliance.app.review import Action, ReviewService
@@ -59,9 +62,11 @@ def heading(text: str) -> QLabel:
 class Badge(QLabel):
     """A large diagnosis badge: colour and word."""
 
-    def set_diagnosis(self, diagnosis: str | None, suffix: str = "") -> None:
-        rgb = diagnosis_rgb(diagnosis)
-        self.setText(diagnosis_label(diagnosis).upper() + suffix)
+    def set_diagnosis(
+        self, diagnosis: str | None, suffix: str = "", flags: tuple[str, ...] = ()
+    ) -> None:
+        rgb = shown_diagnosis_rgb(diagnosis, flags)
+        self.setText(shown_diagnosis(diagnosis, flags).upper() + suffix)
         self.setStyleSheet(
             f"background: {css(rgb)}; color: {css(text_on(rgb))}; border-radius: 13px;"
             "padding: 4px 14px; font-weight: 700; font-size: 11pt; letter-spacing: 1px;"
@@ -391,13 +396,13 @@ class ReviewPanel(QFrame):
             self.history.clear()
             return
         r = frame.result
-        self.badge.set_diagnosis(r.diagnosis)
-        self.confidence.setText(confidence_text(r.confidence, r.seg_uncertainty))
+        self.badge.set_diagnosis(r.diagnosis, flags=tuple(r.flags))
+        self.confidence.setText(confidence_text(r.confidence, r.seg_uncertainty, r.flags))
         self.flags.setText("\n".join(f"⚑ {flag_label(f)}" for f in r.flags))
         self.flags.setToolTip("\n".join(f"{flag_label(f)}: {FLAG_HELP.get(f, f)}" for f in r.flags))
         self.flags.setVisible(bool(r.flags))
-        for cls, row in self.probabilities.items():
-            row.set(r.probabilities.get(cls))
+        for cls, row in self.probabilities.items():  # none to read where it is withheld
+            row.set(None if withheld(r.flags) else r.probabilities.get(cls))
         m = self.viewer.measures()
         if m is None:
             area, diameter = "—", "—"

@@ -45,9 +45,11 @@ from appliance.app.display import (
     REVIEW_LABELS,
     ReviewState,
     diagnosis_label,
-    diagnosis_rgb,
     flag_label,
     local_time,
+    shown_confidence,
+    shown_diagnosis,
+    shown_diagnosis_rgb,
     text_on,
 )
 from appliance.app.worklist import COLUMN_TITLES, Column, WorklistEntry, WorklistModel
@@ -95,9 +97,9 @@ def cell_text(entry: WorklistEntry, column: Column) -> str:
         case Column.DIAGNOSIS:
             if entry.status != "done":
                 return JOB_STATUS_LABELS.get(entry.status, entry.status)
-            return diagnosis_label(entry.diagnosis)
+            return shown_diagnosis(entry.diagnosis, entry.flags)
         case Column.CONFIDENCE:
-            return "" if entry.confidence is None else f"{entry.confidence * 100:.0f} %"
+            return shown_confidence(entry.confidence, entry.flags)
         case Column.FLAGS:
             if entry.status in ("rejected", "failed", "duplicate"):
                 return entry.reason or ""
@@ -205,7 +207,7 @@ class BadgeDelegate(QStyledItemDelegate):
         self._background(painter, option)
         text = str(index.data(Qt.ItemDataRole.DisplayRole))
         done = entry.status == "done"
-        rgb = diagnosis_rgb(entry.diagnosis) if done else NEUTRAL_RGB
+        rgb = shown_diagnosis_rgb(entry.diagnosis, entry.flags) if done else NEUTRAL_RGB
         painter.save()
         painter.setRenderHint(QPainter.RenderHint.Antialiasing)
         font = QFont(option.font)

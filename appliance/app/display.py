@@ -8,6 +8,7 @@ by colour alone. Pure data and functions, no Qt.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from datetime import UTC, date, datetime
 from enum import StrEnum
 
@@ -138,12 +139,17 @@ def describe_decision(
     return text[0].upper() + text[1:]
 
 
-def confidence_text(confidence: float | None, seg_uncertainty: float | None = None) -> str:
+def confidence_text(
+    confidence: float | None, seg_uncertainty: float | None = None, flags: Iterable[str] = ()
+) -> str:
     """The confidence as shown, with a fold ensemble's outline uncertainty under it:
     ``"87 % confidence\noutline uncertainty 0.12"`` (two lines: the viewer's badge row has
-    no room for both on one); "" without a confidence."""
+    no room for both on one); "" without a confidence; where the diagnosis is `withheld`,
+    that it is, and why, instead of a percentage."""
     if confidence is None:
         return ""
+    if withheld(flags):
+        return "no diagnosis: the image is unlike the training images"
     text = f"{confidence * 100:.0f} % confidence"
     if seg_uncertainty is None:
         return text
@@ -161,6 +167,34 @@ def diagnosis_label(diagnosis: str | None) -> str:
 
 def diagnosis_rgb(diagnosis: str | None) -> RGB:
     return DIAGNOSIS_RGB.get(diagnosis or "", NEUTRAL_RGB)
+
+
+NOT_ASSESSED = "Not assessed"  # what an out-of-distribution image shows instead of a class
+WITHHELD_FLAG = "out_of_distribution"
+
+
+def withheld(flags: Iterable[str]) -> bool:
+    """Whether the model's diagnosis is withheld from the clinician's eye: the image is
+    unlike the training images, so its class and confidence mean nothing (`FLAG_HELP`). The
+    result keeps them (result.json, the store, the SR with its flag); only the display
+    shows "Not assessed" in the neutral colour instead of a confident-looking class."""
+    return WITHHELD_FLAG in flags
+
+
+def shown_diagnosis(diagnosis: str | None, flags: Iterable[str] = ()) -> str:
+    """The diagnosis as the GUI shows it: `NOT_ASSESSED` where `withheld`."""
+    return NOT_ASSESSED if diagnosis is not None and withheld(flags) else diagnosis_label(diagnosis)
+
+
+def shown_diagnosis_rgb(diagnosis: str | None, flags: Iterable[str] = ()) -> RGB:
+    return NEUTRAL_RGB if withheld(flags) else diagnosis_rgb(diagnosis)
+
+
+def shown_confidence(confidence: float | None, flags: Iterable[str] = ()) -> str:
+    """The worklist's confidence cell: "87 %", or "—" where the diagnosis is withheld."""
+    if confidence is None:
+        return ""
+    return "—" if withheld(flags) else f"{confidence * 100:.0f} %"
 
 
 def text_on(rgb: RGB) -> RGB:

@@ -32,11 +32,17 @@ def test_worklist_shows_every_file_of_a_real_process_run(
     window = make_window(processed_node.config)
     rows = {r[Column.FILE].split("  (")[0]: r for r in table_rows(window)}
     assert len(rows) == len(processed_node.outcomes)
+    withheld = 0
     for outcome in processed_node.outcomes:
         row = rows[Path(outcome["path"]).name]
         if outcome["status"] == "done":
             first = outcome["frames"][0]
-            if len(outcome["frames"]) == 1:
+            if len(outcome["frames"]) == 1 and "out_of_distribution" in first["flags"]:
+                # Unlike the training images: no class or confidence to read (these
+                # samples are non-breast ultrasound and phantoms, so some always are).
+                assert (row[Column.DIAGNOSIS], row[Column.CONFIDENCE]) == ("Not assessed", "—")
+                withheld += 1
+            elif len(outcome["frames"]) == 1:
                 assert row[Column.DIAGNOSIS] == first["diagnosis"].capitalize()
                 assert row[Column.CONFIDENCE] == f"{first['confidence'] * 100:.0f} %"
             assert row[Column.REVIEW].endswith("To review")
@@ -46,6 +52,7 @@ def test_worklist_shows_every_file_of_a_real_process_run(
     dicom = rows["JPGLosslessP14SV1_1s_1f_8b.dcm"]
     assert (dicom[Column.PATIENT], dicom[Column.STUDY_DATE]) == ("Citizen, Jan", "2019-01-24")
     assert rows["scan-notes.png"][Column.DIAGNOSIS] == "Rejected"
+    assert withheld >= 1
 
 
 def test_results_written_by_another_process_appear_by_themselves(
@@ -86,6 +93,28 @@ def _open(window, qtbot, job_id: int) -> None:
     qtbot.waitUntil(lambda: window.viewer_model.case is not None)
     window.activateWindow()
     window.viewer_page.viewer.view.setFocus()
+
+
+def test_an_image_unlike_the_training_images_shows_no_diagnosis(
+    processed_node: ProcessedNode, make_window, qtbot
+) -> None:
+    # US1_J2KR.dcm: pydicom-data's non-breast ultrasound (issue 10: "normal", 96 %, before).
+    (outcome,) = [o for o in processed_node.outcomes if o["path"].endswith("US1_J2KR.dcm")]
+    frame = outcome["frames"][0]
+    assert "out_of_distribution" in frame["flags"]  # the shipped model flags it
+    window = make_window(processed_node.config)
+    _open(window, qtbot, outcome["job_id"])
+    panel = window.viewer_page.review
+    assert panel.badge.text() == "NOT ASSESSED"
+    assert frame["diagnosis"].upper() not in panel.badge.text()
+    assert "unlike the training images" in panel.confidence.text()
+    assert "%" not in panel.confidence.text()
+    assert all(row.value.text() == "—" for row in panel.probabilities.values())
+    assert "Not like the training images" in panel.flags.text()
+    # The result itself keeps what the model said (result.json, the store, the SR).
+    assert frame["diagnosis"] in ("normal", "benign", "malignant") and frame["confidence"] > 0
+    # A clinician can still give the image a diagnosis.
+    assert all(b.isEnabled() for b in panel.diagnosis_buttons.values())
 
 
 def test_overlay_toggle_changes_the_rendered_pixels(

@@ -6,10 +6,15 @@ from datetime import date
 
 from appliance.app.display import (
     DIAGNOSIS_RGB,
+    NEUTRAL_RGB,
+    confidence_text,
     describe_decision,
     lesion_size,
     person_name,
     provider_label,
+    shown_confidence,
+    shown_diagnosis,
+    shown_diagnosis_rgb,
     study_date,
     text_on,
 )
@@ -46,3 +51,19 @@ def test_badge_text_stays_readable_on_every_diagnosis_colour() -> None:
     assert text_on(DIAGNOSIS_RGB["benign"]) == (0, 0, 0)  # yellow: dark text
     assert text_on((0, 0, 0)) == (255, 255, 255)
     assert len(set(DIAGNOSIS_RGB.values())) == 3
+
+
+def test_a_diagnosis_is_withheld_from_view_where_the_image_is_out_of_distribution() -> None:
+    ood = ("out_of_distribution", "low_confidence")
+    assert shown_diagnosis("normal", ood) == "Not assessed"
+    assert shown_diagnosis_rgb("malignant", ood) == NEUTRAL_RGB
+    assert shown_confidence(0.96, ood) == "—"
+    assert "unlike the training images" in confidence_text(0.96, None, ood)
+    # Other flags leave the diagnosis in view.
+    other = ("low_confidence", "segmentation_disagrees")
+    assert shown_diagnosis("normal", other) == "Normal"
+    assert shown_diagnosis_rgb("malignant", other) == DIAGNOSIS_RGB["malignant"]
+    assert shown_confidence(0.96, other) == "96 %"
+    assert confidence_text(0.96, None, other) == "96 % confidence"
+    # Nothing analysed: nothing to withhold.
+    assert shown_diagnosis(None, ood) == "—" and shown_confidence(None, ood) == ""

@@ -18,7 +18,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol
 
-from appliance.app.display import ReviewState, person_name
+from appliance.app.display import ReviewState, person_name, withheld
 from appliance.app.events import Event
 
 
@@ -160,7 +160,8 @@ def matches(entry: WorklistEntry, f: WorklistFilter) -> bool:
     if f.states and entry.review_state not in f.states:
         return False
     if f.diagnoses:
-        shown = entry.reviewed_diagnosis or entry.diagnosis
+        # As the worklist shows it: an out-of-distribution image has no model diagnosis.
+        shown = entry.reviewed_diagnosis or (None if withheld(entry.flags) else entry.diagnosis)
         if shown not in f.diagnoses:
             return False
     if f.flagged_only and not entry.flagged:
@@ -183,7 +184,7 @@ def _text_matches(entry: WorklistEntry, text: str) -> bool:
             entry.file_name,
             str(entry.job_id),
             entry.reason or "",
-            entry.diagnosis or "",
+            "" if withheld(entry.flags) else entry.diagnosis or "",
             entry.modality or "",
         )
         if s

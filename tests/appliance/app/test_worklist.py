@@ -88,6 +88,18 @@ def test_filter_search_and_sort_are_pure() -> None:
     assert [e.job_id for e in sort_entries([a, b, c], Column.PATIENT, True)] == [2, 1, 3]
     assert [e.job_id for e in sort_entries([a, b, c], Column.RECEIVED)] == [2, 1, 3]
     assert [e.job_id for e in sort_entries([a, b, c], Column.REVIEW)] == [1, 2, 3]
+    # Out of distribution: shown "Not assessed", so no diagnosis filter or search finds it
+    # by the model's class; once a clinician gives it one, that one does.
+    ood = entry(4, frames=(frame(0, "malignant", p, ["out_of_distribution"]),))
+    malignant = WorklistFilter(diagnoses=frozenset({"malignant"}))
+    assert matches(a, malignant) and not matches(ood, malignant)
+    assert not matches(ood, WorklistFilter(text="malignant"))
+    assert matches(ood, WorklistFilter(flagged_only=True))
+    flags = ("out_of_distribution",)
+    corrected = FrameSummary(0, "malignant", 0.6, p, flags, "corrected", "benign")
+    given = entry(5, frames=(corrected,))
+    assert matches(given, WorklistFilter(diagnoses=frozenset({"benign"})))
+    assert not matches(given, malignant)
 
 
 @pytest.fixture

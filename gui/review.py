@@ -365,6 +365,9 @@ class ReviewPanel(QFrame):
         has_case = case is not None and frame is not None
         for w in (self.confirm, self.reject, self.edit, *self.diagnosis_buttons.values()):
             w.setEnabled(has_case and not editing)
+        # No diagnosis shown, none to confirm (the store refuses it too): choose one instead.
+        if frame is not None and withheld(frame.result.flags):
+            self.confirm.setEnabled(False)
         self.edit_box.setVisible(editing)
         self.all_frames.setVisible(case is not None and len(case.frames) > 1)
         last = self.review.last_action

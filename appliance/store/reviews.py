@@ -70,6 +70,20 @@ class ReviewTargetError(StoreError):
         )
 
 
+class NothingToConfirmError(StoreError):
+    """The frame was flagged out_of_distribution: the model gave no diagnosis to confirm."""
+
+    def __init__(self, job_id: int, frame_index: int, *, path: Path | None = None) -> None:
+        self.job_id = job_id
+        self.frame_index = frame_index
+        super().__init__(
+            f"job {job_id} frame {frame_index} is unlike the images the model was trained on "
+            "(out_of_distribution), so its diagnosis is not shown and cannot be confirmed: "
+            "choose the diagnosis yourself",
+            path=path,
+        )
+
+
 @dataclass(frozen=True)
 class Review:
     """One row of ``reviews``. `mask_path` is absolute (None: the model's mask)."""
@@ -160,10 +174,18 @@ class ReviewStore(StoreBase):
     def confirm(
         self, job_id: int, frame_index: int, reviewer: str, *, note: str | None = None
     ) -> Review:
-        """The model's diagnosis and mask are right."""
+        """The model's diagnosis and mask are right.
+
+        Refused (`NothingToConfirmError`) for a frame flagged ``out_of_distribution``: the
+        GUI withholds that diagnosis, and a confirmation would put the model's unseen class
+        into the training set of the federation. Choosing a diagnosis (`correct_diagnosis`)
+        stays open.
+        """
         reviewer = _check_reviewer(reviewer)
         with self._db.write() as conn:
             result = self._result(conn, job_id, frame_index)
+            if "out_of_distribution" in json.loads(result["flags"]):
+                raise NothingToConfirmError(job_id, frame_index, path=self.path)
             return self._insert(
                 conn, job_id, frame_index, "confirmed", result["diagnosis"], None, reviewer, note
             )

@@ -113,7 +113,8 @@ def test_an_image_unlike_the_training_images_shows_no_diagnosis(
     assert "Not like the training images" in panel.flags.text()
     # The result itself keeps what the model said (result.json, the store, the SR).
     assert frame["diagnosis"] in ("normal", "benign", "malignant") and frame["confidence"] > 0
-    # A clinician can still give the image a diagnosis.
+    # No diagnosis to confirm; a clinician can still give the image one.
+    assert not panel.confirm.isEnabled()
     assert all(b.isEnabled() for b in panel.diagnosis_buttons.values())
 
 

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from appliance.config import NodeConfig
-from appliance.store.reviews import ReviewStore, ReviewTargetError
+from appliance.store.reviews import NothingToConfirmError, ReviewStore, ReviewTargetError
 from tests.appliance.app.nodedata import add_done_job, add_rejected_job, lesion_mask, node_config
 
 
@@ -38,6 +38,22 @@ def test_confirm_records_who_when_and_the_models_diagnosis(node: NodeConfig) -> 
     assert review.mask_path is None and review.undone_at is None
     assert review.at.tzinfo is not None
     assert store.current(job, 0) == review
+
+
+def test_an_out_of_distribution_frame_cannot_be_confirmed_only_diagnosed(
+    node: NodeConfig,
+) -> None:
+    job = add_done_job(node, "obstetric.png", diagnosis="normal", flags=["out_of_distribution"])
+    store = _store(node)
+    with pytest.raises(NothingToConfirmError, match="choose the diagnosis yourself"):
+        store.confirm(job, 0, "alice")
+    assert store.current(job, 0) is None
+    assert [e.job_id for e in store.training_set()] == []  # nothing entered training
+    review = store.correct_diagnosis(job, 0, "benign", "alice")
+    assert (review.decision, review.diagnosis) == ("corrected", "benign")
+    assert [e.label for e in store.training_set()] == ["benign"]
+    other = add_done_job(node, "b.png", diagnosis="normal", flags=["low_confidence"], seed=1)
+    assert store.confirm(other, 0, "alice").decision == "confirmed"  # other flags: as before
 
 
 def test_corrections_carry_forward_into_one_row(node: NodeConfig) -> None:

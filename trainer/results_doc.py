@@ -69,6 +69,49 @@ def render_run(name: str, data: dict[str, Any], figures: dict[str, str] | None =
     return [*lines, ""]
 
 
+def render_fold_reports(records: list[dict[str, Any]]) -> list[str]:
+    """The tables of `trainer.fold_report`: each fold, the ensemble and the single model."""
+    lines: list[str] = []
+    for r in records:
+        folds = "; ".join(
+            f"fold {f['fold'] + 1}: {f['epochs_run']} epochs, best {f['best_epoch']}, "
+            f"held-out Dice {f['held_out_dice']:.3f}"
+            for f in r["folds"]
+            if "epochs_run" in f
+        )
+        lines += [
+            "## Fold ensemble against its folds and the shipped model "
+            "(generated from `docs/results/folds/`, `python -m trainer.fold_report`)",
+            "",
+            f"Measured {r['measured']} on {r['machine']}, {r['size']} px, test Dice at the "
+            "network grid (mean over images with a lesion, 95 % bootstrap interval), each "
+            f"model's mask threshold chosen on val. {folds}.",
+            "",
+            "| model | " + " | ".join(TARGET_NAMES.get(k, k) for k in ABLATION_SITES) + " |",
+            "|---|" + "---|" * len(ABLATION_SITES),
+        ]
+        for name, c in r["contenders"].items():
+            cells = []
+            for site in ABLATION_SITES:
+                m = c["sites"].get(site)
+                cells.append("n/a" if m is None else f"{_f(m['dice'])}{_ci(m['dice_ci95'])}")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        unc = r.get("uncertainty", {})
+        if unc:
+            parts = [
+                f"{TARGET_NAMES.get(k, k)} {_f(u['spearman_vs_dice_error'])}"
+                for k, u in unc.items()
+                if k in ABLATION_SITES
+            ]
+            lines += [
+                "",
+                "Spearman correlation of the folds' disagreement with each test image's Dice "
+                f"error (images with a lesion): {', '.join(parts)}.",
+            ]
+        lines.append("")
+    return lines
+
+
 def _pct(share: float | None) -> str:
     return "n/a" if share is None else f"{100 * share:.1f} %"
 
@@ -211,6 +254,12 @@ def main(argv: list[str] | None = None) -> int:
     lines += render_ablations([r for r in ablations if r.get("kind") != "classifier_ablation"])
     lines += render_classifier_ablations(
         [r for r in ablations if r.get("kind") == "classifier_ablation"]
+    )
+    lines += render_fold_reports(
+        [
+            json.loads(p.read_text(encoding="utf-8"))
+            for p in sorted((a.results / "folds").glob("*.json"))
+        ]
     )
     a.out.write_text("\n".join(lines), encoding="utf-8")
     return 0

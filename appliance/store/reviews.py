@@ -60,28 +60,22 @@ TRAINING_DECISIONS: tuple[str, ...] = ("confirmed", "corrected")
 class ReviewTargetError(StoreError):
     """There is no result for this job and frame, so there is nothing to review."""
 
+    MESSAGE = "job {job} has no result for frame {frame}: review analysed frames of done jobs"
+
     def __init__(self, job_id: int, frame_index: int, *, path: Path | None = None) -> None:
         self.job_id = job_id
         self.frame_index = frame_index
-        super().__init__(
-            f"job {job_id} has no result for frame {frame_index}: only analysed frames of "
-            "done jobs can be reviewed",
-            path=path,
-        )
+        super().__init__(self.MESSAGE.format(job=job_id, frame=frame_index), path=path)
 
 
-class NothingToConfirmError(StoreError):
+class NothingToConfirmError(ReviewTargetError):
     """The frame was flagged out_of_distribution: the model gave no diagnosis to confirm."""
 
-    def __init__(self, job_id: int, frame_index: int, *, path: Path | None = None) -> None:
-        self.job_id = job_id
-        self.frame_index = frame_index
-        super().__init__(
-            f"job {job_id} frame {frame_index} is unlike the images the model was trained on "
-            "(out_of_distribution), so its diagnosis is not shown and cannot be confirmed: "
-            "choose the diagnosis yourself",
-            path=path,
-        )
+    MESSAGE = (
+        "job {job} frame {frame} is unlike the images the model was trained on "
+        "(out_of_distribution), so its diagnosis is not shown and cannot be confirmed: "
+        "choose the diagnosis yourself"
+    )
 
 
 @dataclass(frozen=True)
@@ -177,10 +171,8 @@ class ReviewStore(StoreBase):
         """The model's diagnosis and mask are right.
 
         Refused (`NothingToConfirmError`) for a frame flagged ``out_of_distribution``: the
-        GUI withholds that diagnosis, and a confirmation would put the model's unseen class
-        into the training set of the federation. Choosing a diagnosis (`correct_diagnosis`)
-        stays open.
-        """
+        GUI withholds its diagnosis, which a confirmation would put into the federation's
+        training set unseen; `correct_diagnosis` stays open."""
         reviewer = _check_reviewer(reviewer)
         with self._db.write() as conn:
             result = self._result(conn, job_id, frame_index)

@@ -70,6 +70,11 @@ class ArraySet:
         return [int((self.labels == k).sum()) for k in range(len(CLASSES))]
 
 
+def manifest_label(manifest: Path) -> str:
+    """A manifest as bundles record it: its data set's folder and name, no host path."""
+    return f"{manifest.parent.name}/{manifest.name}"
+
+
 def read_manifest(manifest: Path) -> list[Record]:
     """Read a manifest CSV (`appliance.dataset`); rows whose split is ``exclude`` are dropped.
 

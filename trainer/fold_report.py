@@ -38,8 +38,6 @@ from trainer.models import FoldEnsemble, MAUNet
 from trainer.resume import StageCheckpoint
 from trainer.weights import load_bundle_net
 
-MIN_AREA_PX = 20.0
-
 
 def load_folds(work_dir: Path, base_width: int) -> tuple[list[MAUNet], list[dict[str, Any]]]:
     """The best-epoch MAU-Net of every ``fold<i>`` below `work_dir`, and what each ran."""
@@ -86,21 +84,21 @@ def probabilities(model: torch.nn.Module, images: np.ndarray[Any, Any]) -> np.nd
 
 
 def contender_figures(
-    model: torch.nn.Module, val: ArraySet, sites: dict[str, ArraySet]
+    model: torch.nn.Module, val: ArraySet, sites: dict[str, ArraySet], min_area: float
 ) -> dict[str, Any]:
     """Threshold on val, then Dice / IoU per test site (`trainer.ablations.measure`)."""
-    threshold, _ = choose_threshold(probabilities(model, val.images), val.masks, MIN_AREA_PX)
+    threshold, _ = choose_threshold(probabilities(model, val.images), val.masks, min_area)
     return {
         "threshold": threshold,
         "sites": {
-            name: measure(probabilities(model, a.images), a, threshold, MIN_AREA_PX)
+            name: measure(probabilities(model, a.images), a, threshold, min_area)
             for name, a in sites.items()
         },
     }
 
 
 def uncertainty_figures(
-    ensemble: FoldEnsemble, threshold: float, sites: dict[str, ArraySet]
+    ensemble: FoldEnsemble, threshold: float, sites: dict[str, ArraySet], min_area: float
 ) -> dict[str, Any]:
     """Per site: Spearman of the fold disagreement with the Dice error, median disagreement."""
     out: dict[str, Any] = {}
@@ -110,7 +108,7 @@ def uncertainty_figures(
             parts = [ensemble.predict(x[i : i + 32]) for i in range(0, len(x), 32)]
         prob = torch.cat([m for m, _ in parts]).numpy()[:, 0]
         u = torch.cat([d for _, d in parts]).numpy()
-        error = per_image_dice_error(prob, a.masks, threshold, MIN_AREA_PX)
+        error = per_image_dice_error(prob, a.masks, threshold, min_area)
         lesion = a.masks.reshape(len(a), -1).any(axis=1)
         rho = spearman(list(u[lesion]), list(error[lesion])) if lesion.sum() > 2 else None
         out[name] = {
@@ -152,7 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     contenders["fold ensemble (mean map)"] = ensemble
     contenders[f"single model ({bundle.version_label})"] = single
-    figures = {name: contender_figures(m, data["val"], sites) for name, m in contenders.items()}
+    # The node's own rule for what counts as a lesion (the compared bundle's).
+    min_area = float(bundle.manifest.postprocessing["min_lesion_area_px"])
+    figures = {
+        name: contender_figures(m, data["val"], sites, min_area) for name, m in contenders.items()
+    }
     record = {
         "kind": "fold_report",
         "measured": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -161,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         "folds": runs,
         "contenders": figures,
         "uncertainty": uncertainty_figures(
-            ensemble, figures["fold ensemble (mean map)"]["threshold"], sites
+            ensemble, figures["fold ensemble (mean map)"]["threshold"], sites, min_area
         ),
         "compared_bundle": bundle.version_label,
     }

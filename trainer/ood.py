@@ -245,20 +245,6 @@ class FameNodeNetWithOOD(nn.Module):
         return lesion_prob, class_prob, ood, uncertainty
 
 
-def classifier_features(
-    net: FameNodeNet, images: NDArray[np.float32], batch: int = 64
-) -> NDArray[np.float64]:
-    """The classifier's pooled features of preprocessed images (N, S, S), eval mode."""
-    net.eval()
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(images), batch):
-            x = torch.from_numpy(np.ascontiguousarray(images[i : i + batch, None]))
-            lesion = torch.sigmoid(net.segmenter(x))
-            out.append(net.classifier.features(torch.cat([x, lesion], dim=1)).double().numpy())
-    return np.concatenate(out)
-
-
 def segmentation_uncertainty(
     net: FameNodeNet, images: NDArray[np.float32], batch: int = 64
 ) -> NDArray[np.float64]:
@@ -280,7 +266,7 @@ def segmentation_uncertainty(
 
 
 def classifier_logits(net: FameNodeNet, features: NDArray[np.float64]) -> NDArray[np.float64]:
-    """The classifier's logits from its pooled features (`classifier_features`)."""
+    """The classifier's logits from its pooled features (the last layer of `ood_features`)."""
     net.eval()
     dtype = next(net.classifier.parameters()).dtype
     with torch.no_grad():

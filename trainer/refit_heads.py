@@ -26,7 +26,7 @@ from typing import Any
 
 from appliance.bundle import Bundle, load_bundle, sha256_file
 from appliance.errors import BundleError
-from trainer.data import load_datasets
+from trainer.data import load_datasets, manifest_label
 from trainer.weights import WEIGHTS_FILE, load_bundle_net
 
 # Written again by the export, from the refitted heads and the rebuilt model.
@@ -37,11 +37,6 @@ class RefitError(BundleError):
     """The bundle cannot be refitted on the data given (not its data, no weights)."""
 
 
-def shown(manifest: Path) -> str:
-    """A manifest as bundles record it: its data set's folder and name, no host path."""
-    return f"{manifest.parent.name}/{manifest.name}"
-
-
 def check_data(bundle: Bundle, manifests: Sequence[Path]) -> None:
     """Raise `RefitError` unless `manifests` are exactly the ones the bundle was trained on."""
     recorded: Mapping[str, str] = bundle.manifest.training.get("manifests", {})
@@ -50,7 +45,7 @@ def check_data(bundle: Bundle, manifests: Sequence[Path]) -> None:
             f"{bundle.path}: the bundle records no data manifests, so its training data "
             "cannot be checked; refit only bundles trained by trainer.train"
         )
-    given = {shown(m): m for m in manifests}
+    given = {manifest_label(m): m for m in manifests}
     if set(given) != set(recorded):
         raise RefitError(
             f"{bundle.path} was trained on {sorted(recorded)}, got {sorted(given)}: pass "

@@ -168,7 +168,7 @@ def ood_figures(
             np.concatenate([ins, per_file]),
             np.concatenate([np.zeros(len(ins), bool), np.ones(len(per_file), bool)]),
         ),
-        "in_distribution_flagged": round(float(np.mean(ins > t)), 4),
+        "in_distribution_flagged": flagged_share(list(ins), t),
         "out_frames_flagged": round(float(np.mean(out > t)), 4),
         "out_files_flagged_median_frame": round(float(np.mean(np.array(per_file) > t)), 4),
     }

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from trainer.data import ArraySet, load_datasets
+from trainer.data import ArraySet, load_datasets, manifest_label
 from trainer.dual_stage_train import (
     STAGE_TWO,
     classifier_for,
@@ -331,11 +331,11 @@ def export_checkpoint(cfg: TrainConfig, checkpoint: Path, log_path: Path) -> Pat
         training={
             "data": (
                 f"train split ({counts['train']} images) of "
-                f"{', '.join(_shown(m) for m in cfg.manifests)}; val split "
+                f"{', '.join(manifest_label(m) for m in cfg.manifests)}; val split "
                 f"({counts['val']}) for selection"
             ),
             # The exact data: each manifest names its files and their split.
-            "manifests": {_shown(m): sha256_file(m) for m in cfg.manifests},
+            "manifests": {manifest_label(m): sha256_file(m) for m in cfg.manifests},
             "dataset_citation": "; ".join(
                 DATASET_CITATIONS.get(m.parent.name, m.parent.name) for m in cfg.manifests
             ),
@@ -398,11 +398,6 @@ def _calibration_of(bundle: Path) -> Any:
     from appliance.bundle import load_bundle
 
     return load_bundle(bundle).manifest.training["calibration"]
-
-
-def _shown(manifest: Path) -> str:
-    """A manifest as the bundle records it: its data set's folder and name, no host path."""
-    return f"{manifest.parent.name}/{manifest.name}"
 
 
 def main(argv: list[str] | None = None) -> int:

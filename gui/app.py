@@ -24,7 +24,7 @@ from PyQt6.QtWidgets import (
     QWidget,
 )
 
-from appliance.app.display import diagnosis_label, person_name, provider_label, study_date
+from appliance.app.display import person_name, provider_label, shown_diagnosis, study_date
 from appliance.app.federation_panel import FederationPanelModel
 from appliance.app.mask_editor import Tool
 from appliance.app.models_panel import ModelRegistryLike
@@ -167,7 +167,7 @@ class ViewerPage(QWidget):
             f"Study {study}" if (study := study_date(meta.study_date)) else "",
             case.job.path.name if name else "no patient data in the file",
             f"{len(case.frames)} analysed frame(s)" if len(case.frames) > 1 else "",
-            f"AI: {diagnosis_label(entry.diagnosis)}" if entry is not None else "",
+            f"AI: {shown_diagnosis(entry.diagnosis, entry.flags)}" if entry is not None else "",
         ]
         self.details.setText("   ·   ".join(p for p in parts if p))
         self.viewer.view.setFocus()

@@ -24,6 +24,7 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 from PyQt6.QtWidgets import QApplication
 
+from appliance.app.display import withheld
 from appliance.app.session import ClinicalApp
 from appliance.config import NodeConfig, PathsConfig
 from appliance.errors import BundleError
@@ -104,7 +105,7 @@ def record_reviews(app: ClinicalApp, n: int = 6) -> None:
     for entry in busi:
         frames = [f.frame_index for f in entry.frames]
         truth = entry.path.parent.name
-        if entry.diagnosis == truth:
+        if entry.diagnosis == truth and not withheld(entry.flags):  # nothing to confirm else
             app.review.confirm(entry.job_id, frames)
         else:
             app.review.correct_diagnosis(entry.job_id, frames, truth)

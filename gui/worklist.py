@@ -51,6 +51,7 @@ from appliance.app.display import (
     shown_diagnosis,
     shown_diagnosis_rgb,
     text_on,
+    withheld,
 )
 from appliance.app.worklist import COLUMN_TITLES, Column, WorklistEntry, WorklistModel
 from gui.theme import TEXT_DIM, qcolor
@@ -246,6 +247,8 @@ class ConfidenceDelegate(QStyledItemDelegate):
         super().paint(painter, option, index)
         entry = index.data(ENTRY_ROLE)
         if painter is None or not isinstance(entry, WorklistEntry) or entry.confidence is None:
+            return
+        if withheld(entry.flags):  # no confidence to read, as a number or as a bar
             return
         painter.save()
         r = QRectF(option.rect).adjusted(10, option.rect.height() - 7, -10, -4)

@@ -106,6 +106,7 @@ def test_an_image_unlike_the_training_images_shows_no_diagnosis(
     _open(window, qtbot, outcome["job_id"])
     panel = window.viewer_page.review
     assert panel.badge.text() == "NOT ASSESSED"
+    assert "AI: Not assessed" in window.viewer_page.details.text()
     assert frame["diagnosis"].upper() not in panel.badge.text()
     assert "unlike the training images" in panel.confidence.text()
     assert "%" not in panel.confidence.text()

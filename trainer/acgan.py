@@ -50,7 +50,7 @@ from trainer.models.acgan import (
     to_gan_range,
 )
 from trainer.progress import EpochProgress
-from trainer.resume import StageCheckpoint
+from trainer.resume import StageCheckpoint, last_epoch
 from trainer.seed import seed_everything
 
 GENERATOR_FILE = "generator.safetensors"
@@ -193,7 +193,7 @@ def train_acgan(
         epochs_run, spent = int(saved["epoch"]), float(saved["seconds"])
         print(f"[acgan] resuming after epoch {epochs_run} ({spent:.0f} s spent)", flush=True)
     deadline = start - spent + 60.0 * cfg.max_minutes
-    last = epochs_run if saved is not None and saved.get("done") else cfg.epochs
+    last = last_epoch(saved, cfg.epochs, False, deadline, records)
     n_batches = -(-len(train) // cfg.batch_size)
     for epoch in range(epochs_run + 1, last + 1):
         t0 = time.monotonic()

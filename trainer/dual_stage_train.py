@@ -48,7 +48,7 @@ from trainer.losses import inverse_frequency_weights
 from trainer.models import DualStageClassifier, FoldEnsemble, LesionClassifier, MAUNet
 from trainer.profiles import profile
 from trainer.progress import EpochProgress
-from trainer.resume import StageCheckpoint
+from trainer.resume import StageCheckpoint, last_epoch
 from trainer.run_config import PAPER_EARLY_STOP_PATIENCE, TrainConfig, _Schedule
 
 CLASSIFIERS = ("preact-resnet", "dual-stage")
@@ -214,7 +214,9 @@ def _stage_one(
         best, best_state = json.loads(saved["best"]), dict(saved["best_state"])
         start -= saved["seconds"]
         deadline -= saved["seconds"]
-    last = epochs_run if saved is not None and saved.get("done") else cfg.epochs_cls
+    latest = max(e["epoch"] for e in best["per_backbone"].values())
+    early = schedule.early_stop(epochs_run, latest)
+    last = last_epoch(saved, cfg.epochs_cls, early, deadline, log.data.get(STAGE_ONE, []))
     for epoch in range(epochs_run + 1, last + 1):
         t0 = time.monotonic()
         model.train()
@@ -325,7 +327,8 @@ def _stage_two(
         best, best_state = json.loads(saved["best"]), dict(saved["best_state"])
         start -= saved["seconds"]
         deadline -= saved["seconds"]
-    last = epochs_run if saved is not None and saved.get("done") else cfg.epochs_meta
+    early = schedule.early_stop(epochs_run, best["epoch"])
+    last = last_epoch(saved, cfg.epochs_meta, early, deadline, log.data.get(STAGE_TWO, []))
     for epoch in range(epochs_run + 1, last + 1):
         t0 = time.monotonic()
         model.eval()  # the frozen backbones: GroupNorm only, no dropout, but say it

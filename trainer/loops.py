@@ -41,7 +41,7 @@ from trainer.models import (
 )
 from trainer.models.acgan import ACGANGenerator
 from trainer.progress import EpochProgress
-from trainer.resume import StageCheckpoint
+from trainer.resume import StageCheckpoint, last_epoch
 from trainer.run_config import PAPER_EARLY_STOP_PATIENCE, TrainConfig, _Schedule
 from trainer.teacher import Teacher
 
@@ -192,8 +192,8 @@ def train_segmenter(
         epochs_run, best, best_state = _restore(saved, model, opt, sched, gen, log, "stage1")
         start -= saved["seconds"]
         deadline -= saved["seconds"]
-    # A stage that had ended on its time budget has no epoch left to run.
-    last = epochs_run if saved is not None and saved.get("done") else cfg.epochs_seg
+    early = schedule.early_stop(epochs_run, best.get("epoch", 0))
+    last = last_epoch(saved, cfg.epochs_seg, early, deadline, log.data.get("stage1", []))
     for epoch in range(epochs_run + 1, last + 1):
         t0 = time.monotonic()
         model.train()
@@ -295,8 +295,8 @@ def train_classifier(
         best["key"] = tuple(best["key"])
         start -= saved["seconds"]
         deadline -= saved["seconds"]
-    # A stage that had ended on its time budget has no epoch left to run.
-    last = epochs_run if saved is not None and saved.get("done") else cfg.epochs_cls
+    early = schedule.early_stop(epochs_run, best.get("epoch", 0))
+    last = last_epoch(saved, cfg.epochs_cls, early, deadline, log.data.get("stage2", []))
     for epoch in range(epochs_run + 1, last + 1):
         t0 = time.monotonic()
         model.train()

@@ -11,6 +11,7 @@ Checkpoints are the run's own work files: they stay under ``--work-dir``, never 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -38,3 +39,32 @@ class StageCheckpoint:
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+def last_epoch(
+    saved: dict[str, Any] | None,
+    total: int,
+    early: bool,
+    deadline: float,
+    records: list[dict[str, Any]],
+) -> int:
+    """The last epoch a stage runs to: ``total``, unless it resumed a stage that had ended.
+
+    A stage that ended by early stopping (``early``), or after its last epoch, has nothing
+    left. One that ended on its ``--max-minutes`` budget goes on where the budget it was
+    resumed with (``deadline``, on `time.monotonic`) has room for another epoch as long as its
+    last one (the last of its log ``records``): the same budget trains no further than the run
+    that saved it, a larger one finishes the schedule as one uninterrupted run would have.
+    """
+    if saved is None or not saved.get("done"):
+        return total
+    run = int(saved["epoch"])
+    room_s = deadline - time.monotonic()
+    if early or run >= total or not records or records[-1]["seconds"] > room_s:
+        return run
+    print(
+        f"[resume] the stage had stopped on its time budget after epoch {run}; "
+        f"{room_s / 60:.0f} min are left now: going on to epoch {total}",
+        flush=True,
+    )
+    return total

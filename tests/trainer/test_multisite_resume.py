@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+import trainer.loops
+import trainer.resume
 import trainer.run_config
 from appliance.bundle import load_bundle
 from appliance.preprocess import PreprocessParams
@@ -147,3 +149,38 @@ def test_a_finished_run_leaves_no_resume_files(tmp_path: Path) -> None:
     assert list(recorded) == ["busi/manifest.csv"]
     assert len(recorded["busi/manifest.csv"]) == 64
     assert np.isfinite(bundle.manifest.evaluation["busi_val"]["dice"])
+
+
+def test_a_stage_stopped_on_its_budget_finishes_when_resumed_with_more(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manifest = write_tiny_busi(tmp_path / "busi", per_class=4)
+    straight = _cfg(tmp_path, manifest, "straight")
+    expected = _stage1(straight, Logger(tmp_path / "straight.json", straight))
+
+    # A clock on which every epoch takes 100 s: a 0.05-minute budget (3 s of stage 1) stops
+    # after the first epoch, whatever the machine's speed.
+    clock = {"now": 0.0}
+
+    def tick() -> float:
+        clock["now"] += 25.0
+        return clock["now"]
+
+    monkeypatch.setattr(trainer.loops.time, "monotonic", tick)
+    monkeypatch.setattr(trainer.resume.time, "monotonic", tick)
+    cut = TrainConfig(**{**_cfg(tmp_path, manifest, "cut").__dict__, "max_minutes": 0.05})
+    _stage1(cut, Logger(tmp_path / "cut.json", cut))
+    saved = StageCheckpoint(cut.work_dir, "stage1").load()
+    assert saved is not None and saved["done"] and saved["epoch"] < cut.epochs_seg
+    stopped_at = int(saved["epoch"])
+
+    again = Logger(tmp_path / "again.json", cut)  # the same budget: nothing more to train
+    _stage1(cut, again)
+    assert [r["epoch"] for r in again.data["stage1"]] == list(range(1, stopped_at + 1))
+
+    more = TrainConfig(**{**cut.__dict__, "max_minutes": 1e6})  # the budget may change
+    log = Logger(tmp_path / "more.json", more)
+    got = _stage1(more, log)
+    assert [r["epoch"] for r in log.data["stage1"]] == list(range(1, more.epochs_seg + 1))
+    for key, value in expected.items():
+        torch.testing.assert_close(got[key], value, rtol=0, atol=0, msg=key)

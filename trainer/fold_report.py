@@ -70,11 +70,21 @@ def load_folds(work_dir: Path, base_width: int) -> tuple[list[MAUNet], list[dict
 
 def bundle_folds(path: Path) -> tuple[list[MAUNet], list[dict[str, Any]]]:
     """The fold MAU-Nets of a verified fold-ensemble bundle, and its per-fold record."""
-    segmenter = load_bundle_net(load_bundle(path)).segmenter
+    bundle = load_bundle(path)
+    segmenter = load_bundle_net(bundle).segmenter
     if not isinstance(segmenter, FoldEnsemble):
         raise SystemExit(f"{path}: its segmenter is one MAU-Net, not a fold ensemble")
     members = [m for m in segmenter.members if isinstance(m, MAUNet)]
-    return [m.eval() for m in members], [{"fold": i} for i in range(len(members))]
+    runs: list[dict[str, Any]] = [{"fold": i} for i in range(len(members))]
+    log = path / "training_log.json"  # verified with the bundle where its manifest lists it
+    if "training_log.json" in bundle.manifest.files and log.is_file():
+        per_fold = json.loads(log.read_text(encoding="utf-8")).get("stage1_summary", {})
+        for run, record in zip(runs, per_fold.get("per_fold", []), strict=False):
+            run.update({k: record[k] for k in _FOLD_KEYS if k in record})
+    return [m.eval() for m in members], runs
+
+
+_FOLD_KEYS = ("epochs_run", "best_epoch", "held_out_dice")
 
 
 def probabilities(model: torch.nn.Module, images: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:

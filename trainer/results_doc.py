@@ -85,7 +85,7 @@ def render_fold_reports(records: list[dict[str, Any]]) -> list[str]:
             "",
             f"Measured {r['measured']} on {r['machine']}, {r['size']} px, test Dice at the "
             "network grid (mean over images with a lesion, 95 % bootstrap interval), each "
-            f"model's mask threshold chosen on val. {folds}.",
+            f"model's mask threshold chosen on val." + (f" {folds}." if folds else ""),
             "",
             "| model | " + " | ".join(TARGET_NAMES.get(k, k) for k in ABLATION_SITES) + " |",
             "|---|" + "---|" * len(ABLATION_SITES),
@@ -215,6 +215,67 @@ def render_classifier_ablations(records: list[dict[str, Any]]) -> list[str]:
     return [*lines, "", _machines(records), ""]
 
 
+SEED_FIGURES = (  # (heading, where in a target's figures, digits)
+    ("Dice", ("segmentation", "dice"), 3),
+    ("IoU", ("segmentation", "iou"), 3),
+    ("HD95 px (median)", ("segmentation", "hd95_px_median"), 1),
+    ("accuracy", ("classification", "accuracy"), 3),
+    ("macro F1", ("classification", "macro_f1"), 3),
+    ("AUC", ("classification", "auc"), 3),
+    ("ECE", ("classification", "ece"), 3),
+)
+
+
+def render_seeds(records: list[dict[str, Any]]) -> list[str]:
+    """The shipped recipe over seeds (`trainer.site_report` of each seed's bundle, in
+    ``docs/results/seeds/``): per test set the mean ± SD over the seeds of each figure, then
+    each seed's Dice and AUC."""
+    if not records:
+        return []
+    records = sorted(records, key=lambda r: (r.get("seed") is None, r.get("seed") or 0))
+    seeds = ", ".join(f"{r.get('seed', 'n/a')} (`{r['model']}`)" for r in records)
+    heads = [h for h, _, _ in SEED_FIGURES]
+    lines = [
+        "## The shipped recipe over seeds (generated from `docs/results/seeds/*.json`)",
+        "",
+        f"The shipped model's training command run with {len(records)} seeds: {seeds}, each "
+        "measured by `python -m trainer.site_report` exactly as the tables above; mean ± SD "
+        "(sample SD) over the seeds, the OOD share in percent.",
+        "",
+        "| test set | n | " + " | ".join(heads) + " | OOD flagged |",
+        "|---|---|" + "---|" * (len(heads) + 1),
+    ]
+    sites = [k for k in TARGET_NAMES if all(k in r["targets"] for r in records)]
+    for site in sites:
+        targets = [r["targets"][site] for r in records]
+        cells = []
+        for _, (part, key), digits in SEED_FIGURES:
+            cells.append(_mean_sd([t[part].get(key) for t in targets], digits))
+        shares = [t.get("ood_flagged") for t in targets]
+        ood = [100 * v for v in shares if v is not None]
+        cells.append(_mean_sd(ood, 1) if len(ood) == len(shares) else "n/a")
+        lines.append(f"| {TARGET_NAMES[site]} | {targets[0]['n']} | {' | '.join(cells)} |")
+    lines += ["", "| test set | " + " | ".join(f"seed {r.get('seed')}" for r in records) + " |"]
+    lines.append("|---|" + "---|" * len(records))
+    for site in sites:
+        per = [
+            f"Dice {_f(r['targets'][site]['segmentation']['dice'])}, "
+            f"AUC {_f(r['targets'][site]['classification']['auc'])}"
+            for r in records
+        ]
+        lines.append(f"| {TARGET_NAMES[site]} | {' | '.join(per)} |")
+    return [*lines, ""]
+
+
+def _mean_sd(values: list[float | None], digits: int) -> str:
+    """``mean ± SD`` of the values, or n/a where a seed has none."""
+    if not values or any(v is None for v in values):
+        return "n/a"
+    v = np.asarray(values, float)
+    sd = float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
+    return f"{v.mean():.{digits}f} ± {sd:.{digits}f}"
+
+
 def _machines(records: list[dict[str, Any]]) -> str:
     """One line for the machines of `records`: the distinct kinds, the load range."""
     kinds = sorted({r["machine"].split(", load average")[0] for r in records})
@@ -251,6 +312,12 @@ def main(argv: list[str] | None = None) -> int:
         json.loads(p.read_text(encoding="utf-8"))
         for p in sorted((a.results / "ablations").glob("*.json"))
     ]
+    lines += render_seeds(
+        [
+            json.loads(p.read_text(encoding="utf-8"))
+            for p in sorted((a.results / "seeds").glob("*.json"))
+        ]
+    )
     lines += render_ablations([r for r in ablations if r.get("kind") != "classifier_ablation"])
     lines += render_classifier_ablations(
         [r for r in ablations if r.get("kind") == "classifier_ablation"]

@@ -211,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {
         "model": bundle.version_label,
         "bundle_files": dict(bundle.manifest.files),
+        "seed": bundle.manifest.training.get("seed"),  # which training run (results_doc)
         "split": a.split,
         "measured": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()} {platform.processor() or 'CPU'}, ONNX Runtime CPU",

@@ -86,3 +86,26 @@ def test_the_share_of_a_sites_images_over_the_ood_threshold() -> None:
     assert flagged_share([0.5, 1.0], None) is None  # a bundle without a threshold
     assert flagged_share([0.5, None], 2.0) is None  # a model without the score
     assert flagged_share([], 2.0) is None
+
+
+def test_the_seeds_table_gives_mean_and_sd_over_the_seeds_reports() -> None:
+    from trainer.results_doc import render_seeds
+
+    reports = []
+    for seed, shift in ((2028, 2), (2026, 0), (2027, 1)):
+        out = CaseOutputs()
+        for i in range(6):
+            _case(out, 1, True, shift, 0.2 + 0.01 * i)
+            _case(out, 2, True, shift, 0.7 + 0.01 * i)
+        target = {**figures(out, CLASSES, boots=20), "ood_flagged": 0.05 * shift}
+        reports.append({"model": f"m@{seed}", "seed": seed, "targets": {"busi": target}})
+    text = "\n".join(render_seeds(reports))
+    dice = [r["targets"]["busi"]["segmentation"]["dice"] for r in reports]
+    assert len(set(dice)) == 3  # the seeds differ, so the SD is not zero
+    assert f"{np.mean(dice):.3f} ± {np.std(dice, ddof=1):.3f}" in text
+    assert "| 5.0 ± 5.0 |" in text  # OOD shares 0, 5 and 10 %
+    assert text.index("seed 2026") < text.index("seed 2027") < text.index("seed 2028")
+    # A seed without a figure makes that figure n/a, not a mean of the others.
+    reports[0]["targets"]["busi"]["classification"]["ece"] = None
+    assert "| n/a |" in "\n".join(render_seeds(reports))
+    assert render_seeds([]) == []

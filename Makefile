@@ -50,16 +50,16 @@ federation-experiments: $(VENV)/.dev
 	OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE nice -n 10 $(PY) -m trainer.federated.experiments
 
 # Retrain the default bundle on BUSI + the BUS-BRA train splits (three scanners), with the
-# scanner-shift augmentation (about 60 min on 2 quiet CPU cores; resumable: run it again
+# scanner-shift augmentation (about 70 min on one quiet CPU core; resumable: run it again
 # after an interruption), then measure it on every site's test split.
 train: $(VENV)/.dev
 	$(PY) -m trainer.train --manifest ../shared/data/busi/manifest.csv \
 		--manifest ../shared/data/busbra/manifest.csv --augment site-shift \
-		--epochs-seg 14 --epochs-cls 20 --max-minutes 95 --seg-share 0.8 \
-		--name fame-node-multisite --version 0.2.1 \
+		--epochs-seg 14 --epochs-cls 20 --max-minutes 400 --seg-share 0.8 --threads 1 \
+		--seed 2028 --name fame-node-multisite --version 0.2.2 \
 		--work-dir .cache/train-multisite --out models/default
-	$(PY) -m trainer.site_report --bundle models/default --out docs/results/fame-node-multisite-0.2.1.json
-	$(PY) -m trainer.figures --report docs/results/fame-node-multisite-0.2.1.json
+	$(PY) -m trainer.site_report --bundle models/default --out docs/results/fame-node-multisite-0.2.2.json
+	$(PY) -m trainer.figures --report docs/results/fame-node-multisite-0.2.2.json
 	$(PY) -m trainer.results_doc --intro docs/results/intro.md
 
 # Benchmarks (not part of `make test`): writes docs/PERFORMANCE.md; see bench/README.md.

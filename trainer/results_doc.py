@@ -288,6 +288,11 @@ def _machines(records: list[dict[str, Any]]) -> str:
     return f"Machine: {'; '.join(kinds)}{load} (shared with other work)."
 
 
+def _load_all(folder: Path) -> list[dict[str, Any]]:
+    """Every JSON record in `folder`, in file-name order (none where it does not exist)."""
+    return [json.loads(p.read_text(encoding="utf-8")) for p in sorted(folder.glob("*.json"))]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainer.results_doc", description=__doc__)
     parser.add_argument("--results", type=Path, default=Path("docs/results"))
@@ -308,26 +313,13 @@ def main(argv: list[str] | None = None) -> int:
             if png.is_file()
         }
         lines += render_run(path.stem, data, links)
-    ablations = [
-        json.loads(p.read_text(encoding="utf-8"))
-        for p in sorted((a.results / "ablations").glob("*.json"))
-    ]
-    lines += render_seeds(
-        [
-            json.loads(p.read_text(encoding="utf-8"))
-            for p in sorted((a.results / "seeds").glob("*.json"))
-        ]
-    )
+    ablations = _load_all(a.results / "ablations")
+    lines += render_seeds(_load_all(a.results / "seeds"))
     lines += render_ablations([r for r in ablations if r.get("kind") != "classifier_ablation"])
     lines += render_classifier_ablations(
         [r for r in ablations if r.get("kind") == "classifier_ablation"]
     )
-    lines += render_fold_reports(
-        [
-            json.loads(p.read_text(encoding="utf-8"))
-            for p in sorted((a.results / "folds").glob("*.json"))
-        ]
-    )
+    lines += render_fold_reports(_load_all(a.results / "folds"))
     a.out.write_text("\n".join(lines), encoding="utf-8")
     return 0
 

@@ -158,8 +158,8 @@ def test_a_stage_stopped_on_its_budget_finishes_when_resumed_with_more(
     straight = _cfg(tmp_path, manifest, "straight")
     expected = _stage1(straight, Logger(tmp_path / "straight.json", straight))
 
-    # A clock on which every epoch takes 100 s: a 0.05-minute budget (3 s of stage 1) stops
-    # after the first epoch, whatever the machine's speed.
+    # A clock that advances 25 s at every reading: a 0.05-minute budget (2.4 s of stage 1)
+    # stops the stage early, whatever the machine's speed.
     clock = {"now": 0.0}
 
     def tick() -> float:

@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: demo test lint typecheck pytest federation federation-experiments train bench reliability reliability-long clean-venv
+.PHONY: demo test lint typecheck pytest federation federation-experiments train train-paper bench reliability reliability-long clean-venv
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +60,23 @@ train: $(VENV)/.dev
 		--work-dir .cache/train-multisite --out models/default
 	$(PY) -m trainer.site_report --bundle models/default --out docs/results/fame-node-multisite-0.2.2.json
 	$(PY) -m trainer.figures --report docs/results/fame-node-multisite-0.2.2.json
+	$(PY) -m trainer.results_doc --intro docs/results/intro.md
+
+# The `paper` profile (never committed: about 0.5 GB): the three-fold MAU-Net ensemble and
+# the dual-stage classifier at the published widths (ResNet50V2, NASNet-A Large), FAME's
+# schedule (Adam 1e-4, L2 1e-5, ReduceLROnPlateau, early stopping), on a GPU where torch sees
+# one (--device auto; on the 2-core CPU it would take days). Resumable; then measured.
+PAPER_BUNDLE := .cache/bundles/paper-0.1.0
+train-paper: $(VENV)/.dev
+	$(PY) -m trainer.train --manifest ../shared/data/busi/manifest.csv \
+		--manifest ../shared/data/busbra/manifest.csv --augment site-shift --folds 3 \
+		--classifier dual-stage --profile paper --schedule paper --device auto \
+		--epochs-seg 100 --epochs-cls 100 --epochs-meta 30 --max-minutes 1440 --seg-share 0.6 \
+		--seed 2026 --name fame-node-multisite-paper --version 0.1.0 \
+		--work-dir .cache/train-paper --out $(PAPER_BUNDLE)
+	$(PY) -m trainer.site_report --bundle $(PAPER_BUNDLE) \
+		--out docs/results/fame-node-multisite-paper-0.1.0.json
+	$(PY) -m trainer.figures --report docs/results/fame-node-multisite-paper-0.1.0.json
 	$(PY) -m trainer.results_doc --intro docs/results/intro.md
 
 # Benchmarks (not part of `make test`): writes docs/PERFORMANCE.md; see bench/README.md.

@@ -18,6 +18,9 @@ and macro F1 on every site's test split:
 - ``dual-stage``: the FAME dual-stage classifier, ``edge`` profile, the three backbones fused;
 - ``dual-stage-resnet50v2`` / ``-nasnet`` / ``-maunet-encoder``: one backbone alone;
 - ``dual-stage-acgan``: the fusion with ACGAN images of the minority classes (``--acgan``);
+- ``dual-stage-paper``: the fusion at the ``paper`` profile's published widths (ResNet50V2,
+  NASNet-A Large; about 120 M parameters), on the same short schedule: the nearest this CPU
+  comes to training the ``paper`` profile;
 - ``preact-resnet``: the shipped bundle's classifier kind, for comparison.
 
 The schedule is shorter than the shipped model's (``--size``, ``--epochs``) so that every
@@ -45,6 +48,8 @@ import torch
 
 from appliance.postprocess import clean_mask
 from trainer.data import SITE_SHIFT, ArraySet, load_datasets
+from trainer.device import describe as describe_device
+from trainer.device import resolve
 from trainer.dual_stage_train import train_any_classifier
 from trainer.loops import Logger, predict, segmentation_metrics, train_segmenter
 from trainer.metrics import classification_report, dice
@@ -66,6 +71,7 @@ CLASSIFIER_VARIANTS: dict[str, dict[str, Any]] = {
     "dual-stage-nasnet": {"classifier": "dual-stage", "backbones": ("nasnet",)},
     "dual-stage-maunet-encoder": {"classifier": "dual-stage", "backbones": ("maunet-encoder",)},
     "dual-stage-acgan": {"classifier": "dual-stage", "acgan": True},
+    "dual-stage-paper": {"classifier": "dual-stage", "profile": "paper"},
     "preact-resnet": {"classifier": "preact-resnet"},
 }
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -163,6 +169,7 @@ def _seg_config(
         size=args.size,
         seed=seed,
         threads=args.threads,
+        device=args.device,
         epochs_seg=args.epochs,
         max_minutes=1e6,
         seg_share=1.0,
@@ -221,10 +228,12 @@ def _finish_segmentation(
 
 def _provenance(args: argparse.Namespace, started: float) -> dict[str, Any]:
     """How long a variant took, on what, and when: the tail of every record."""
+    device = resolve(getattr(args, "device", "cpu"))
+    where = "" if device.type == "cpu" else f", training on {describe_device(device)}"
     return {
         "seconds": round(time.monotonic() - started, 1),
         "machine": f"{platform.machine()} CPU, {args.threads} thread(s), load average "
-        f"{os.getloadavg()[0]:.1f} at the end",
+        f"{os.getloadavg()[0]:.1f} at the end{where}",
         "torch": torch.__version__,
         "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -236,6 +245,28 @@ def _write(target: Path, record: dict[str, Any]) -> None:
     tmp.write_text(json.dumps(record, indent=1) + "\n")
     tmp.replace(target)
     print(f"[ablations] wrote {target}", flush=True)
+
+
+def classifier_variant_config(
+    name: str, seed: int, args: argparse.Namespace, seg_cfg: TrainConfig
+) -> TrainConfig:
+    """The training config of classifier variant `name`: the segmentation config of the
+    seed's ``full`` MAU-Net with the variant's classifier settings (profile ``edge`` unless
+    the variant names another)."""
+    spec = dict(CLASSIFIER_VARIANTS[name])
+    if spec.pop("acgan", False):
+        if args.acgan is None:
+            raise SystemExit(
+                f"classifier variant {name} needs --acgan DIR (python -m trainer.acgan)"
+            )
+        spec["acgan"] = args.acgan
+    return dataclasses.replace(
+        seg_cfg,
+        work_dir=args.work_dir / f"cls-{name}-seed{seed}",
+        epochs_cls=args.epochs_cls,
+        epochs_meta=args.epochs_meta,
+        **{"profile": "edge", **spec},
+    )
 
 
 def run_classifier_variant(
@@ -257,21 +288,7 @@ def run_classifier_variant(
     data = load_datasets(seg_cfg.manifests, seg_cfg.preprocess_params(), seg_cfg.cache_dir)
     seg_log = Logger(seg_cfg.work_dir / "restored_log.json", seg_cfg)
     segmenter, _ = train_segmenter(seg_cfg, data["train"], data["val"], gen, seg_log)
-    spec = dict(CLASSIFIER_VARIANTS[name])
-    if spec.pop("acgan", False):
-        if args.acgan is None:
-            raise SystemExit(
-                f"classifier variant {name} needs --acgan DIR (python -m trainer.acgan)"
-            )
-        spec["acgan"] = args.acgan
-    cfg = dataclasses.replace(
-        seg_cfg,
-        work_dir=args.work_dir / f"cls-{name}-seed{seed}",
-        epochs_cls=args.epochs_cls,
-        epochs_meta=args.epochs_meta,
-        profile="edge",
-        **spec,
-    )
+    cfg = classifier_variant_config(name, seed, args, seg_cfg)
     cfg.work_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     gen = seed_everything(seed, threads=args.threads)
@@ -297,6 +314,7 @@ def run_classifier_variant(
         "settings": {
             "size": cfg.size,
             "classifier": cfg.classifier,
+            "parameters": sum(p.numel() for p in classifier.parameters()),
             "profile": cfg.profile if cfg.classifier == "dual-stage" else None,
             "backbones": list(cfg.backbones) if cfg.classifier == "dual-stage" else None,
             "epochs_cls": cfg.epochs_cls,
@@ -359,6 +377,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="auto", help="cpu, cuda (cuda:N) or auto")
     parser.add_argument("--work-dir", type=Path, default=Path(".cache/ablations"))
     parser.add_argument("--cache-dir", type=Path, default=Path(".cache"))
     args = parser.parse_args(argv)

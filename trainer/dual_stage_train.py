@@ -34,6 +34,8 @@ from numpy.typing import NDArray
 from torch import Tensor, nn
 
 from trainer.data import ArraySet, augment_batch
+from trainer.device import describe as describe_device
+from trainer.device import model_device, resolve, to
 from trainer.loops import (
     Logger,
     _batches,
@@ -101,7 +103,11 @@ def _key(metrics: dict[str, Any]) -> tuple[float, float]:
 def stage_one_probs(model: DualStageClassifier, x: Tensor, batch: int = 32) -> list[Tensor]:
     """Each head's softmax over `x`, eval mode, in `backbone_names` order."""
     model.eval()
-    chunks = [model.stage_one_logits(x[i : i + batch]) for i in range(0, len(x), batch)]
+    dev = model_device(model)
+    chunks = [
+        [z.cpu() for z in model.stage_one_logits(to(x[i : i + batch], dev))]
+        for i in range(0, len(x), batch)
+    ]
     return [
         torch.softmax(torch.cat([c[b] for c in chunks]), dim=1) for b in range(len(model.backbones))
     ]
@@ -166,14 +172,18 @@ def train_dual_stage(
     model = classifier_for(cfg)
     if not isinstance(model, DualStageClassifier):
         raise ValueError(f"train_dual_stage needs classifier 'dual-stage', got {cfg.classifier}")
+    dev = resolve(cfg.device)
+    model.to(dev)
     synthetic = _Synthetic.load(cfg, train, with_map)
     one_deadline = start + STAGE_ONE_SHARE * max(0.0, deadline - start)
     one = _stage_one(cfg, model, x, y, val_x, val, synthetic, gen, log, one_deadline)
     two = _stage_two(cfg, model, x, y, val_x, val, synthetic, gen, log, deadline)
+    model.cpu()
     summary = {
         "epochs_run": one["epochs_run"] + two["epochs_run"],
         "best_epoch": two["best_epoch"],
         "seconds": round(time.monotonic() - start, 1),
+        "device": describe_device(dev),
         "class_weights": one["class_weights"],
         "schedule": cfg.schedule,
         "synthetic": synthetic.describe(),
@@ -225,11 +235,13 @@ def _stage_one(
             weights = inverse_frequency_weights(train_counts(ey))
         total = 0.0
         bar = EpochProgress(STAGE_ONE, epoch, cfg.epochs_cls, steps)
+        dev, w = model_device(model), to(weights, model_device(model))
         for idx in _batches(len(ex), cfg.batch_size, gen):
-            batch = augment_batch(ex[idx], gen, cfg.augment, intensity_channels=1)
+            batch = to(augment_batch(ex[idx], gen, cfg.augment, intensity_channels=1), dev)
+            labels = to(ey[idx], dev)
             loss = torch.stack(
                 [
-                    F.cross_entropy(z, ey[idx], weight=weights, label_smoothing=cfg.label_smoothing)
+                    F.cross_entropy(z, labels, weight=w, label_smoothing=cfg.label_smoothing)
                     for z in model.stage_one_logits(batch)
                 ]
             ).sum()
@@ -338,14 +350,15 @@ def _stage_two(
             weights = inverse_frequency_weights(train_counts(ey))
         total = 0.0
         bar = EpochProgress(STAGE_TWO, epoch, cfg.epochs_meta, steps)
+        dev, w = model_device(model), to(weights, model_device(model))
         for idx in _batches(len(ex), cfg.batch_size, gen):
-            batch = augment_batch(ex[idx], gen, cfg.augment, intensity_channels=1)
+            batch = to(augment_batch(ex[idx], gen, cfg.augment, intensity_channels=1), dev)
             with torch.no_grad():
                 features = model.features(batch)
             loss = F.cross_entropy(
                 model.classify_features(features),
-                ey[idx],
-                weight=weights,
+                to(ey[idx], dev),
+                weight=w,
                 label_smoothing=cfg.label_smoothing,
             )
             schedule.opt.zero_grad(set_to_none=True)

@@ -30,6 +30,8 @@ from torch import Tensor, nn
 
 from appliance.postprocess import clean_mask
 from trainer.data import ArraySet, augment_batch
+from trainer.device import describe as describe_device
+from trainer.device import model_device, resolve, restore_rng, rng_state, to
 from trainer.losses import dice_bce_loss, inverse_frequency_weights
 from trainer.metrics import classification_report, segmentation_summary
 from trainer.models import (
@@ -106,9 +108,16 @@ def _batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[Te
 
 @torch.no_grad()
 def predict(model: nn.Module, inputs: Tensor, batch_size: int = 32) -> Tensor:
-    """Eval-mode forward over `inputs` in batches (the model's single output)."""
+    """Eval-mode forward over `inputs` in batches (the model's single output), on the
+    model's device; the result on the CPU."""
     model.eval()
-    return torch.cat([model(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)])
+    dev = model_device(model)
+    return torch.cat(
+        [
+            model(to(inputs[i : i + batch_size], dev)).cpu()
+            for i in range(0, len(inputs), batch_size)
+        ]
+    )
 
 
 class Logger:
@@ -170,11 +179,14 @@ def train_segmenter(
     """Stage 1. Returns the best-epoch MAU-Net and a summary (epochs, threshold, metrics)."""
     start = time.monotonic()
     deadline = start + 60.0 * cfg.max_minutes * cfg.seg_share
+    dev = resolve(cfg.device)
     model = MAUNet(
         base_width=cfg.base_width,
         channel_attention=cfg.channel_attention,
         spatial_attention=cfg.spatial_attention,
-    )
+    ).to(dev)
+    if teacher is not None:
+        teacher.to(dev)
     x = torch.from_numpy(np.stack([train.images, train.masks.astype(np.float32)], axis=1))
     val_x = torch.from_numpy(val.images[:, None])
     steps = math.ceil(len(train) / cfg.batch_size)
@@ -201,6 +213,7 @@ def train_segmenter(
         bar = EpochProgress("stage1", epoch, cfg.epochs_seg, steps)
         for idx in _batches(len(train), cfg.batch_size, gen):
             batch = augment_batch(x[idx], gen, cfg.augment, intensity_channels=1, mask_channels=1)
+            batch = to(batch, dev)
             loss = dice_bce_loss(logits := model(batch[:, :1]), batch[:, 1:])
             loss = loss if teacher is None else loss + teacher.segmentation_term(logits, batch)
             opt.zero_grad(set_to_none=True)
@@ -238,12 +251,16 @@ def train_segmenter(
             print(f"[stage1] stopping after epoch {epoch}: {why}", flush=True)
             break
     model.load_state_dict(best_state)
+    model.cpu()
+    if teacher is not None:
+        teacher.to(torch.device("cpu"))
     prob = torch.sigmoid(predict(model, val_x)).numpy()[:, 0]
     threshold, sweep = choose_threshold(prob, val.masks, cfg.min_lesion_area_px)
     summary = {
         "epochs_run": epochs_run,
         "best_epoch": best["epoch"],
         "seconds": round(time.monotonic() - start, 1),
+        "device": describe_device(dev),
         "threshold": threshold,
         "val_at_threshold": sweep[threshold],
         "threshold_sweep": {str(t): round(m["dice"], 4) for t, m in sweep.items()},
@@ -276,7 +293,10 @@ def train_classifier(
     x, val_x = with_lesion_map(train.images), with_lesion_map(val.images)
     x = x if teacher is None else torch.cat([x, teacher.lesion_maps(x[:, :1])], dim=1)
     y = torch.from_numpy(train.labels)
-    model = LesionClassifier(in_channels=2, widths=cfg.cls_widths, dropout=cfg.dropout)
+    dev = resolve(cfg.device)
+    model = LesionClassifier(in_channels=2, widths=cfg.cls_widths, dropout=cfg.dropout).to(dev)
+    if teacher is not None:
+        teacher.to(dev)
     weights = inverse_frequency_weights(train.class_counts())
     synthetic = _Synthetic.load(cfg, train, with_lesion_map)
     steps = math.ceil((len(train) + synthetic.total) / cfg.batch_size)
@@ -307,10 +327,13 @@ def train_classifier(
             weights = inverse_frequency_weights(torch.bincount(ey, minlength=3).tolist())
         bar = EpochProgress("stage2", epoch, cfg.epochs_cls, steps)
         for idx in _batches(len(ex), cfg.batch_size, gen):
-            batch = augment_batch(ex[idx], gen, cfg.augment, intensity_channels=1)
+            batch = to(augment_batch(ex[idx], gen, cfg.augment, intensity_channels=1), dev)
             logits = model(batch[:, :2])  # [image, lesion map]; a teacher's map is channel 2
             loss = F.cross_entropy(
-                logits, ey[idx], weight=weights, label_smoothing=cfg.label_smoothing
+                logits,
+                to(ey[idx], dev),
+                weight=to(weights, dev),
+                label_smoothing=cfg.label_smoothing,
             )
             loss = loss if teacher is None else loss + teacher.classification_term(logits, batch)
             opt.zero_grad(set_to_none=True)
@@ -349,10 +372,14 @@ def train_classifier(
             print(f"[stage2] stopping after epoch {epoch}: {why}", flush=True)
             break
     model.load_state_dict(best_state)
+    model.cpu()
+    if teacher is not None:
+        teacher.to(torch.device("cpu"))
     summary = {
         "epochs_run": epochs_run,
         "best_epoch": best["epoch"],
         "seconds": round(time.monotonic() - start, 1),
+        "device": describe_device(dev),
         "class_weights": [round(float(w), 4) for w in weights],
         "schedule": cfg.schedule,
         "synthetic": synthetic.describe(),
@@ -443,7 +470,8 @@ def _snapshot(
         "optimizer": opt.state_dict(),
         "scheduler": sched.state_dict(),
         "generator": gen.get_state(),
-        "torch_rng": torch.get_rng_state(),  # dropout draws from the global generator
+        # dropout draws from the global generator (and the GPU's, when training there)
+        **rng_state(model_device(model)),
         "log": json.dumps(log.data),
         "seconds": time.monotonic() - start,
     }
@@ -462,7 +490,7 @@ def _restore(
     opt.load_state_dict(saved["optimizer"])
     sched.load_state_dict(saved["scheduler"])
     gen.set_state(saved["generator"])
-    torch.set_rng_state(saved["torch_rng"])
+    restore_rng(saved, model_device(model))
     previous = json.loads(saved["log"])
     for key in ("stage1", "stage2", "stage1_summary"):
         if key in previous:

@@ -184,32 +184,80 @@ def render_classifier_ablations(records: list[dict[str, Any]]) -> list[str]:
         "interval (one seed) or the mean ± SD over seeds, then the accuracy; uncalibrated. "
         "A short schedule: compare the rows with each other.",
         "",
-        "| variant | backbones | seeds | "
+        "| variant | profile | backbones | seeds | "
         + " | ".join(TARGET_NAMES[k].replace(" test", "") for k in ABLATION_SITES)
         + " | minutes (1 seed) |",
-        "|---|---|---|" + "---|" * len(ABLATION_SITES) + "---|",
+        "|---|---|---|---|" + "---|" * len(ABLATION_SITES) + "---|",
     ]
     by_variant: dict[str, list[dict[str, Any]]] = {}
     for r in sorted(records, key=lambda r: (r["variant"], r["seed"])):
         by_variant.setdefault(r["variant"], []).append(r)
     for variant, runs in by_variant.items():
-        cells = []
-        for site in ABLATION_SITES:
-            got = [r["figures"].get(f"test/{site}") for r in runs]
-            found = [g for g in got if g is not None and g["auc"] is not None]
-            if not found:
-                cells.append("n/a")
-            elif len(found) == 1:
-                f = found[0]
-                cells.append(f"{_f(f['auc'])}{_ci(f['auc_ci95'])}, {f['accuracy']:.2f}")
-            else:
-                aucs = [g["auc"] for g in found]
-                accuracy = float(np.mean([g["accuracy"] for g in found]))
-                cells.append(f"{np.mean(aucs):.3f} ± {np.std(aucs, ddof=1):.3f}, {accuracy:.2f}")
+        cells = [_auc_cell(runs, site) for site in ABLATION_SITES]
         backbones = runs[0]["settings"]["backbones"]
+        profile = runs[0]["settings"].get("profile") or "n/a"
         lines.append(
-            f"| {variant} | {', '.join(backbones) if backbones else 'n/a'} | "
+            f"| {variant} | {profile} | {', '.join(backbones) if backbones else 'n/a'} | "
             f"{', '.join(str(r['seed']) for r in runs)} | {' | '.join(cells)} | "
+            f"{runs[0]['seconds'] / 60:.0f} |"
+        )
+    return [*lines, "", _machines(records), ""]
+
+
+def _auc_cell(runs: list[dict[str, Any]], site: str) -> str:
+    """A classifier's test AUC at `site` over `runs` (seeds): with its 95 % interval for
+    one, mean ± SD for several; then the (mean) accuracy."""
+    got = [r["figures"].get(f"test/{site}") for r in runs]
+    found = [g for g in got if g is not None and g["auc"] is not None]
+    if not found:
+        return "n/a"
+    if len(found) == 1:
+        f = found[0]
+        return f"{_f(f['auc'])}{_ci(f['auc_ci95'])}, {f['accuracy']:.2f}"
+    aucs = [g["auc"] for g in found]
+    accuracy = float(np.mean([g["accuracy"] for g in found]))
+    return f"{np.mean(aucs):.3f} ± {np.std(aucs, ddof=1):.3f}, {accuracy:.2f}"
+
+
+def render_profiles(records: list[dict[str, Any]]) -> list[str]:
+    """The two profiles of the dual-stage classifier side by side (``docs/results/profiles``,
+    `trainer.ablations --classifiers dual-stage dual-stage-paper` on one frozen MAU-Net, in
+    one session on one machine): parameters, test AUC and accuracy per site, minutes."""
+    if not records:
+        return []
+    first = records[0]["settings"]
+    segmenters = sorted({r["settings"]["segmenter"] for r in records})
+    lines = [
+        "## The two profiles of the dual-stage classifier (generated from "
+        "`docs/results/profiles/*.json`)",
+        "",
+        f"`edge` and `paper` trained one after the other on the same frozen MAU-Net "
+        f"({'; '.join(segmenters)}), the same split, {first['size']}x{first['size']} input, "
+        f"{first['epochs_cls']} epochs of stage one and {first['epochs_meta']} of the "
+        f"meta-classifier, {first['augment']} augmentation, the default schedule: the "
+        "classifier ablations' short schedule. AUC on each site's test split (95 % bootstrap "
+        "interval), then the accuracy; uncalibrated. `paper` has the published widths "
+        "(ResNet50V2, NASNet-A Large, heads of 1024) and no ImageNet weights: trained from "
+        "scratch on 1,353 images for a few epochs, as here, it says how the published widths "
+        "train on this machine, not what they reach with a GPU and the paper's schedule. "
+        "The MAU-Net was trained again for this pair (a run reproduces on one machine with "
+        "one thread count only), so the `edge` row differs from the classifier ablations' "
+        "seed 1: compare the two rows here with each other.",
+        "",
+        "| profile | parameters | seeds | "
+        + " | ".join(TARGET_NAMES[k].replace(" test", "") for k in ABLATION_SITES)
+        + " | minutes (1 seed) |",
+        "|---|---|---|" + "---|" * len(ABLATION_SITES) + "---|",
+    ]
+    by_profile: dict[str, list[dict[str, Any]]] = {}
+    for r in sorted(records, key=lambda r: (r["settings"].get("profile") or "", r["seed"])):
+        by_profile.setdefault(r["settings"].get("profile") or "n/a", []).append(r)
+    for name, runs in by_profile.items():
+        params = runs[0]["settings"].get("parameters")
+        lines.append(
+            f"| {name} | {f'{params / 1e6:.1f} M' if params else 'n/a'} | "
+            f"{', '.join(str(r['seed']) for r in runs)} | "
+            f"{' | '.join(_auc_cell(runs, site) for site in ABLATION_SITES)} | "
             f"{runs[0]['seconds'] / 60:.0f} |"
         )
     return [*lines, "", _machines(records), ""]
@@ -319,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     lines += render_classifier_ablations(
         [r for r in ablations if r.get("kind") == "classifier_ablation"]
     )
+    lines += render_profiles(_load_all(a.results / "profiles"))
     lines += render_fold_reports(_load_all(a.results / "folds"))
     a.out.write_text("\n".join(lines), encoding="utf-8")
     return 0

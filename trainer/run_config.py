@@ -21,9 +21,18 @@ from appliance.preprocess import PreprocessParams
 from trainer.data import AugmentParams
 from trainer.models import BACKBONES
 
-# Settings a resumed run may change: where it writes, its budget, its threads.
+# Settings a resumed run may change: where it writes, its budget, its threads, its device.
 _RESUMABLE_CHANGES = frozenset(
-    {"out", "resume", "max_minutes", "threads", "cache_dir", "bundle_name", "bundle_version"}
+    {
+        "out",
+        "resume",
+        "max_minutes",
+        "threads",
+        "device",
+        "cache_dir",
+        "bundle_name",
+        "bundle_version",
+    }
 )
 
 
@@ -40,6 +49,8 @@ class TrainConfig:
     size: int = 128
     seed: int = 2026
     threads: int = 2
+    # Where the training steps run (`trainer.device`): "cpu", "cuda" / "cuda:N", or "auto".
+    device: str = "cpu"
     base_width: int = 16
     # False: MAU-Net without that attention (the ablation variants of issue 10).
     channel_attention: bool = True

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from trainer.device import model_device
+from trainer.device import to as to_device
 from trainer.models import FameNodeNet
 
 SMOOTH = 1.0  # of the soft Dice term, as `trainer.losses.soft_dice_loss`
@@ -110,12 +112,18 @@ class Teacher:
     def lesion_maps(self, images: Tensor, batch_size: int = 32) -> Tensor:
         """`segmentation` of many unaugmented images, in batches: the teacher's classifier
         input channel, augmented afterwards with the batch like the student's map."""
+        dev = model_device(self.net)
         return torch.cat(
             [
-                self.segmentation(images[i : i + batch_size])
+                self.segmentation(to_device(images[i : i + batch_size], dev)).cpu()
                 for i in range(0, len(images), batch_size)
             ]
         )
+
+    def to(self, device: torch.device) -> Teacher:
+        """The teacher net moved to `device` (the student's, while it trains); returns self."""
+        self.net.to(device)
+        return self
 
     @torch.no_grad()
     def class_logits(self, inputs: Tensor) -> Tensor:

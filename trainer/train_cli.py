@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from trainer.data import SITE_SHIFT, AugmentParams
+from trainer.device import DeviceError, resolve
 from trainer.dual_stage_train import CLASSIFIERS
 from trainer.models.dual_stage import BACKBONES
 from trainer.profiles import PROFILES
@@ -52,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--name", default=d.bundle_name, help="the bundle's name")
     parser.add_argument("--version", default=d.bundle_version, help="the bundle's version")
     parser.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads")
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="where the training steps run: cpu, cuda (cuda:N), or auto (a GPU where torch "
+        "sees one, else the CPU; default); data, checkpoints and export stay on the CPU",
+    )
     parser.add_argument("--base-width", type=int, default=d.base_width, help="MAU-Net width")
     parser.add_argument(
         "--folds",
@@ -152,6 +159,7 @@ def config_from(a: argparse.Namespace) -> TrainConfig:
         size=a.size,
         seed=a.seed,
         threads=a.threads,
+        device=a.device,
         base_width=a.base_width,
         folds=a.folds,
         batch_size=a.batch_size,
@@ -171,4 +179,8 @@ def config_from(a: argparse.Namespace) -> TrainConfig:
     if a.acgan is not None:
         cfg = replace(cfg, acgan=a.acgan)
     cfg.preprocess_params()  # validates --size
+    try:
+        resolve(cfg.device)  # a GPU asked for where there is none: say so before any work
+    except DeviceError as exc:
+        raise SystemExit(f"--device: {exc}") from None
     return cfg

@@ -111,6 +111,9 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, default=None, help="network input side (x16)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument(
+        "--device", default=None, help="cpu, cuda (cuda:N) or auto (default: a GPU if any)"
+    )
     p.add_argument("--epochs-seg", type=int, default=None)
     p.add_argument("--epochs-cls", type=int, default=None)
     p.add_argument("--max-minutes", type=float, default=None)
@@ -154,7 +157,16 @@ def distil_argv(args: argparse.Namespace) -> list[str]:
 def _run_argv(args: argparse.Namespace, more: tuple[str, ...]) -> list[str]:
     """The `_run_flags` (and the flags `more`) given, as trainer arguments."""
     argv = ["--schedule", args.schedule, "--augment", args.augment]
-    flags = ("size", "seed", "threads", "epochs_seg", "epochs_cls", "max_minutes", "cache_dir")
+    flags = (
+        "size",
+        "seed",
+        "threads",
+        "device",
+        "epochs_seg",
+        "epochs_cls",
+        "max_minutes",
+        "cache_dir",
+    )
     for flag in (*flags, *more):
         value = getattr(args, flag)
         if value is not None:

@@ -42,10 +42,13 @@ def test_each_stage_maps_to_trainer_arguments(tmp_path: Path) -> None:
             "gan",
             "--size",
             "64",
+            "--device",
+            "cpu",
         ]
     )
     argv = trainer_argv(args)
     cfg, checkpoint = parse_args(argv)
+    assert cfg.device == "cpu"
     assert cfg.manifests == (Path("a.csv"), Path("b.csv")) and checkpoint is None
     assert cfg.work_dir == tmp_path and cfg.schedule == "paper" and cfg.lr_cls == 1e-4
     assert cfg.acgan == Path("gan") and cfg.size == 64
@@ -56,6 +59,7 @@ def test_each_stage_maps_to_trainer_arguments(tmp_path: Path) -> None:
     assert "--stage" not in argv and argv[argv.index("--out") + 1] == "B"
     assert parse_args(argv)[0].schedule == "default"
     assert parse_args(argv)[0].classifier == "preact-resnet"
+    assert parse_args(argv)[0].device == "auto"  # a GPU where there is one
 
 
 def test_profile_selects_the_dual_stage_classifier_and_folds_pass_on() -> None:

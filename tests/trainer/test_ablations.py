@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 from pathlib import Path
@@ -139,6 +140,7 @@ def test_render_classifier_ablations_shows_auc_with_interval_and_accuracy() -> N
 
     settings = {
         "size": 64, "epochs_cls": 6, "augment": "site-shift", "backbones": ["nasnet"],
+        "profile": "edge",
     }  # fmt: skip
     site = {"auc": 0.71, "auc_ci95": [0.6, 0.8], "accuracy": 0.55}
     record = {
@@ -146,8 +148,55 @@ def test_render_classifier_ablations_shows_auc_with_interval_and_accuracy() -> N
         "figures": {"test/busi": site}, "seconds": 120.0, "machine": "x86_64 CPU",
     }  # fmt: skip
     text = "\\n".join(render_classifier_ablations([record]))
-    assert "| dual-stage-nasnet | nasnet | 1 | 0.710 (0.600–0.800), 0.55 | n/a |" in text
+    assert "| dual-stage-nasnet | edge | nasnet | 1 | 0.710 (0.600–0.800), 0.55 | n/a |" in text
     second = {**record, "seed": 2, "figures": {"test/busi": {**site, "auc": 0.73}}}
     text = "\n".join(render_classifier_ablations([record, second]))
-    assert "| dual-stage-nasnet | nasnet | 1, 2 | 0.720 ± 0.014, 0.55 | n/a |" in text
+    assert "| dual-stage-nasnet | edge | nasnet | 1, 2 | 0.720 ± 0.014, 0.55 | n/a |" in text
+    older = {**record, "settings": {k: v for k, v in settings.items() if k != "profile"}}
+    assert "| dual-stage-nasnet | n/a | nasnet |" in "\n".join(
+        render_classifier_ablations([older])
+    )  # a record written before the profile was recorded
     assert render_classifier_ablations([]) == []
+
+
+def test_classifier_variants_are_edge_unless_they_name_the_paper_profile(tmp_path: Path) -> None:
+    args = argparse.Namespace(
+        out=tmp_path / "out", work_dir=tmp_path / "work", cache_dir=tmp_path / "cache",
+        busi=write_tiny_busi(tmp_path / "busi", per_class=1),
+        busbra=_tiny_busbra(tmp_path / "busbra"), size=32, threads=1, device="cpu", epochs=1,
+        epochs_cls=2, epochs_meta=1, acgan=None,
+    )  # fmt: skip
+    seg_cfg = ablations._seg_config("full", 1, args, [args.busi, args.busbra], {})
+    paper = ablations.classifier_variant_config("dual-stage-paper", 1, args, seg_cfg)
+    edge = ablations.classifier_variant_config("dual-stage-nasnet", 1, args, seg_cfg)
+    assert (paper.classifier, paper.profile) == ("dual-stage", "paper")
+    assert tuple(paper.backbones) == ("resnet50v2", "nasnet", "maunet-encoder")
+    assert (edge.profile, tuple(edge.backbones)) == ("edge", ("nasnet",))
+    assert paper.work_dir == tmp_path / "work" / "cls-dual-stage-paper-seed1"
+    with pytest.raises(SystemExit, match="needs --acgan"):
+        ablations.classifier_variant_config("dual-stage-acgan", 1, args, seg_cfg)
+
+
+def test_render_profiles_puts_edge_and_paper_side_by_side() -> None:
+    from trainer.results_doc import render_profiles
+
+    def record(profile: str, params: int, auc: float) -> dict[str, object]:
+        settings = {
+            "size": 64, "epochs_cls": 6, "epochs_meta": 4, "augment": "site-shift",
+            "profile": profile, "parameters": params,
+            "segmenter": "full MAU-Net, seed 1 (8 epochs), frozen",
+        }  # fmt: skip
+        site = {"auc": auc, "auc_ci95": [auc - 0.1, auc + 0.1], "accuracy": 0.5}
+        return {
+            "variant": f"dual-stage-{profile}", "seed": 1, "settings": settings,
+            "figures": {"test/busi": site}, "seconds": 600.0, "machine": "x86_64 CPU",
+        }  # fmt: skip
+
+    text = "\n".join(
+        render_profiles([record("paper", 124_000_000, 0.6), record("edge", 3_400_000, 0.7)])
+    )
+    assert text.index("| edge | 3.4 M | 1 | 0.700 (0.600–0.800), 0.50 |") < text.index(
+        "| paper | 124.0 M | 1 | 0.600 (0.500–0.700), 0.50 |"
+    )
+    assert "full MAU-Net, seed 1 (8 epochs), frozen" in text
+    assert render_profiles([]) == []

@@ -195,6 +195,14 @@ SMOKE = ExperimentSettings(
 )
 
 
+def shipped_report(bundle: Path = Path("models/default")) -> Path:
+    """``docs/results/<name>-<version>.json``: the site report of the shipped bundle."""
+    from appliance.bundle import load_bundle
+
+    manifest = load_bundle(bundle, verify=False).manifest
+    return Path("docs/results") / f"{manifest.name}-{manifest.version}.json"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m trainer.federated.experiments",
@@ -213,10 +221,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--reference",
         type=Path,
-        default=Path("docs/results/fame-node-multisite-0.2.1.json"),
-        help="the shipped model's site_report JSON, quoted for scale",
+        default=None,
+        help="the site_report JSON quoted for scale (default: the shipped bundle's, "
+        "docs/results/<name>-<version>.json of models/default)",
     )
     a = parser.parse_args(argv)
+    if a.reference is None:
+        a.reference = shipped_report()
     from trainer.federated.experiment_doc import render_dir
 
     if not a.render_only:

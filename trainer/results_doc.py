@@ -140,10 +140,7 @@ def render_ablations(records: list[dict[str, Any]]) -> list[str]:
         "on val. The schedule is much shorter than the shipped model's, so compare the rows "
         "with each other, not with the tables above.",
         "",
-        "| variant | trained on | seeds | "
-        + " | ".join(TARGET_NAMES[k].replace(" test", "") for k in ABLATION_SITES)
-        + " | minutes (1 seed) |",
-        "|---|---|---|" + "---|" * len(ABLATION_SITES) + "---|",
+        *_site_table_head("variant", "trained on", "seeds"),
     ]
     for variant, runs in by_variant.items():
         runs.sort(key=lambda r: r["seed"])
@@ -184,10 +181,7 @@ def render_classifier_ablations(records: list[dict[str, Any]]) -> list[str]:
         "interval (one seed) or the mean ± SD over seeds, then the accuracy; uncalibrated. "
         "A short schedule: compare the rows with each other.",
         "",
-        "| variant | profile | backbones | seeds | "
-        + " | ".join(TARGET_NAMES[k].replace(" test", "") for k in ABLATION_SITES)
-        + " | minutes (1 seed) |",
-        "|---|---|---|---|" + "---|" * len(ABLATION_SITES) + "---|",
+        *_site_table_head("variant", "profile", "backbones", "seeds"),
     ]
     by_variant: dict[str, list[dict[str, Any]]] = {}
     for r in sorted(records, key=lambda r: (r["variant"], r["seed"])):
@@ -202,6 +196,14 @@ def render_classifier_ablations(records: list[dict[str, Any]]) -> list[str]:
             f"{runs[0]['seconds'] / 60:.0f} |"
         )
     return [*lines, "", _machines(records), ""]
+
+
+def _site_table_head(*first: str) -> list[str]:
+    """Header and rule of a table with columns `first`, one per ablation site, then the
+    minutes of one seed."""
+    sites = [TARGET_NAMES[k].replace(" test", "") for k in ABLATION_SITES]
+    columns = [*first, *sites, "minutes (1 seed)"]
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
 
 
 def _auc_cell(runs: list[dict[str, Any]], site: str) -> str:
@@ -244,10 +246,7 @@ def render_profiles(records: list[dict[str, Any]]) -> list[str]:
         "one thread count only), so the `edge` row differs from the classifier ablations' "
         "seed 1: compare the two rows here with each other.",
         "",
-        "| profile | parameters | seeds | "
-        + " | ".join(TARGET_NAMES[k].replace(" test", "") for k in ABLATION_SITES)
-        + " | minutes (1 seed) |",
-        "|---|---|---|" + "---|" * len(ABLATION_SITES) + "---|",
+        *_site_table_head("profile", "parameters", "seeds"),
     ]
     by_profile: dict[str, list[dict[str, Any]]] = {}
     for r in sorted(records, key=lambda r: (r["settings"].get("profile") or "", r["seed"])):

@@ -6,6 +6,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from appliance.app.display import shown_diagnosis, withheld
 from appliance.oneshot import describe
 
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ def report(node: Node, plan: list[tuple[Path, Dropped]], elapsed_s: float) -> in
     tally: Counter[str] = Counter()
     print()
     print(
-        f"{'file':<34} {'kind':<14} {'outcome':<10} {'diagnosis':<10} {'p':>5} "
+        f"{'file':<34} {'kind':<14} {'outcome':<10} {'diagnosis':<12} {'p':>5} "
         f"{'lesion':>9} {'truth':>10}  note"
     )
     print("-" * 120)
@@ -59,13 +60,17 @@ def report(node: Node, plan: list[tuple[Path, Dropped]], elapsed_s: float) -> in
             if d.kind == "busi":
                 busi_total += 1
                 busi_right += f["diagnosis"] == d.truth
+            # As the GUI shows it: no class or confidence for an image unlike the training
+            # images (`appliance.app.display`); result.json and the store keep both.
+            shown = shown_diagnosis(f["diagnosis"], f["flags"])
+            p = "—" if withheld(f["flags"]) else f"{f['confidence']:.2f}"
             print(
-                f"{d.name[:34]:<34} {d.kind:<14} {outcome:<10} {f['diagnosis']:<10} "
-                f"{f['confidence']:>5.2f} {_size(f):>9} {d.truth:>10}  {note[:70]}"
+                f"{d.name[:34]:<34} {d.kind:<14} {outcome:<10} {shown:<12} "
+                f"{p:>5} {_size(f):>9} {d.truth:>10}  {note[:70]}"
             )
         else:
             print(
-                f"{d.name[:34]:<34} {d.kind:<14} {outcome:<10} {'':<10} {'':>5} {'':>9} "
+                f"{d.name[:34]:<34} {d.kind:<14} {outcome:<10} {'':<12} {'':>5} {'':>9} "
                 f"{d.truth:>10}  {note[:110]}"
             )
     print("-" * 120)

@@ -24,11 +24,17 @@ def test_demo_processes_good_files_and_rejects_bad_ones(tmp_path: Path) -> None:
         line = next(line for line in out.splitlines() if line.startswith(name))
         assert " rejected " in line, line
     assert "phantom_ellipse_shadow.dcm" in out and "mm2" in out
+    # The obstetric frame: no confident breast diagnosis in the table, as in the GUI.
+    line = next(line for line in out.splitlines() if line.startswith("US1_J2KR.dcm"))
+    assert "Not assessed" in line and "out_of_distribution" in line, line
+    assert not any(c in line.lower().split() for c in ("normal", "benign", "malignant")), line
     # The demo node is a real node: its store answers the ordinary commands.
     config = str(demo / "config.toml")
     res = run_cli(clean_env(), "--config", config, "results", "--json", "--limit", "500")
     rows = [json.loads(line) for line in res.stdout.splitlines()]
     assert len(rows) == len(ultrasound_sample_files()) + 2 + 4 + 4
+    frames = [f for r in rows for f in r["frames"] if "out_of_distribution" in f["flags"]]
+    assert frames and all(f["diagnosis"] for f in frames)  # the store keeps the model's answer
     # Running it again starts from a clean demo folder.
     again = run_cli(env, "demo", "--dir", str(demo), "--busi", str(tmp_path / "no-busi"))
     assert again.returncode == 0

@@ -207,6 +207,8 @@ def _process(config: NodeConfig, args: argparse.Namespace) -> int:
 
 
 def _outcome_line(o: dict[str, Any]) -> str:
+    from appliance.app.display import console_diagnosis
+
     if o["status"] != "done":
         return f"{o['status']:<9} {o['path']}: {o['reason']}"
     f = o["frames"][0]
@@ -216,10 +218,9 @@ def _outcome_line(o: dict[str, Any]) -> str:
         else f"{f['lesion_area_px']:.0f} px"
     )
     more = f" (+{len(o['frames']) - 1} frames)" if len(o["frames"]) > 1 else ""
-    return (
-        f"done      {o['path']}: {f['diagnosis']} p={f['confidence']:.2f}, lesion {size}{more}"
-        f" -> {o['result_dir']}"
-    )
+    shown, p = console_diagnosis(f["diagnosis"], f["confidence"], f["flags"])
+    flags = f" [{', '.join(f['flags'])}]" if f["flags"] else ""
+    return f"done      {o['path']}: {shown} p={p}, lesion {size}{more}{flags} -> {o['result_dir']}"
 
 
 def _status(config: NodeConfig, args: argparse.Namespace) -> int:

@@ -6,7 +6,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from appliance.app.display import shown_diagnosis, withheld
+from appliance.app.display import console_diagnosis
 from appliance.oneshot import describe
 
 if TYPE_CHECKING:
@@ -62,8 +62,7 @@ def report(node: Node, plan: list[tuple[Path, Dropped]], elapsed_s: float) -> in
                 busi_right += f["diagnosis"] == d.truth
             # As the GUI shows it: no class or confidence for an image unlike the training
             # images (`appliance.app.display`); result.json and the store keep both.
-            shown = shown_diagnosis(f["diagnosis"], f["flags"])
-            p = "—" if withheld(f["flags"]) else f"{f['confidence']:.2f}"
+            shown, p = console_diagnosis(f["diagnosis"], f["confidence"], f["flags"])
             print(
                 f"{d.name[:34]:<34} {d.kind:<14} {outcome:<10} {shown:<12} "
                 f"{p:>5} {_size(f):>9} {d.truth:>10}  {note[:70]}"

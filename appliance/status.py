@@ -11,6 +11,7 @@ import os
 import socket
 from typing import Any
 
+from appliance.app.display import console_diagnosis
 from appliance.config import NodeConfig
 from appliance.errors import FameNodeError
 from appliance.federation.report import federation_report, format_federation
@@ -160,7 +161,7 @@ def gather_results(config: NodeConfig, limit: int) -> list[dict[str, Any]]:
 def format_results(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "no results yet"
-    head = f"{'job':>5}  {'status':<9} {'diagnosis':<10} {'p':>5}  {'lesion':>12}  file / reason"
+    head = f"{'job':>5}  {'status':<9} {'diagnosis':<12} {'p':>5}  {'lesion':>12}  file / reason"
     lines = [head, "-" * len(head)]
     for r in rows:
         if r["frames"]:
@@ -173,13 +174,14 @@ def format_results(rows: list[dict[str, Any]]) -> str:
             flags = f"  [{', '.join(f['flags'])}]" if f["flags"] else ""
             if r["duplicate_of"] is not None:
                 flags += f"  (same image as job {r['duplicate_of']})"
+            shown, p = console_diagnosis(f["diagnosis"], f["confidence"], f["flags"])
             lines.append(
-                f"{r['job_id']:>5}  {r['job_status']:<9} {f['diagnosis']:<10} "
-                f"{f['confidence']:>5.2f}  {size:>12}  {r['path']}{flags}"
+                f"{r['job_id']:>5}  {r['job_status']:<9} {shown:<12} "
+                f"{p:>5}  {size:>12}  {r['path']}{flags}"
             )
         else:
             lines.append(
-                f"{r['job_id']:>5}  {r['job_status']:<9} {'-':<10} {'':>5}  {'':>12}  "
+                f"{r['job_id']:>5}  {r['job_status']:<9} {'-':<12} {'':>5}  {'':>12}  "
                 f"{r['path']}: {r['reason']}"
             )
     return "\n".join(lines)

@@ -186,6 +186,16 @@ def shown_diagnosis(diagnosis: str | None, flags: Iterable[str] = ()) -> str:
     return NOT_ASSESSED if diagnosis is not None and withheld(flags) else diagnosis_label(diagnosis)
 
 
+def console_diagnosis(
+    diagnosis: str | None, confidence: float | None, flags: Iterable[str] = ()
+) -> tuple[str, str]:
+    """The diagnosis and its probability as the node's console tables print them
+    (``benign``, ``0.87``): `NOT_ASSESSED` and "—" where `withheld`, as in the GUI."""
+    if withheld(flags):
+        return NOT_ASSESSED, "—"
+    return diagnosis or "-", "" if confidence is None else f"{confidence:.2f}"
+
+
 def shown_diagnosis_rgb(diagnosis: str | None, flags: Iterable[str] = ()) -> RGB:
     return NEUTRAL_RGB if withheld(flags) else diagnosis_rgb(diagnosis)
 

@@ -8,6 +8,7 @@ from appliance.app.display import (
     DIAGNOSIS_RGB,
     NEUTRAL_RGB,
     confidence_text,
+    console_diagnosis,
     describe_decision,
     lesion_size,
     person_name,
@@ -67,3 +68,24 @@ def test_a_diagnosis_is_withheld_from_view_where_the_image_is_out_of_distributio
     assert confidence_text(0.96, None, other) == "96 % confidence"
     # Nothing analysed: nothing to withhold.
     assert shown_diagnosis(None, ood) == "—" and shown_confidence(None, ood) == ""
+
+
+def test_console_tables_withhold_the_diagnosis_as_the_gui_does() -> None:
+    assert console_diagnosis("benign", 0.66, ("out_of_distribution",)) == ("Not assessed", "—")
+    assert console_diagnosis("benign", 0.66, ("low_confidence",)) == ("benign", "0.66")
+    assert console_diagnosis(None, None) == ("-", "")
+
+
+def test_fame_node_results_table_withholds_it_too() -> None:
+    from appliance.status import format_results
+
+    frame = {
+        "diagnosis": "normal", "confidence": 0.96, "lesion_area_mm2": None,
+        "lesion_area_px": 5800.0, "flags": ["out_of_distribution"],
+    }  # fmt: skip
+    row = {"job_id": 1, "job_status": "done", "duplicate_of": None, "path": "US1_J2KR.dcm"}
+    text = format_results([{**row, "frames": [frame]}])
+    line = text.splitlines()[-1]
+    assert "Not assessed" in line and "normal" not in line and "0.96" not in line
+    plain = format_results([{**row, "frames": [{**frame, "flags": []}]}])
+    assert "normal" in plain and "0.96" in plain

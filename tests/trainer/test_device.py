@@ -66,7 +66,13 @@ def test_a_run_records_the_device_auto_chose(tmp_path: Path) -> None:
 def test_trained_on_the_gpu_then_resumed_on_the_cpu(tmp_path: Path, classifier: str) -> None:
     manifest = write_tiny_busi(tmp_path / "busi", per_class=4)
     on_gpu = tiny_config(
-        manifest, tmp_path, device="cuda", classifier=classifier, epochs_seg=1, epochs_cls=1
+        manifest,
+        tmp_path,
+        device="cuda",
+        classifier=classifier,
+        epochs_seg=1,
+        epochs_cls=1,
+        epochs_meta=1,
     )
     bundle = load_bundle(run(on_gpu))  # exported, verified, ONNX parity checked on the CPU
     log = json.loads((bundle.path / "training_log.json").read_text())

@@ -2,7 +2,7 @@
 # Run on a lent GPU machine (the `device` tool), from the repository root:
 #   the `gpu`-marked tests, then `bench.models` (torch eager FP32 vs torch FP16 eager and
 #   compiled, ONNX Runtime CUDA and TensorRT where installed; and the CPU rows of that host).
-# Carry .whl (bench/device_wheels.sh) and, for the trained weights, .cache/train; the
+# Carry .whl (bench/device_wheels.sh); the weights are the shipped bundle's (tracked). The
 # results land in $OUT: gpu-tests.log, models_gpu.json, bench-models.log, nvidia-smi.txt.
 # Back here: copy models_gpu.json to docs/bench/models_gpu.json and run
 # `python -m bench.report` (it keeps this machine's CPU rows and takes the GPU section

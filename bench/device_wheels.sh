@@ -14,5 +14,5 @@ python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
   --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
   --platform manylinux2014_x86_64 -d .whl \
   pydantic pydantic-core pydantic-settings python-dotenv typing-inspection annotated-types \
-  pydicom watchdog cryptography cffi pycparser
+  pydicom watchdog cryptography cffi pycparser safetensors
 du -sh .whl

@@ -160,7 +160,9 @@ def run(repeats: int, n_images: int, node_repeats: int, out: Path) -> dict[str, 
         files, source = input_images(scratch / "phantoms", n_images)
         result["inputs"] = source
         x = np.ascontiguousarray(preprocessed_batch(files[:1]))
-        shipped = load_bundle_net(load_bundle(DEFAULT_BUNDLE)).eval()
+        shipped_bundle = load_bundle(DEFAULT_BUNDLE)
+        result["shipped_bundle"] = shipped_bundle.version_label
+        shipped = load_bundle_net(shipped_bundle).eval()
         edge = edge_ensemble()
         edge_bundle = write_edge_bundle(edge, scratch / "edge-bundle", scratch / "edge-work")
         graphs: dict[str, tuple[Any, Path]] = {

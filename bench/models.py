@@ -24,7 +24,15 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import RESULTS_DIR, Timings, input_images, interleaved, load_eager, machine
+from bench.common import (
+    RESULTS_DIR,
+    Timings,
+    input_images,
+    interleaved,
+    load_eager,
+    machine,
+    networks,
+)
 
 BATCHES = (1, 8)
 # Dense FP16 tensor-core peak, TFLOP/s (vendor data sheets), by a substring of the name.
@@ -49,8 +57,10 @@ def peak_tflops(gpu_name: str) -> float | None:
     return None
 
 
-def families(net: Any) -> dict[str, dict[str, Any]]:
-    """name -> eager module, input channels, ONNX input / output names."""
+def families(model: Any) -> dict[str, dict[str, Any]]:
+    """name -> eager module, input channels, ONNX input / output names (`model`: what
+    `bench.common.load_eager` returned; ``full`` is the whole of it, OOD head included)."""
+    net = networks(model)
     return {
         "segmentation": {
             "module": net.segmenter,
@@ -65,10 +75,10 @@ def families(net: Any) -> dict[str, dict[str, Any]]:
             "outputs": ("class_logits",),
         },
         "full": {
-            "module": net,
+            "module": model,
             "channels": 1,
             "input": "image",
-            "outputs": ("lesion_prob", "class_prob"),
+            "outputs": tuple(getattr(model, "output_names", ("lesion_prob", "class_prob"))),
         },
     }
 
@@ -78,7 +88,7 @@ def family_inputs(net: Any, frames: np.ndarray) -> dict[str, np.ndarray]:
     import torch
 
     with torch.inference_mode():
-        lesion = torch.sigmoid(net.segmenter(torch.from_numpy(frames))).numpy()
+        lesion = torch.sigmoid(networks(net).segmenter(torch.from_numpy(frames))).numpy()
     return {
         "segmentation": frames,
         "classification": np.concatenate([frames, lesion], axis=1).astype(np.float32),
@@ -127,7 +137,14 @@ def gpu_contenders(
     import torch
 
     eager32 = copy.deepcopy(module).cuda().eval()
-    eager16 = copy.deepcopy(module).cuda().half().eval().to(memory_format=torch.channels_last)
+    eager16 = copy.deepcopy(module).cuda().eval()
+    if hasattr(eager16, "ood_head"):  # the node's torch backend keeps that head in float32
+        from appliance.runtime.torch_backend import in_precision
+
+        eager16 = in_precision(eager16, torch.float16)
+    else:
+        eager16 = eager16.half()
+    eager16 = eager16.to(memory_format=torch.channels_last)
     compiled16 = torch.compile(eager16, dynamic=False)
     xt = torch.from_numpy(x)
 

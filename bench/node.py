@@ -152,7 +152,7 @@ class NaiveLoop:
             frame = loaded.frames[0]
             x, geo = preprocess(frame, self.params)
             with torch.inference_mode():
-                lesion, cls = self.net(torch.from_numpy(x[None, None]))
+                lesion, cls, *_ = self.net(torch.from_numpy(x[None, None]))
             prob = unletterbox(lesion[0, 0].numpy(), geo)
             findings = analyse_lesions(
                 prob,

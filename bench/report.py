@@ -36,11 +36,18 @@ def _r(spread: dict[str, float]) -> str:
     return f"**{spread['median']:.2f}x** ({spread['min']:.2f}–{spread['max']:.2f})"
 
 
+def _cpu_detail(m: dict[str, Any]) -> str:
+    """Family / model and vector units, where the run recorded them (not before 2026-12-02)."""
+    if "cpu_family_model" not in m:
+        return ""
+    return f" (family/model {m['cpu_family_model']}; {', '.join(m.get('simd', [])) or 'no AVX2'})"
+
+
 def _machine(m: dict[str, Any]) -> list[str]:
     load = ", ".join(f"{x:.2f}" for x in m.get("loadavg_at_start", []))
     lines = [
-        f"- CPU: {m['cpu']}, {m['cores']} cores ({m['cpus_usable']} usable), shared with "
-        f"other users (load average at start: {load})",
+        f"- CPU: {m['cpu']}{_cpu_detail(m)}, {m['cores']} cores ({m['cpus_usable']} usable), "
+        f"shared with other users (load average at start: {load})",
         f"- Python {m['python']}, torch {m['torch']} ({m['torch_threads']} threads), "
         f"ONNX Runtime {m['onnxruntime']} (providers: {', '.join(m['ort_providers'])})",
         f"- CUDA: {'yes, ' + m['gpu'] if m.get('cuda') else 'no GPU on this machine'}; "
@@ -254,11 +261,13 @@ def ensembles_section(d: dict[str, Any]) -> list[str]:
         "",
         f"Command: `python -m bench.ensembles` (`docs/bench/ensembles.json`; load average "
         f"at its start {', '.join(f'{v:.1f}' for v in d['machine']['loadavg_at_start'])} "
-        f"on {d['machine']['cpus_usable']} cores). {st['size']} x {st['size']}, "
+        f"on {d['machine']['cpus_usable']} cores of an {d['machine']['cpu']}"
+        f"{_cpu_detail(d['machine'])}). {st['size']} x {st['size']}, "
         f"{st['threads']} threads, {st['timing']}. Inputs: {d['inputs']}. `edge-ensemble` "
         "is the three-fold MAU-Net ensemble with the `edge` dual-stage classifier, OOD head "
         "and uncertainty output; `paper-classifier` one MAU-Net with the `paper` dual-stage "
-        "classifier. Their weights are random (speed does not depend on them).",
+        "classifier. Their weights are random (speed does not depend on them); `shipped` is "
+        f"the default bundle, {d.get('shipped_bundle', 'not recorded by this run')}.",
         "",
         "| graph | parameters | torch eager FP32 img/s | ONNX Runtime CPU img/s |",
         "| --- | ---: | ---: | ---: |",

@@ -377,7 +377,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--device", default="auto", help="cpu, cuda (cuda:N) or auto")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda (cuda:N) or auto")
     parser.add_argument("--work-dir", type=Path, default=Path(".cache/ablations"))
     parser.add_argument("--cache-dir", type=Path, default=Path(".cache"))
     args = parser.parse_args(argv)

@@ -55,9 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads")
     parser.add_argument(
         "--device",
-        default="auto",
-        help="where the training steps run: cpu, cuda (cuda:N), or auto (a GPU where torch "
-        "sees one, else the CPU; default); data, checkpoints and export stay on the CPU",
+        default=d.device,
+        help="where the training steps run: cpu (default), cuda (cuda:N), or auto (a GPU "
+        "where torch sees one, else the CPU); data, checkpoints and export stay on the CPU",
     )
     parser.add_argument("--base-width", type=int, default=d.base_width, help="MAU-Net width")
     parser.add_argument(

@@ -112,7 +112,7 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument(
-        "--device", default=None, help="cpu, cuda (cuda:N) or auto (default: a GPU if any)"
+        "--device", default=None, help="cpu (default), cuda (cuda:N) or auto (a GPU if any)"
     )
     p.add_argument("--epochs-seg", type=int, default=None)
     p.add_argument("--epochs-cls", type=int, default=None)

@@ -121,7 +121,11 @@ def test_cpu_fp32_equals_onnxruntime_and_so_do_the_flags(
     for name in ("ood_score", "seg_uncertainty"):
         got_scores = [getattr(r, name) for r in a]
         if name in names:
-            np.testing.assert_allclose(got_scores, [getattr(r, name) for r in b], atol=1e-4)
+            # Within 1e-4, relative beyond 1 as the export's parity check: an OOD score of
+            # 279 differs by 6e-4 (2e-6 relative) between the two on an AVX-512 CPU.
+            want_scores = np.asarray([getattr(r, name) for r in b])
+            gap = np.abs(np.asarray(got_scores) - want_scores) / np.maximum(1.0, want_scores)
+            assert gap.max() <= 1e-4, (name, got_scores, want_scores)
         else:
             assert got_scores == [None] * len(a)
     # The confidence behind low_confidence: temperature-scaled on both.

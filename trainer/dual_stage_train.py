@@ -41,7 +41,6 @@ from trainer.loops import (
     _batches,
     _restore,
     _snapshot,
-    _Synthetic,
     classification_metrics,
     predict,
     train_classifier,
@@ -52,6 +51,7 @@ from trainer.profiles import profile
 from trainer.progress import EpochProgress
 from trainer.resume import StageCheckpoint, last_epoch
 from trainer.run_config import PAPER_EARLY_STOP_PATIENCE, TrainConfig, _Schedule
+from trainer.synthetic import SyntheticImages
 
 CLASSIFIERS = ("preact-resnet", "dual-stage")
 STAGE_ONE, STAGE_TWO = "stage2", "stage2_meta"
@@ -174,7 +174,7 @@ def train_dual_stage(
         raise ValueError(f"train_dual_stage needs classifier 'dual-stage', got {cfg.classifier}")
     dev = resolve(cfg.device)
     model.to(dev)
-    synthetic = _Synthetic.load(cfg, train, with_map)
+    synthetic = SyntheticImages.load(cfg, train, with_map)
     one_deadline = start + STAGE_ONE_SHARE * max(0.0, deadline - start)
     one = _stage_one(cfg, model, x, y, val_x, val, synthetic, gen, log, one_deadline)
     two = _stage_two(cfg, model, x, y, val_x, val, synthetic, gen, log, deadline)
@@ -202,7 +202,7 @@ def _stage_one(
     y: Tensor,
     val_x: Tensor,
     val: ArraySet,
-    synthetic: _Synthetic,
+    synthetic: SyntheticImages,
     gen: torch.Generator,
     log: Logger,
     deadline: float,
@@ -317,7 +317,7 @@ def _stage_two(
     y: Tensor,
     val_x: Tensor,
     val: ArraySet,
-    synthetic: _Synthetic,
+    synthetic: SyntheticImages,
     gen: torch.Generator,
     log: Logger,
     deadline: float,

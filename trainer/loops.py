@@ -5,7 +5,8 @@ Two schedules (`TrainConfig.schedule`): ``default``, AdamW with warmup and cosin
 fixed epochs (the shipped bundle), and ``paper``, FAME's Adam 1e-4 / L2 1e-5 with
 ReduceLROnPlateau and early stopping (`paper_schedule`). Either resumes exactly from the
 per-epoch stage checkpoint. With `TrainConfig.acgan`, stage 2 adds synthetic images of the
-minority classes to each epoch (`_Synthetic`). A progress bar shows on a terminal only.
+minority classes to each epoch (`trainer.synthetic.SyntheticImages`). A progress bar shows
+on a terminal only.
 The settings and the schedules themselves are `trainer.run_config`'s. With a `teacher`
 (`trainer.teacher`) each stage adds the teacher's soft terms on the same augmented batch.
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -41,10 +42,10 @@ from trainer.models import (
     LesionClassifier,
     MAUNet,
 )
-from trainer.models.acgan import ACGANGenerator
 from trainer.progress import EpochProgress
 from trainer.resume import StageCheckpoint, last_epoch
 from trainer.run_config import PAPER_EARLY_STOP_PATIENCE, TrainConfig, _Schedule
+from trainer.synthetic import SyntheticImages
 from trainer.teacher import Teacher
 
 THRESHOLDS = tuple(round(0.3 + 0.05 * i, 2) for i in range(9))  # 0.3 .. 0.7
@@ -298,7 +299,7 @@ def train_classifier(
     if teacher is not None:
         teacher.to(dev)
     weights = inverse_frequency_weights(train.class_counts())
-    synthetic = _Synthetic.load(cfg, train, with_lesion_map)
+    synthetic = SyntheticImages.load(cfg, train, with_lesion_map)
     steps = math.ceil((len(train) + synthetic.total) / cfg.batch_size)
     schedule = _Schedule(cfg, model, cfg.lr_cls, steps, cfg.epochs_cls)
     opt, sched = schedule.opt, schedule.sched
@@ -387,66 +388,6 @@ def train_classifier(
     log.data["stage2_summary"] = summary
     log.save()
     return model, summary
-
-
-class _Synthetic:
-    """ACGAN images of the minority classes added to each epoch of stage 2 (`cfg.acgan`).
-
-    Each epoch draws `per_class` new images (noise seeded by the run's seed and the epoch,
-    so a resumed run draws the same ones) and gives the classifier [image, the frozen
-    segmenter's lesion probability of that synthetic image], like every real image.
-    """
-
-    def __init__(
-        self,
-        generator: ACGANGenerator | None,
-        per_class: list[int],
-        size: int,
-        seed: int,
-        with_map: Callable[[NDArray[np.float32]], Tensor],
-        source: dict[str, Any] | None = None,
-    ) -> None:
-        self.generator, self.per_class, self.size, self.seed = generator, per_class, size, seed
-        self.with_map, self.source = with_map, source
-        self.total = sum(per_class) if generator is not None else 0
-
-    @classmethod
-    def load(
-        cls, cfg: TrainConfig, train: ArraySet, with_map: Callable[[NDArray[np.float32]], Tensor]
-    ) -> _Synthetic:
-        if cfg.acgan is None:
-            return cls(None, [0] * len(CLASSES), cfg.size, cfg.seed, with_map)
-        from trainer.acgan import balance_counts, check_same_data, load_generator
-
-        generator, summary = load_generator(cfg.acgan)
-        check_same_data(summary, cfg.manifests)
-        per_class = balance_counts(train.class_counts())
-        source = {
-            "acgan_size": summary["settings"]["size"],
-            "acgan_epochs": summary["epochs_run"],
-            "acgan_manifests": summary["manifests"],
-        }
-        return cls(generator, per_class, cfg.size, cfg.seed, with_map, source)
-
-    def epoch(self, epoch: int, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        """This epoch's training inputs and labels: the real ones, then the synthetic."""
-        if self.generator is None or not self.total:
-            return x, y
-        from trainer.acgan import synthesize
-
-        images, labels = synthesize(
-            self.generator, self.per_class, self.size, seed=self.seed * 100_003 + epoch
-        )
-        return torch.cat([x, self.with_map(images[:, 0].numpy())]), torch.cat([y, labels])
-
-    def describe(self) -> dict[str, Any] | None:
-        """What the log and the bundle record: how many synthetic images per class."""
-        if self.generator is None:
-            return None
-        return {
-            "per_class_per_epoch": dict(zip(CLASSES, self.per_class, strict=True)),
-            **(self.source or {}),
-        }
 
 
 def _snapshot(

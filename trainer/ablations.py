@@ -228,7 +228,7 @@ def _finish_segmentation(
 
 def _provenance(args: argparse.Namespace, started: float) -> dict[str, Any]:
     """How long a variant took, on what, and when: the tail of every record."""
-    device = resolve(getattr(args, "device", "cpu"))
+    device = resolve(args.device)
     where = "" if device.type == "cpu" else f", training on {describe_device(device)}"
     return {
         "seconds": round(time.monotonic() - started, 1),

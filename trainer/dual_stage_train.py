@@ -235,7 +235,8 @@ def _stage_one(
             weights = inverse_frequency_weights(train_counts(ey))
         total = 0.0
         bar = EpochProgress(STAGE_ONE, epoch, cfg.epochs_cls, steps)
-        dev, w = model_device(model), to(weights, model_device(model))
+        dev = model_device(model)
+        w = to(weights, dev)
         for idx in _batches(len(ex), cfg.batch_size, gen):
             batch = to(augment_batch(ex[idx], gen, cfg.augment, intensity_channels=1), dev)
             labels = to(ey[idx], dev)
@@ -350,7 +351,8 @@ def _stage_two(
             weights = inverse_frequency_weights(train_counts(ey))
         total = 0.0
         bar = EpochProgress(STAGE_TWO, epoch, cfg.epochs_meta, steps)
-        dev, w = model_device(model), to(weights, model_device(model))
+        dev = model_device(model)
+        w = to(weights, dev)
         for idx in _batches(len(ex), cfg.batch_size, gen):
             batch = to(augment_batch(ex[idx], gen, cfg.augment, intensity_channels=1), dev)
             with torch.no_grad():

@@ -327,13 +327,14 @@ def train_classifier(
         if synthetic.total:  # balanced by the synthetic images: equal weights
             weights = inverse_frequency_weights(torch.bincount(ey, minlength=3).tolist())
         bar = EpochProgress("stage2", epoch, cfg.epochs_cls, steps)
+        w = to(weights, dev)  # once per epoch, not per batch
         for idx in _batches(len(ex), cfg.batch_size, gen):
             batch = to(augment_batch(ex[idx], gen, cfg.augment, intensity_channels=1), dev)
             logits = model(batch[:, :2])  # [image, lesion map]; a teacher's map is channel 2
             loss = F.cross_entropy(
                 logits,
                 to(ey[idx], dev),
-                weight=to(weights, dev),
+                weight=w,
                 label_smoothing=cfg.label_smoothing,
             )
             loss = loss if teacher is None else loss + teacher.classification_term(logits, batch)

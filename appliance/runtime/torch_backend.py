@@ -40,6 +40,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -77,7 +78,18 @@ def in_precision(model: Any, dtype: Any) -> Any:
     return model
 
 
+def nvidia_device_present(dev: Path = Path("/dev")) -> bool:
+    """Whether the kernel shows an NVIDIA GPU (`/dev/nvidia0`, ...: the driver's device
+    nodes, also inside a container given the GPU)."""
+    return any(dev.glob("nvidia[0-9]*"))
+
+
 def cuda_available() -> bool:
+    """Whether torch can run on a CUDA device. Without an NVIDIA device node it answers
+    False without importing torch: on a CPU node the import alone would keep about 250
+    MiB of the service's memory for a backend it cannot use."""
+    if not nvidia_device_present():
+        return False
     try:
         import torch
     except ImportError:

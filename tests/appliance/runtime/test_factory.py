@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,7 @@ from appliance.runtime.factory import (
     select_backend,
 )
 from appliance.runtime.onnx_backend import OnnxRuntimeBackend
+from appliance.runtime.torch_backend import nvidia_device_present
 
 
 def _has_cuda_torch() -> bool:
@@ -74,6 +77,30 @@ def test_torch_cuda_reason_names_the_missing_gpu(tiny_bundle_with_weights: Bundl
         pytest.skip("torch has CUDA here: the torch-cuda backend is available")
     with pytest.raises(BackendError, match="no CUDA device"):
         select_backend(tiny_bundle_with_weights, RuntimeConfig(backend="torch-cuda"))
+
+
+def test_without_an_nvidia_device_torch_is_not_imported(
+    tiny_bundle_with_weights: Bundle,
+) -> None:
+    """The torch-cuda check costs no torch import on a CPU node (about 250 MiB of the
+    service's memory, held for its whole life, for a backend it cannot use)."""
+    if nvidia_device_present():
+        pytest.skip("this machine has an NVIDIA device node: torch is rightly imported")
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from appliance.bundle import load_bundle\n"
+        "from appliance.config import RuntimeConfig\n"
+        "from appliance.runtime.factory import select_backend\n"
+        f"bundle = load_bundle(Path({str(tiny_bundle_with_weights.path)!r}))\n"
+        "backend, skipped = select_backend(bundle, RuntimeConfig(backend='auto'))\n"
+        "print(backend.name, [s.backend for s in skipped], 'torch' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert "'torch-cuda'" in done.stdout, done.stdout  # the check ran and was skipped
+    assert done.stdout.split()[-1] == "False", done.stdout
 
 
 @pytest.mark.parametrize("name", ["tensorrt", "onnxruntime-cuda"])

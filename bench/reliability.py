@@ -15,7 +15,14 @@ from pathlib import Path
 
 from bench.common import REPO_ROOT
 from bench.reliability_record import Record, _check, load, provenance
-from bench.reliability_runs import _generic, flatness, sigterm, sigterm_past_grace, soak
+from bench.reliability_runs import (
+    _generic,
+    flatness,
+    judged,
+    sigterm,
+    sigterm_past_grace,
+    soak,
+)
 
 FIGURES = REPO_ROOT / "docs" / "reliability"
 DOC = REPO_ROOT / "docs" / "RELIABILITY.md"
@@ -272,9 +279,10 @@ def summary(records: dict[str, Record]) -> list[str]:
         if name in records:
             f = records[name]["figures"]
             lat = f["latency_s"]
+            key, words = judged(f)
             out.append(
-                f"- Soak {f['duration_s'] / 60:.0f} min: PSS slope "
-                f"{f['slope_mib_per_h']['tree_pss']:+.1f} MiB/h "
+                f"- Soak {f['duration_s'] / 60:.0f} min: {words} slope "
+                f"{f['slope_mib_per_h'][key]:+.1f} MiB/h "
                 f"({flatness(f).split(':')[0]}); p95 latency "
                 f"{lat['first_tenth']['p95']:.2f} s first tenth, {lat['last_tenth']['p95']:.2f} s "
                 "last tenth."

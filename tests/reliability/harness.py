@@ -36,22 +36,33 @@ def _status_kib(pid: int, name: str) -> int | None:
     return None
 
 
-def _pss_kib(pid: int) -> int | None:
+def _rollup_kib(pid: int) -> dict[str, int]:
+    """The process's `Pss:` and `Anonymous:` from one read of its smaps_rollup (KiB; an
+    empty dict when it is gone or the kernel does not have the file)."""
     try:
         text = Path(f"/proc/{pid}/smaps_rollup").read_text()
     except OSError:
-        return None
+        return {}
+    out: dict[str, int] = {}
     for line in text.splitlines():
-        if line.startswith("Pss:"):
-            return int(line.split()[1])
-    return None
+        key, _, rest = line.partition(":")
+        if key in ("Pss", "Anonymous"):
+            out[key] = int(rest.split()[0])
+    return out
 
 
 @dataclass(frozen=True)
 class Sample:
     """One look at the node. Memory in bytes; `child_rss` is the largest child (the
     decoding sandboxes are the service's children) and `child_hwm` the largest peak RSS
-    (VmHWM) any child had reached by then."""
+    (VmHWM) any child had reached by then.
+
+    `tree_anon` is the tree's anonymous memory (heaps, arenas, stacks: what a leak grows),
+    summed over its processes. Unlike PSS it does not move when some other process that
+    maps the same libraries (a test runner, another venv's interpreter) starts or exits,
+    and unlike RSS it leaves out file pages the kernel may drop and read back: the figure
+    a leak criterion can rest on. The children are fresh interpreters, not forks, so no
+    page is counted twice."""
 
     at: float  # time.monotonic()
     main_rss: int
@@ -59,6 +70,7 @@ class Sample:
     child_hwm: int
     tree_rss: int
     tree_pss: int
+    tree_anon: int
     n_processes: int
     counts: dict[str, int] | None  # jobs by status, when the queue was read with it
 
@@ -90,21 +102,23 @@ class Sampler:
     _thread: threading.Thread | None = None
 
     def sample(self, with_queue: bool) -> Sample:
-        main_rss = child_rss = child_hwm = rss = pss = n = 0
+        main_rss = child_rss = child_hwm = rss = pss = anon = n = 0
         for p in descendants(self.pid):
             p_rss = _status_kib(p, "VmRSS")
             if p_rss is None:  # gone, or a zombie
                 continue
             n += 1
             rss += p_rss * _KIB
-            pss += (_pss_kib(p) or p_rss) * _KIB
+            rollup = _rollup_kib(p)
+            pss += rollup.get("Pss", p_rss) * _KIB
+            anon += rollup.get("Anonymous", _status_kib(p, "RssAnon") or 0) * _KIB
             if p == self.pid:
                 main_rss = p_rss * _KIB
             else:
                 child_rss = max(child_rss, p_rss * _KIB)
                 child_hwm = max(child_hwm, (_status_kib(p, "VmHWM") or 0) * _KIB)
         counts = job_counts(self.db) if with_queue and self.db is not None else None
-        return Sample(time.monotonic(), main_rss, child_rss, child_hwm, rss, pss, n, counts)
+        return Sample(time.monotonic(), main_rss, child_rss, child_hwm, rss, pss, anon, n, counts)
 
     def _run(self) -> None:
         i = 0

@@ -11,6 +11,7 @@ them. A run with no file yet is listed as not measured, with its command.
 from __future__ import annotations
 
 import argparse
+from datetime import datetime
 from pathlib import Path
 
 from bench.common import REPO_ROOT
@@ -215,13 +216,39 @@ writes this file from them. Nothing here is edited by hand.
 
 **The machine is shared.** The reference machine has 2 CPU cores shared with other
 engineers' test runs and a model training; the load average next to each figure says how
-busy it was (a load of 8 on 2 cores means a process gets about a quarter of a core). The
-other runs were measured while the hour-long soak ran beside them (so the soak's latency
-has their bumps in it, between its first and last tenths). Times and throughput here
-are therefore upper bounds for a dedicated machine; counts (exactly once, nothing lost)
-do not depend on it. For throughput on a quiet machine see
+busy it was (a load of 8 on 2 cores means a process gets about a quarter of a core).
+Times and throughput here are therefore upper bounds for a dedicated machine; counts
+(exactly once, nothing lost) do not depend on it. For throughput on a quiet machine see
 [`PERFORMANCE.md`](PERFORMANCE.md).
 """
+
+
+def overlaps(records: dict[str, Record]) -> list[str]:
+    """Which runs were measured while another of them ran (from their start and end times)."""
+    spans = {
+        name: (
+            datetime.fromisoformat(r["started_at"]),
+            datetime.fromisoformat(r["finished_at"]),
+        )
+        for name, r in records.items()
+        if r.get("started_at") and r.get("finished_at")
+    }
+    pairs = [
+        f"{a} with {b}"
+        for i, (a, (a0, a1)) in enumerate(sorted(spans.items()))
+        for b, (b0, b1) in sorted(spans.items())[i + 1 :]
+        if a0 < b1 and b0 < a1
+    ]
+    if not spans:
+        return []
+    if not pairs:
+        return ["No two of these runs overlapped in time (each ran without the others).", ""]
+    return [
+        "These runs overlapped in time, so each has the other's load in its figures: "
+        + "; ".join(pairs)
+        + ".",
+        "",
+    ]
 
 
 def summary(records: dict[str, Record]) -> list[str]:
@@ -291,7 +318,7 @@ def summary(records: dict[str, Record]) -> list[str]:
 
 
 def render(records: dict[str, Record]) -> str:
-    lines = [HEADER, *summary(records)]
+    lines = [HEADER, *overlaps(records), *summary(records)]
     fault_done = False
     for name, title, fn in SECTIONS:
         if name == "sigterm" and not fault_done:

@@ -84,3 +84,21 @@ def test_percentile_and_slope() -> None:
         percentile([], 50)
     with pytest.raises(ValueError, match="two or more"):
         slope([1.0], [1.0])
+
+
+def test_runs_that_overlapped_in_time_are_named_and_runs_apart_are_not() -> None:
+    def rec(start: str, end: str) -> dict[str, object]:
+        return {"started_at": start, "finished_at": end}
+
+    apart = {
+        "soak_hour": rec("2026-12-02T19:00:00+00:00", "2026-12-02T20:00:00+00:00"),
+        "burst": rec("2026-12-03T07:00:00+00:00", "2026-12-03T07:05:00+00:00"),
+    }
+    assert reliability.overlaps(apart) == [  # type: ignore[arg-type]
+        "No two of these runs overlapped in time (each ran without the others).",
+        "",
+    ]
+    beside = {**apart, "sigkill": rec("2026-12-02T19:30:00+00:00", "2026-12-02T19:40:00+00:00")}
+    (line, _) = reliability.overlaps(beside)  # type: ignore[arg-type]
+    assert "sigkill with soak_hour" in line
+    assert "burst" not in line

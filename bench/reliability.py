@@ -225,22 +225,19 @@ Times and throughput here are therefore upper bounds for a dedicated machine; co
 
 def overlaps(records: dict[str, Record]) -> list[str]:
     """Which runs were measured while another of them ran (from their start and end times)."""
-    spans = {
-        name: (
-            datetime.fromisoformat(r["started_at"]),
-            datetime.fromisoformat(r["finished_at"]),
-        )
+    spans = sorted(
+        (name, datetime.fromisoformat(r["started_at"]), datetime.fromisoformat(r["finished_at"]))
         for name, r in records.items()
         if r.get("started_at") and r.get("finished_at")
-    }
-    pairs = [
-        f"{a} with {b}"
-        for i, (a, (a0, a1)) in enumerate(sorted(spans.items()))
-        for b, (b0, b1) in sorted(spans.items())[i + 1 :]
-        if a0 < b1 and b0 < a1
-    ]
+    )
     if not spans:
         return []
+    pairs = [
+        f"{a} with {b}"
+        for i, (a, a0, a1) in enumerate(spans)
+        for b, b0, b1 in spans[i + 1 :]
+        if a0 < b1 and b0 < a1
+    ]
     if not pairs:
         return ["No two of these runs overlapped in time (each ran without the others).", ""]
     return [

@@ -133,7 +133,7 @@ def export_fame_bundle(
             "features are constant cannot be exported)"
         ) from None
     ood_threshold = threshold_at(stats.score(val_layers), OOD_FLAGGED_SHARE)
-    val_logits = classifier_logits(net, val_layers[-1])
+    val_logits = classifier_logits(net, val_layers)
     temperature = fit_temperature(val_logits, val.labels)
     calibration = {
         "temperature": round(temperature, 4),

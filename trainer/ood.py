@@ -172,17 +172,9 @@ class LayeredMahalanobisHead(nn.Module):
 def _graph_pass(
     net: FameNodeNet, image: Tensor
 ) -> tuple[Tensor, Tensor, Tensor | None, list[Tensor]]:
-    """One pass of the exported graph: (lesion_prob, classifier features, fold disagreement
-    or None, every OOD layer's features in `LAYER_NAMES` order)."""
-    segmenter = net.segmenter
-    uncertainty: Tensor | None = None
-    if isinstance(segmenter, FoldEnsemble):
-        lesion_prob, uncertainty, stats = segmenter.predict_with_stats(image)
-    else:
-        logits, stats = segmenter.forward_with_stats(image)
-        lesion_prob = torch.sigmoid(logits)
-    features = net.classifier.features(torch.cat([image, lesion_prob], dim=1))
-    return lesion_prob, features, uncertainty, [*stats, features]
+    """One pass of the exported graph (`FameNodeNet.graph_pass`): (lesion_prob, classifier
+    features, fold disagreement or None, every OOD layer's features in `LAYER_NAMES` order)."""
+    return net.graph_pass(image)
 
 
 def ood_features(
@@ -237,7 +229,7 @@ class FameNodeNetWithOOD(nn.Module):
     def forward(self, image: Tensor) -> tuple[Tensor, ...]:
         # One pass over the folds gives the mean map, their disagreement and the features.
         lesion_prob, features, uncertainty, layers = _graph_pass(self.net, image)
-        logits = self.net.classifier.classify_features(features)
+        logits = self.net.class_logits(features, layers)
         class_prob = torch.softmax(logits / self.temperature, dim=1)
         ood = self.ood_head(layers) if self.layered else self.ood_head(features)
         if uncertainty is None:
@@ -265,13 +257,14 @@ def segmentation_uncertainty(
     return np.concatenate(out)
 
 
-def classifier_logits(net: FameNodeNet, features: NDArray[np.float64]) -> NDArray[np.float64]:
-    """The classifier's logits from its pooled features (the last layer of `ood_features`)."""
+def classifier_logits(net: FameNodeNet, layers: list[NDArray[np.float64]]) -> NDArray[np.float64]:
+    """The class logits from every layer's features (`ood_features`), as the graph computes
+    them (`FameNodeNet.class_logits`: the probe's where the net has one)."""
     net.eval()
     dtype = next(net.classifier.parameters()).dtype
     with torch.no_grad():
-        f = torch.from_numpy(features).to(dtype)
-        return net.classifier.classify_features(f).double().numpy()
+        per_layer = [torch.from_numpy(f).to(dtype) for f in layers]
+        return net.class_logits(per_layer[-1], per_layer).double().numpy()
 
 
 def threshold_at(scores: NDArray[np.float64], flagged_share: float) -> float:

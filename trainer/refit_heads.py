@@ -20,13 +20,15 @@ import argparse
 import json
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from appliance.bundle import Bundle, load_bundle, sha256_file
+from appliance.bundle import Bundle, Manifest, load_bundle, sha256_file
 from appliance.errors import BundleError
-from trainer.data import load_datasets, manifest_label
+from trainer.data import ArraySet, load_datasets, manifest_label
+from trainer.models import FameNodeNet
 from trainer.weights import WEIGHTS_FILE, load_bundle_net
 
 # Written again by the export, from the refitted heads and the rebuilt model.
@@ -35,6 +37,21 @@ _REFITTED_KEYS = ("model", "calibration", "ood", "uncertainty")
 
 class RefitError(BundleError):
     """The bundle cannot be refitted on the data given (not its data, no weights)."""
+
+
+@dataclass(frozen=True)
+class Adaptation:
+    """What a caller changed in the rebuilt net before the export (`trainer.probe`): what
+    to say it did, its own record in ``training``, and the val figures that replace the old
+    bundle's (None: the old figures still hold)."""
+
+    what: str
+    training: dict[str, Any] = field(default_factory=dict)
+    evaluation: dict[str, Any] | None = None
+
+
+# Changes the net in place, given the bundle's train and val splits and its verified manifest.
+Adapt = Callable[[FameNodeNet, Mapping[str, ArraySet], Manifest], Adaptation]
 
 
 def check_data(bundle: Bundle, manifests: Sequence[Path]) -> None:
@@ -61,9 +78,18 @@ def check_data(bundle: Bundle, manifests: Sequence[Path]) -> None:
 
 
 def refit(
-    bundle_dir: Path, manifests: Sequence[Path], version: str, out: Path, cache_dir: Path
+    bundle_dir: Path,
+    manifests: Sequence[Path],
+    version: str,
+    out: Path,
+    cache_dir: Path,
+    *,
+    adapt: Adapt | None = None,
 ) -> Path:
-    """Export `bundle_dir`'s weights again as `version` at `out`, heads refitted; `out`."""
+    """Export `bundle_dir`'s weights again as `version` at `out`, heads refitted; `out`.
+
+    `adapt`, when given, changes the rebuilt net first (on the train and val splits only)
+    and says what it did; the heads are then fitted to the changed net."""
     from exporters.fame_bundle import BundleIdentity, export_fame_bundle
 
     bundle = load_bundle(bundle_dir)  # every file's sha256 checked before anything is read
@@ -75,14 +101,21 @@ def refit(
     check_data(bundle, manifests)
     net = load_bundle_net(bundle)
     data = load_datasets(list(manifests), m.preprocess_params(), cache_dir)
+    what = (
+        "out-of-distribution head (train split), its threshold and the calibration "
+        "temperature (val split) refitted by trainer.refit_heads; weights unchanged"
+    )
+    evaluation = m.evaluation
     training: dict[str, Any] = {k: v for k, v in m.training.items() if k not in _REFITTED_KEYS}
+    if adapt is not None:
+        change = adapt(net, {"train": data["train"], "val": data["val"]}, m)
+        what = f"{change.what}; then {what.replace('; weights unchanged', '')}"
+        training.update(change.training)
+        evaluation = evaluation if change.evaluation is None else change.evaluation
     training["refitted"] = {
         "from": f"{m.name}@{m.version}",
         "manifest_sha256": sha256_file(bundle.path / "manifest.json"),
-        "what": (
-            "out-of-distribution head (train split), its threshold and the calibration "
-            "temperature (val split) refitted by trainer.refit_heads; weights unchanged"
-        ),
+        "what": what,
     }
     with tempfile.TemporaryDirectory(prefix="fame-refit-") as tmp:
         extra: dict[str, Path] = {}
@@ -104,7 +137,7 @@ def refit(
             val=data["val"],
             work_dir=Path(tmp) / "work",
             training=training,
-            evaluation=m.evaluation,
+            evaluation=evaluation,
             extra_files=extra,
         )
 

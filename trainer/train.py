@@ -301,20 +301,7 @@ def export_checkpoint(cfg: TrainConfig, checkpoint: Path, log_path: Path) -> Pat
     log["busi_val"] = figures
     log_path.write_text(json.dumps(log, indent=1), encoding="utf-8")
     print(f"val: {json.dumps({k: v for k, v in figures.items() if k != 'confusion'})}")
-    evaluation: dict[str, Any] = {
-        key: round(float(figures[key]), 4)
-        for key in ("dice", "iou", "accuracy", "macro_f1", "macro_auc")
-    }
-    evaluation.update(
-        n=figures["n"],
-        fp_rate_normal=round(figures["fp_rate_normal"], 4),
-        note=(
-            "eager model on the val split at the network's 128x128 grid, after thresholding "
-            "and removing components under min_lesion_area_px; Dice / IoU are means over "
-            "images with a lesion; the mask threshold was chosen on this split"
-        ),
-        confusion=figures["confusion"],
-    )
+    evaluation = evaluation_record(figures)
     bundle = export_fame_bundle(
         net,
         cfg.out,
@@ -381,6 +368,25 @@ def export_checkpoint(cfg: TrainConfig, checkpoint: Path, log_path: Path) -> Pat
     )
     print(f"calibration: {_calibration_of(bundle)}", flush=True)
     return bundle
+
+
+def evaluation_record(figures: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's record of `validate`'s figures on the val split."""
+    evaluation: dict[str, Any] = {
+        key: round(float(figures[key]), 4)
+        for key in ("dice", "iou", "accuracy", "macro_f1", "macro_auc")
+    }
+    evaluation.update(
+        n=figures["n"],
+        fp_rate_normal=round(figures["fp_rate_normal"], 4),
+        note=(
+            "eager model on the val split at the network's 128x128 grid, after thresholding "
+            "and removing components under min_lesion_area_px; Dice / IoU are means over "
+            "images with a lesion; the mask threshold was chosen on this split"
+        ),
+        confusion=figures["confusion"],
+    )
+    return evaluation
 
 
 def _optimizer_text(cfg: TrainConfig, lr: float) -> str:

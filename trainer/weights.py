@@ -13,7 +13,10 @@ the classifier over ``[image, lesion_prob]``), GroupNorm throughout so DP-SGD ap
 The classifier is either the pre-activation ResNet (kind ``preact-resnet``, the shipped
 default) or the dual-stage ensemble (kind ``dual-stage``: profile name, backbones and every
 width, `trainer.models.dual_stage`); the record of a ``preact-resnet`` bundle is unchanged.
-The segmenter is one MAU-Net or a fold ensemble of them (kind ``mau-net-folds``).
+The segmenter is one MAU-Net or a fold ensemble of them (kind ``mau-net-folds``). A net
+with a layer probe (`trainer.models.probe`, its class logits over every layer's features)
+records it as ``probe`` (kind ``layer-probe`` and the widths of its layers); a net without
+one has no such key, so the record of earlier bundles is unchanged.
 
 The graph around the network (OOD head, temperature) is rebuilt by `trainer.graph`.
 """
@@ -32,9 +35,11 @@ from safetensors.torch import save as save_tensors
 from appliance.bundle import Bundle, BundleError
 from appliance.runtime.variants import WEIGHTS_FILE
 from trainer.models import (
+    PROBE_KIND,
     DualStageClassifier,
     FameNodeNet,
     FoldEnsemble,
+    LayerProbe,
     LesionClassifier,
     MAUNet,
 )
@@ -59,13 +64,14 @@ def architecture(
     spatial_attention: bool = True,
     folds: int = 1,
     classifier: Mapping[str, Any] | None = None,
+    probe: LayerProbe | None = None,
 ) -> dict[str, Any]:
     """The description `build_net` rebuilds a `FameNodeNet` from.
 
     `folds` > 1: the segmenter is a `FoldEnsemble` of that many MAU-Nets of this
     architecture (kind ``mau-net-folds``); 1 keeps the single MAU-Net's record as it was.
     `classifier`: another classifier's record (`dual_stage_record`), in place of the
-    pre-activation ResNet of `cls_widths` and `dropout`."""
+    pre-activation ResNet of `cls_widths` and `dropout`. `probe`: the net's layer probe."""
     segmenter: dict[str, Any] = {"kind": "mau-net", "in_channels": 1, "base_width": base_width}
     if folds > 1:
         segmenter.update(kind="mau-net-folds", folds=folds)
@@ -75,7 +81,7 @@ def architecture(
         segmenter["channel_attention"] = False
     if not spatial_attention:
         segmenter["spatial_attention"] = False
-    return {
+    record: dict[str, Any] = {
         "family": FAMILY,
         "version": ARCHITECTURE_VERSION,
         "segmenter": segmenter,
@@ -89,6 +95,13 @@ def architecture(
         },
         "norm": "group",
     }
+    if probe is not None:
+        record["probe"] = {
+            "kind": PROBE_KIND,
+            "widths": list(probe.widths),
+            "num_classes": probe.num_classes,
+        }
+    return record
 
 
 def dual_stage_record(cls: DualStageClassifier) -> dict[str, Any]:
@@ -112,6 +125,7 @@ def architecture_of(net: FameNodeNet) -> dict[str, Any]:
         "channel_attention": seg.channel_attention,
         "spatial_attention": seg.spatial_attention,
         "folds": seg.k if isinstance(seg, FoldEnsemble) else 1,
+        "probe": net.probe,
     }
     if isinstance(cls, DualStageClassifier):
         return architecture(
@@ -171,9 +185,19 @@ def build_net(arch: Mapping[str, Any]) -> FameNodeNet:
             else mau_net()
         )
         classifier = build_classifier(cls)
+        probe = build_probe(arch["probe"]) if "probe" in arch else None
     except (KeyError, TypeError, ValueError) as exc:
         raise WeightsError(f"architecture {dict(arch)!r} is incomplete or invalid: {exc}") from exc
-    return FameNodeNet(segmenter, classifier)
+    return FameNodeNet(segmenter, classifier, probe)
+
+
+def build_probe(record: Mapping[str, Any]) -> LayerProbe:
+    """The layer probe of `record`; ValueError / KeyError / TypeError for another one."""
+    if record.get("kind") != PROBE_KIND:
+        raise ValueError(f"unknown probe kind {record.get('kind')!r} (known: {PROBE_KIND})")
+    return LayerProbe(
+        tuple(int(w) for w in record["widths"]), num_classes=int(record["num_classes"])
+    )
 
 
 def weights_bytes(net: FameNodeNet) -> bytes:

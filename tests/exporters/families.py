@@ -174,6 +174,45 @@ class FoldEnsembleFamily:
         return seg + F.nll_loss(torch.log(class_prob.clamp_min(1e-8)), labels)
 
 
+class LayerProbeFamily:
+    """The exported graph of a layer-probe bundle (`trainer.probe`): `FameNodeNetWithOOD`
+    over a `FameNodeNet` whose class logits are its `LayerProbe`'s, over the layered OOD
+    head's six layers. The classifier's own last layer is unused there, and frozen as the
+    federation's fine-tuning freezes it (`trainer.federated.local_train`)."""
+
+    in_channels = 1
+    input_name = "image"
+    output_names: tuple[str, ...] = ("lesion_prob", "class_prob", "ood_score")
+
+    @classmethod
+    def build(cls) -> nn.Module:
+        import numpy as np
+
+        from trainer.models import LayerProbe
+        from trainer.ood import FameNodeNetWithOOD, LayeredOODStats, OODStats, ood_features
+
+        net = FameNodeNet(MAUNet(base_width=4), LesionClassifier(widths=(4, 8)))
+        widths = [f.shape[1] for f in ood_features(net, np.zeros((1, 32, 32), np.float32))]
+        net.probe = LayerProbe(tuple(widths))
+        net.classifier.fc.requires_grad_(False)
+        stats = LayeredOODStats(
+            layers=tuple(OODStats(means=np.eye(3, w), precision=np.eye(w)) for w in widths),
+            scales=tuple(1.0 for _ in widths),
+        )
+        return FameNodeNetWithOOD(net, stats, temperature=1.5)
+
+    @classmethod
+    def output_shapes(cls, n: int, s: int) -> tuple[tuple[int, ...], ...]:
+        return ((n, 1, s, s), (n, 3), (n,))
+
+    @classmethod
+    def loss(cls, model: nn.Module, x: Tensor) -> Tensor:
+        masks, labels = _targets(x.shape[0], x.shape[-1])
+        lesion_prob, class_prob, _ = model(x)
+        seg = F.binary_cross_entropy(lesion_prob.clamp(1e-6, 1 - 1e-6), masks)
+        return seg + F.nll_loss(torch.log(class_prob.clamp_min(1e-8)), labels)
+
+
 class ACGANGeneratorFamily:
     """The ACGAN generator (training only, never exported): it takes noise and class
     indices, so it declares its own `inputs`; its training loss here is the distance to
@@ -239,6 +278,7 @@ ALL_FAMILIES: tuple[type, ...] = (
     SingleBackboneFamily,
     CombinedDualStageFamily,
     FoldEnsembleFamily,
+    LayerProbeFamily,
     ACGANGeneratorFamily,
     ACGANDiscriminatorFamily,
 )

@@ -19,6 +19,7 @@ from tests.exporters.families import (
     CombinedFamily,
     DualStageFamily,
     FoldEnsembleFamily,
+    LayerProbeFamily,
     MAUNetFamily,
     SingleBackboneFamily,
 )
@@ -100,6 +101,10 @@ class TestCombinedDualStageExport(CombinedDualStageFamily, ExportParityContract)
 
 class TestFoldEnsembleExport(FoldEnsembleFamily, ExportParityContract):
     """All 4 outputs (lesion_prob, class_prob, ood_score, seg_uncertainty) within 1e-4."""
+
+
+class TestLayerProbeExport(LayerProbeFamily, ExportParityContract):
+    """The probe's class probabilities, with the lesion map and the OOD score, within 1e-4."""
 
 
 class _TracesDifferently(nn.Module):

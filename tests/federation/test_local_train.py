@@ -100,3 +100,27 @@ def test_dp_sgd_trains_every_model_family_and_leaves_unused_parameters_alone() -
         after = list(classifier.heads.parameters())
         assert all(torch.equal(a, b) for a, b in zip(after, heads, strict=True))
         assert all(p.requires_grad for p in net.parameters())
+
+
+def test_dp_sgd_fine_tunes_a_probe_net_through_its_probe() -> None:
+    # A layer-probe bundle (trainer.probe) classifies with its probe: the class loss reaches
+    # the probe and, through the layer statistics, the MAU-Net; the classifier's own last
+    # layer is unused, so it is frozen for the round and left as it was.
+    import torch
+
+    from trainer.models import LayerProbe
+    from trainer.ood import ood_features
+
+    data = _data(8)
+    settings = LocalSettings(epochs=1, batch_size=4, learning_rate=0.05)
+    torch.manual_seed(0)
+    net = build_net(architecture(4, (4, 8), 0.1))
+    widths = [f.shape[1] for f in ood_features(net, data.images[:1])]
+    net.probe = LayerProbe(tuple(widths))
+    fc = [p.detach().clone() for p in net.classifier.fc.parameters()]
+    probe = [p.detach().clone() for p in net.probe.parameters()]
+    result = train_local(net, data, settings, DpSgd(noise_multiplier=1.0, max_grad_norm=1.0))
+    assert result.dp is not None
+    assert all(torch.equal(a, b) for a, b in zip(net.classifier.fc.parameters(), fc, strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(net.probe.parameters(), probe, strict=True))
+    assert all(p.requires_grad for p in net.parameters())

@@ -93,9 +93,7 @@ class _TrainingView(nn.Module):
         self.net = net
 
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:
-        seg_logits = self.net.segmenter(image)
-        cls_logits = self.net.classifier(torch.cat([image, torch.sigmoid(seg_logits)], dim=1))
-        return seg_logits, cls_logits
+        return self.net.logits(image)
 
 
 def plan_round(n_examples: int, settings: LocalSettings) -> RoundPlan:

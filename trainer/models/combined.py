@@ -4,6 +4,9 @@
 (N, 1, S, S) and the softmax of the classifier's logits (N, 3), the classifier seeing
 ``[image, lesion_prob]``. This is what `exporters.onnx_export` exports as ``model.onnx``
 with input ``image`` and outputs ``lesion_prob`` and ``class_prob``.
+
+With a `LayerProbe` (`trainer.models.probe`) the class logits are the probe's, over every
+layer's features (`graph_pass`), and the classifier's own last layer is unused.
 """
 
 from __future__ import annotations
@@ -13,8 +16,9 @@ from torch import Tensor, nn
 
 from trainer.models.classifier import LesionClassifier
 from trainer.models.dual_stage import DualStageClassifier
-from trainer.models.fold_ensemble import FoldEnsemble
+from trainer.models.fold_ensemble import EPS, FoldEnsemble
 from trainer.models.mau_net import MAUNet
+from trainer.models.probe import LayerProbe
 
 INPUT_NAME = "image"
 OUTPUT_NAMES: tuple[str, str] = ("lesion_prob", "class_prob")
@@ -27,6 +31,7 @@ class FameNodeNet(nn.Module):
         self,
         segmenter: MAUNet | FoldEnsemble,
         classifier: LesionClassifier | DualStageClassifier,
+        probe: LayerProbe | None = None,
     ) -> None:
         super().__init__()
         if classifier.in_channels != segmenter.in_channels + 1:
@@ -36,8 +41,50 @@ class FameNodeNet(nn.Module):
             )
         self.segmenter = segmenter
         self.classifier = classifier
+        self.probe = probe
+
+    def graph_pass(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor | None, list[Tensor]]:
+        """One pass of the exported graph: (lesion_prob, the classifier's pooled features,
+        the folds' disagreement or None, every layer's features: the segmenter's activation
+        statistics (for a fold ensemble, its first fold's), then the classifier's features)."""
+        _, lesion_prob, features, uncertainty, layers = self._full_pass(image)
+        return lesion_prob, features, uncertainty, layers
+
+    def class_logits(self, features: Tensor, layers: list[Tensor]) -> Tensor:
+        """The class logits from `graph_pass`'s features: the probe's where there is one."""
+        if self.probe is not None:
+            return self.probe(layers)
+        return self.classifier.classify_features(features)
+
+    def logits(self, image: Tensor) -> tuple[Tensor, Tensor]:
+        """(lesion logits (N, 1, S, S), class logits (N, classes)): what training's losses
+        take (`forward` returns their probabilities)."""
+        if self.probe is None:
+            seg_logits = self.segmenter(image)
+            return seg_logits, self.classifier(torch.cat([image, torch.sigmoid(seg_logits)], 1))
+        seg_logits, _, features, _, layers = self._full_pass(image)
+        return seg_logits, self.class_logits(features, layers)
+
+    def _full_pass(
+        self, image: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, list[Tensor]]:
+        # (lesion logits, lesion_prob, classifier features, disagreement, layers). A fold
+        # ensemble's logits are those of its mean map, as `FoldEnsemble.forward` gives them.
+        segmenter = self.segmenter
+        uncertainty: Tensor | None = None
+        if isinstance(segmenter, FoldEnsemble):
+            lesion_prob, uncertainty, stats = segmenter.predict_with_stats(image)
+            seg_logits = torch.logit(lesion_prob.clamp(EPS, 1.0 - EPS))
+        else:
+            seg_logits, stats = segmenter.forward_with_stats(image)
+            lesion_prob = torch.sigmoid(seg_logits)
+        features = self.classifier.features(torch.cat([image, lesion_prob], dim=1))
+        return seg_logits, lesion_prob, features, uncertainty, [*stats, features]
 
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:
-        lesion_prob = torch.sigmoid(self.segmenter(image))
-        logits = self.classifier(torch.cat([image, lesion_prob], dim=1))
-        return lesion_prob, torch.softmax(logits, dim=1)
+        if self.probe is None:
+            lesion_prob = torch.sigmoid(self.segmenter(image))
+            logits = self.classifier(torch.cat([image, lesion_prob], dim=1))
+            return lesion_prob, torch.softmax(logits, dim=1)
+        lesion_prob, features, _, layers = self.graph_pass(image)
+        return lesion_prob, torch.softmax(self.class_logits(features, layers), dim=1)

@@ -1,0 +1,201 @@
+"""Fit a layer probe (`trainer.models.probe`) to a trained bundle and export it as a new one.
+
+``python -m trainer.probe --bundle DIR --manifest CSV [--manifest CSV...] --version V --out
+DIR`` rebuilds the bundle's net from its verified weights, computes every layer's features
+(the MAU-Net's activation statistics and the classifier's pooled features, `trainer.ood`)
+of the train split's images, and fits one linear layer on them by class-weighted
+cross-entropy with an L2 penalty (full-batch L-BFGS in float64: deterministic, no learning
+rate to tune). The penalty is chosen on the val split by macro AUC, as the mask threshold
+and the temperature are; test is not read. The net's weights are unchanged; the new bundle
+(`trainer.refit_heads`, which checks that the data are the bundle's own) classifies with
+the probe and has its heads fitted again: the temperature on the probe's val logits, the
+OOD head as before.
+
+Why: the classifier learns from about a thousand labels, the MAU-Net learnt from every
+pixel of their masks, and its encoder's statistics separate benign from malignant better
+than the classifier's own features do (docs/RESULTS.md, "The layer probe").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from numpy.typing import NDArray
+
+from appliance.bundle import Manifest
+from appliance.errors import BundleError
+from trainer.data import ArraySet
+from trainer.loops import classification_metrics, validate
+from trainer.models import CLASSES, FameNodeNet, LayerProbe
+from trainer.ood import LAYER_NAMES, ood_features
+from trainer.refit_heads import Adaptation, refit
+
+WEIGHT_DECAYS = (1e-3, 1e-2, 1e-1)  # the L2 penalties tried, chosen on val
+MAX_ITERATIONS = 500
+SCALE_FLOOR = 1e-6  # a feature that never varies on train is left unscaled
+
+
+def fit_probe(
+    layers: Sequence[NDArray[np.float64]],
+    labels: NDArray[np.int64],
+    weight_decay: float,
+    num_classes: int = len(CLASSES),
+) -> LayerProbe:
+    """A `LayerProbe` fitted on each layer's features (N, D_l) and their labels (N,).
+
+    Minimises the class-weighted cross-entropy (weights N / (K n_k), as the classifier's
+    training uses) plus ``weight_decay * ||W||^2`` over the standardised features."""
+    if weight_decay < 0:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+    x = np.concatenate([np.asarray(f, np.float64) for f in layers], axis=1)
+    y = np.asarray(labels, np.int64)
+    if len(x) != len(y) or len(x) < 2:
+        raise ValueError(f"need one label per row and at least 2 rows, got {x.shape}, {y.shape}")
+    counts = np.bincount(y, minlength=num_classes)
+    if (counts == 0).any():
+        raise ValueError(f"every class needs training cases, got counts {counts.tolist()}")
+    offset = x.mean(axis=0)
+    scale = x.std(axis=0)
+    scale[scale < SCALE_FLOOR] = 1.0
+    xs = torch.from_numpy((x - offset) / scale)
+    target = torch.from_numpy(y)
+    class_weight = torch.from_numpy(len(y) / (num_classes * counts.astype(np.float64)))
+    linear = torch.nn.Linear(x.shape[1], num_classes, dtype=torch.float64)
+    torch.nn.init.zeros_(linear.weight)
+    torch.nn.init.zeros_(linear.bias)
+    optimiser = torch.optim.LBFGS(
+        linear.parameters(), max_iter=MAX_ITERATIONS, line_search_fn="strong_wolfe"
+    )
+
+    def closure() -> torch.Tensor:
+        optimiser.zero_grad()
+        loss = F.cross_entropy(linear(xs), target, weight=class_weight)
+        loss = loss + weight_decay * linear.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    optimiser.step(closure)
+    probe = LayerProbe(tuple(int(f.shape[1]) for f in layers), num_classes=num_classes)
+    with torch.no_grad():
+        probe.offset.copy_(torch.from_numpy(offset))
+        probe.scale.copy_(torch.from_numpy(scale))
+        probe.linear.weight.copy_(linear.weight)
+        probe.linear.bias.copy_(linear.bias)
+    return probe.eval()
+
+
+def probe_logits(probe: LayerProbe, layers: Sequence[NDArray[np.float64]]) -> NDArray[np.float64]:
+    with torch.no_grad():
+        return probe([torch.from_numpy(f).float() for f in layers]).double().numpy()
+
+
+def choose_probe(
+    train: tuple[Sequence[NDArray[np.float64]], NDArray[np.int64]],
+    val: tuple[Sequence[NDArray[np.float64]], NDArray[np.int64]],
+    weight_decays: Sequence[float] = WEIGHT_DECAYS,
+) -> tuple[LayerProbe, float, dict[str, dict[str, float]]]:
+    """The probe of the penalty with the best val macro AUC (ties: the larger penalty),
+    the penalty, and every penalty's val figures."""
+    if not weight_decays:
+        raise ValueError("no weight decay to try")
+    sweep: dict[str, dict[str, float]] = {}
+    best: tuple[float, float, LayerProbe] | None = None
+    for wd in sorted(weight_decays, reverse=True):
+        probe = fit_probe(train[0], train[1], wd)
+        probs = torch.softmax(torch.from_numpy(probe_logits(probe, val[0])), dim=1).numpy()
+        figures = classification_metrics(probs.astype(np.float32), val[1])
+        auc = float(figures["macro_auc"])
+        sweep[str(wd)] = {
+            "macro_auc": round(auc, 4),
+            "macro_f1": round(float(figures["macro_f1"]), 4),
+            "accuracy": round(float(figures["accuracy"]), 4),
+        }
+        if best is None or auc > best[0]:
+            best = (auc, wd, probe)
+    assert best is not None
+    return best[2], best[1], sweep
+
+
+def add_probe(
+    net: FameNodeNet,
+    data: Mapping[str, ArraySet],
+    min_area_px: float,
+    weight_decays: Sequence[float] = WEIGHT_DECAYS,
+) -> Adaptation:
+    """Fit the probe on ``data["train"]``, choose its penalty on ``data["val"]``, and set it
+    as `net`'s (in place); what the bundle records of it."""
+    train, val = data["train"], data["val"]
+    net.probe = None  # the features are the segmenter's and the classifier's, never a probe's
+    before = validate(net, val, min_area_px)
+    probe, wd, sweep = choose_probe(
+        (ood_features(net, train.images), train.labels),
+        (ood_features(net, val.images), val.labels),
+        weight_decays,
+    )
+    net.probe = probe
+    after = validate(net, val, min_area_px)
+    from trainer.train import evaluation_record
+
+    record: dict[str, Any] = {
+        "probe": {
+            "layers": list(LAYER_NAMES),
+            "features": sum(probe.widths),
+            "fit": (
+                "class-weighted cross-entropy + L2 on the standardised features of the train "
+                f"split ({len(train)} images, no augmentation), full-batch L-BFGS; penalty "
+                f"{wd} chosen on val by macro AUC from {list(weight_decays)}"
+            ),
+            "val_sweep": sweep,
+            "val_without_probe": {
+                k: round(float(before[k]), 4) for k in ("accuracy", "macro_f1", "macro_auc")
+            },
+        }
+    }
+    return Adaptation(
+        what=(
+            f"class logits from a layer probe over {len(LAYER_NAMES)} layers' features "
+            "fitted by trainer.probe (train split; penalty chosen on val); network weights "
+            "unchanged"
+        ),
+        training=record,
+        evaluation={"val": evaluation_record(after)},
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trainer.probe", description=__doc__)
+    parser.add_argument("--bundle", type=Path, required=True)
+    parser.add_argument("--manifest", type=Path, action="append", required=True)
+    parser.add_argument("--version", required=True, help="the new bundle's version")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--cache-dir", type=Path, default=Path(".cache"))
+    parser.add_argument("--threads", type=int, default=2)
+    a = parser.parse_args(argv)
+    torch.set_num_threads(a.threads)
+
+    def adapt(net: FameNodeNet, data: Mapping[str, ArraySet], manifest: Manifest) -> Adaptation:
+        change = add_probe(net, data, float(manifest.postprocessing["min_lesion_area_px"]))
+        print(f"probe: {json.dumps(change.training['probe'])}", flush=True)
+        return change
+
+    try:
+        out = refit(a.bundle, a.manifest, a.version, a.out, a.cache_dir, adapt=adapt)
+    except BundleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    m = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    val = {k: v for k, v in m["evaluation"]["val"].items() if k != "note"}
+    print(f"wrote {out}: val {json.dumps(val)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -18,11 +18,9 @@ than the classifier's own features do (docs/RESULTS.md, "The layer probe").
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,7 +34,7 @@ from trainer.data import ArraySet
 from trainer.loops import classification_metrics, validate
 from trainer.models import CLASSES, FameNodeNet, LayerProbe
 from trainer.ood import LAYER_NAMES, ood_features
-from trainer.refit_heads import Adaptation, refit
+from trainer.refit_heads import Adaptation, refit, refit_parser
 
 WEIGHT_DECAYS = (1e-3, 1e-2, 1e-1)  # the L2 penalties tried, chosen on val
 MAX_ITERATIONS = 500
@@ -171,12 +169,7 @@ def add_probe(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trainer.probe", description=__doc__)
-    parser.add_argument("--bundle", type=Path, required=True)
-    parser.add_argument("--manifest", type=Path, action="append", required=True)
-    parser.add_argument("--version", required=True, help="the new bundle's version")
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--cache-dir", type=Path, default=Path(".cache"))
+    parser = refit_parser("python -m trainer.probe", __doc__)
     parser.add_argument("--threads", type=int, default=2)
     a = parser.parse_args(argv)
     torch.set_num_threads(a.threads)

@@ -142,14 +142,20 @@ def refit(
         )
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trainer.refit_heads", description=__doc__)
+def refit_parser(prog: str, description: str | None) -> argparse.ArgumentParser:
+    """The options of a command that exports a bundle again on its own data (this one,
+    `trainer.probe`): --bundle, --manifest (repeated), --version, --out, --cache-dir."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--bundle", type=Path, required=True)
     parser.add_argument("--manifest", type=Path, action="append", required=True)
-    parser.add_argument("--version", required=True, help="the refitted bundle's version")
+    parser.add_argument("--version", required=True, help="the new bundle's version")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--cache-dir", type=Path, default=Path(".cache"))
-    a = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = refit_parser("python -m trainer.refit_heads", __doc__).parse_args(argv)
     try:
         out = refit(a.bundle, a.manifest, a.version, a.out, a.cache_dir)
     except BundleError as exc:

@@ -169,14 +169,6 @@ class LayeredMahalanobisHead(nn.Module):
         return (parts / self.scales[:, None]).mean(dim=0)
 
 
-def _graph_pass(
-    net: FameNodeNet, image: Tensor
-) -> tuple[Tensor, Tensor, Tensor | None, list[Tensor]]:
-    """One pass of the exported graph (`FameNodeNet.graph_pass`): (lesion_prob, classifier
-    features, fold disagreement or None, every OOD layer's features in `LAYER_NAMES` order)."""
-    return net.graph_pass(image)
-
-
 def ood_features(
     net: FameNodeNet, images: NDArray[np.float32], batch: int = 64
 ) -> list[NDArray[np.float64]]:
@@ -187,7 +179,7 @@ def ood_features(
     with torch.no_grad():
         for i in range(0, len(images), batch):
             x = torch.from_numpy(np.ascontiguousarray(images[i : i + batch, None]))
-            out.append([f.double().numpy() for f in _graph_pass(net, x)[3]])
+            out.append([f.double().numpy() for f in net.graph_pass(x)[3]])
     return [np.concatenate(layer) for layer in zip(*out, strict=True)]
 
 
@@ -228,7 +220,7 @@ class FameNodeNetWithOOD(nn.Module):
 
     def forward(self, image: Tensor) -> tuple[Tensor, ...]:
         # One pass over the folds gives the mean map, their disagreement and the features.
-        lesion_prob, features, uncertainty, layers = _graph_pass(self.net, image)
+        lesion_prob, features, uncertainty, layers = self.net.graph_pass(image)
         logits = self.net.class_logits(features, layers)
         class_prob = torch.softmax(logits / self.temperature, dim=1)
         ood = self.ood_head(layers) if self.layered else self.ood_head(features)

@@ -105,7 +105,7 @@ def choose_probe(
     if not weight_decays:
         raise ValueError("no weight decay to try")
     sweep: dict[str, dict[str, float]] = {}
-    best: tuple[float, float, LayerProbe] | None = None
+    fits: list[tuple[float, float, LayerProbe]] = []
     for wd in sorted(weight_decays, reverse=True):
         probe = fit_probe(train[0], train[1], wd)
         probs = torch.softmax(torch.from_numpy(probe_logits(probe, val[0])), dim=1).numpy()
@@ -116,10 +116,10 @@ def choose_probe(
             "macro_f1": round(float(figures["macro_f1"]), 4),
             "accuracy": round(float(figures["accuracy"]), 4),
         }
-        if best is None or auc > best[0]:
-            best = (auc, wd, probe)
-    assert best is not None
-    return best[2], best[1], sweep
+        fits.append((auc if np.isfinite(auc) else -np.inf, wd, probe))
+    # max keeps the first of equals: the larger penalty, as the fits are in that order.
+    _, wd, probe = max(fits, key=lambda fit: fit[0])
+    return probe, wd, sweep
 
 
 def add_probe(

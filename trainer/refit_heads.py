@@ -101,15 +101,15 @@ def refit(
     check_data(bundle, manifests)
     net = load_bundle_net(bundle)
     data = load_datasets(list(manifests), m.preprocess_params(), cache_dir)
-    what = (
+    heads = (
         "out-of-distribution head (train split), its threshold and the calibration "
-        "temperature (val split) refitted by trainer.refit_heads; weights unchanged"
+        "temperature (val split) refitted by trainer.refit_heads"
     )
-    evaluation = m.evaluation
+    what, evaluation = f"{heads}; weights unchanged", m.evaluation
     training: dict[str, Any] = {k: v for k, v in m.training.items() if k not in _REFITTED_KEYS}
     if adapt is not None:
         change = adapt(net, {"train": data["train"], "val": data["val"]}, m)
-        what = f"{change.what}; then {what.replace('; weights unchanged', '')}"
+        what = f"{change.what}; then {heads}"
         training.update(change.training)
         evaluation = evaluation if change.evaluation is None else change.evaluation
     training["refitted"] = {

@@ -285,7 +285,9 @@ def render_seeds(records: list[dict[str, Any]]) -> list[str]:
     lines = [
         "## The shipped recipe over seeds (generated from `docs/results/seeds/*.json`)",
         "",
-        f"The shipped model's training command run with {len(records)} seeds: {seeds}, each "
+        "The `python -m trainer.train` command of `make train` (the network; the layer probe "
+        f"`make train` fits after it is not in these figures) run with {len(records)} seeds: "
+        f"{seeds}, each "
         "measured by `python -m trainer.site_report` exactly as the tables above; mean ± SD "
         "(sample SD) over the seeds, the OOD share in percent.",
         "",

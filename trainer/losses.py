@@ -32,9 +32,9 @@ def dice_bce_loss(
     return dice_weight * soft_dice_loss(logits, target) + bce_weight * bce
 
 
-def inverse_frequency_weights(counts: Sequence[int]) -> Tensor:
+def inverse_frequency_weights(counts: Sequence[int], dtype: torch.dtype = torch.float32) -> Tensor:
     """Class weights ``n / (k * n_c)``: 1 for balanced classes, larger for minorities."""
     if not counts or min(counts) < 1:
         raise ValueError(f"every class needs at least one training example, got counts {counts}")
     total = float(sum(counts))
-    return torch.tensor([total / (len(counts) * c) for c in counts], dtype=torch.float32)
+    return torch.tensor([total / (len(counts) * c) for c in counts], dtype=dtype)

@@ -32,6 +32,7 @@ from appliance.bundle import Manifest
 from appliance.errors import BundleError
 from trainer.data import ArraySet
 from trainer.loops import classification_metrics, validate
+from trainer.losses import inverse_frequency_weights
 from trainer.models import CLASSES, FameNodeNet, LayerProbe
 from trainer.ood import LAYER_NAMES, ood_features
 from trainer.refit_heads import Adaptation, refit, refit_parser
@@ -57,15 +58,15 @@ def fit_probe(
     y = np.asarray(labels, np.int64)
     if len(x) != len(y) or len(x) < 2:
         raise ValueError(f"need one label per row and at least 2 rows, got {x.shape}, {y.shape}")
-    counts = np.bincount(y, minlength=num_classes)
-    if (counts == 0).any():
-        raise ValueError(f"every class needs training cases, got counts {counts.tolist()}")
+    # Raises ValueError for a class without training cases.
+    class_weight = inverse_frequency_weights(
+        np.bincount(y, minlength=num_classes).tolist(), dtype=torch.float64
+    )
     offset = x.mean(axis=0)
     scale = x.std(axis=0)
     scale[scale < SCALE_FLOOR] = 1.0
     xs = torch.from_numpy((x - offset) / scale)
     target = torch.from_numpy(y)
-    class_weight = torch.from_numpy(len(y) / (num_classes * counts.astype(np.float64)))
     linear = torch.nn.Linear(x.shape[1], num_classes, dtype=torch.float64)
     torch.nn.init.zeros_(linear.weight)
     torch.nn.init.zeros_(linear.bias)

@@ -83,8 +83,7 @@ class FameNodeNet(nn.Module):
 
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:
         if self.probe is None:
-            lesion_prob = torch.sigmoid(self.segmenter(image))
-            logits = self.classifier(torch.cat([image, lesion_prob], dim=1))
-            return lesion_prob, torch.softmax(logits, dim=1)
+            seg_logits, logits = self.logits(image)
+            return torch.sigmoid(seg_logits), torch.softmax(logits, dim=1)
         lesion_prob, features, _, layers = self.graph_pass(image)
         return lesion_prob, torch.softmax(self.class_logits(features, layers), dim=1)

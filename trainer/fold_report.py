@@ -3,7 +3,9 @@
 ``python -m trainer.fold_report --work-dir DIR --bundle models/default --out JSON`` reads
 the best-epoch fold MAU-Nets a ``--folds K`` run left in ``DIR/fold<i>/stage1.resume.pt``
 (weights-only, the trainer's own per-epoch checkpoints; a finished run clears them, so
-``--ensemble BUNDLE`` takes the folds of a verified fold-ensemble bundle instead), and
+``--ensemble BUNDLE`` takes the folds of a verified fold-ensemble bundle instead, and
+``--members BUNDLE BUNDLE...`` the MAU-Nets of verified single-model bundles, such as the
+seeds of one recipe each trained on the whole train split, as a seed ensemble), and
 measures on every site's test
 split, at the network grid: each fold alone, the ensemble's mean map, and the segmenter of
 the verified `bundle` (the shipped single MAU-Net). Every model's mask threshold is chosen
@@ -87,6 +89,39 @@ def bundle_folds(path: Path) -> tuple[list[MAUNet], list[dict[str, Any]]]:
 _FOLD_KEYS = ("epochs_run", "best_epoch", "held_out_dice")
 
 
+def member_bundles(paths: list[Path]) -> tuple[list[MAUNet], list[dict[str, Any]]]:
+    """The MAU-Nets of verified single-model bundles (several seeds of one recipe, each
+    trained on the whole train split) to average as one ensemble, and which bundle each is.
+    They must share their preprocessing: the maps are averaged pixel for pixel."""
+    if len(paths) < 2:
+        raise SystemExit(f"--members needs at least 2 bundles to average, got {len(paths)}")
+    members: list[MAUNet] = []
+    runs: list[dict[str, Any]] = []
+    first = None
+    for i, path in enumerate(paths):
+        bundle = load_bundle(path)
+        params = bundle.manifest.preprocess_params()
+        if first is not None and params != first:
+            raise SystemExit(
+                f"{path}: its preprocessing ({params}) is not the first member's ({first}); "
+                "an ensemble averages maps of the same grid"
+            )
+        first = params
+        segmenter = load_bundle_net(bundle).segmenter
+        if not isinstance(segmenter, MAUNet):
+            raise SystemExit(f"{path}: its segmenter is not one MAU-Net; name single models")
+        seed = bundle.manifest.training.get("seed")
+        runs.append(
+            {
+                "fold": i,
+                "name": f"{bundle.version_label}" + (f" (seed {seed})" if seed is not None else ""),
+                "seed": seed,
+            }
+        )
+        members.append(segmenter.eval())
+    return members, runs
+
+
 def probabilities(model: torch.nn.Module, images: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
     x = torch.from_numpy(np.ascontiguousarray(images[:, None]))
     with torch.no_grad():
@@ -97,9 +132,10 @@ def contender_figures(
     model: torch.nn.Module, val: ArraySet, sites: dict[str, ArraySet], min_area: float
 ) -> dict[str, Any]:
     """Threshold on val, then Dice / IoU per test site (`trainer.ablations.measure`)."""
-    threshold, _ = choose_threshold(probabilities(model, val.images), val.masks, min_area)
+    threshold, sweep = choose_threshold(probabilities(model, val.images), val.masks, min_area)
     return {
         "threshold": threshold,
+        "val_dice": round(float(sweep[threshold]["dice"]), 4),  # what the choice saw
         "sites": {
             name: measure(probabilities(model, a.images), a, threshold, min_area)
             for name, a in sites.items()
@@ -134,6 +170,12 @@ def main(argv: list[str] | None = None) -> int:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--work-dir", type=Path, help="the --folds run's folder")
     source.add_argument("--ensemble", type=Path, help="a fold-ensemble bundle")
+    source.add_argument(
+        "--members",
+        type=Path,
+        nargs="+",
+        help="single-model bundles (seeds of one recipe) averaged as one ensemble",
+    )
     parser.add_argument("--bundle", type=Path, required=True, help="the single model to compare")
     parser.add_argument("--manifest", type=Path, action="append", required=True)
     parser.add_argument("--base-width", type=int, default=16)
@@ -145,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     single = load_bundle_net(bundle).segmenter.eval()
     if a.ensemble is not None:
         members, runs = bundle_folds(a.ensemble)
+    elif a.members is not None:
+        members, runs = member_bundles(a.members)
     else:
         members, runs = load_folds(a.work_dir, a.base_width)
     ensemble = FoldEnsemble(members).eval()
@@ -155,10 +199,12 @@ def main(argv: list[str] | None = None) -> int:
         if len(a.manifest) > 1  # names are prefixed with their data set's folder
         else {a.manifest[0].parent.name: data["test"]}
     )
+    kind = "seed" if a.members is not None else "fold"
     contenders: dict[str, torch.nn.Module] = {
-        f"fold {r['fold'] + 1}": m for r, m in zip(runs, members, strict=True)
+        r.get("name", f"fold {r['fold'] + 1}"): m for r, m in zip(runs, members, strict=True)
     }
-    contenders["fold ensemble (mean map)"] = ensemble
+    mean_map = f"{kind} ensemble (mean map)"
+    contenders[mean_map] = ensemble
     contenders[f"single model ({bundle.version_label})"] = single
     # The node's own rule for what counts as a lesion (the compared bundle's).
     min_area = float(bundle.manifest.postprocessing["min_lesion_area_px"])
@@ -170,10 +216,11 @@ def main(argv: list[str] | None = None) -> int:
         "measured": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads",
         "size": bundle.manifest.preprocess_params().size,
+        "ensemble_of": kind,  # folds of the train split, or seeds each trained on all of it
         "folds": runs,
         "contenders": figures,
         "uncertainty": uncertainty_figures(
-            ensemble, figures["fold ensemble (mean map)"]["threshold"], sites, min_area
+            ensemble, figures[mean_map]["threshold"], sites, min_area
         ),
         "compared_bundle": bundle.version_label,
     }

@@ -79,19 +79,20 @@ def render_fold_reports(records: list[dict[str, Any]]) -> list[str]:
             for f in r["folds"]
             if "epochs_run" in f
         )
+        members = "seed" if r.get("ensemble_of") == "seed" else "fold"
         lines += [
-            "## Fold ensemble against its folds and the shipped model "
+            f"## {members.capitalize()} ensemble against its {members}s and the shipped model "
             "(generated from `docs/results/folds/`, `python -m trainer.fold_report`)",
             "",
             f"Measured {r['measured']} on {r['machine']}, {r['size']} px, test Dice at the "
             "network grid (mean over images with a lesion, 95 % bootstrap interval), each "
             f"model's mask threshold chosen on val." + (f" {folds}." if folds else ""),
             "",
-            "| model | " + " | ".join(TARGET_NAMES.get(k, k) for k in ABLATION_SITES) + " |",
-            "|---|" + "---|" * len(ABLATION_SITES),
+            "| model | val | " + " | ".join(TARGET_NAMES.get(k, k) for k in ABLATION_SITES) + " |",
+            "|---|---|" + "---|" * len(ABLATION_SITES),
         ]
         for name, c in r["contenders"].items():
-            cells = []
+            cells = [_f(c.get("val_dice"))]  # the Dice the threshold was chosen on
             for site in ABLATION_SITES:
                 m = c["sites"].get(site)
                 cells.append("n/a" if m is None else f"{_f(m['dice'])}{_ci(m['dice_ci95'])}")
@@ -105,7 +106,7 @@ def render_fold_reports(records: list[dict[str, Any]]) -> list[str]:
             ]
             lines += [
                 "",
-                "Spearman correlation of the folds' disagreement with each test image's Dice "
+                f"Spearman correlation of the {members}s' disagreement with each test image's Dice "
                 f"error (images with a lesion): {', '.join(parts)}.",
             ]
         lines.append("")
@@ -273,21 +274,35 @@ SEED_FIGURES = (  # (heading, where in a target's figures, digits)
 )
 
 
-def render_seeds(records: list[dict[str, Any]]) -> list[str]:
-    """The shipped recipe over seeds (`trainer.site_report` of each seed's bundle, in
-    ``docs/results/seeds/``): per test set the mean ± SD over the seeds of each figure, then
-    each seed's Dice and AUC."""
+# The tables over seeds: the folder under docs/results, the heading, what was run.
+SEED_TABLES: dict[str, tuple[str, str]] = {
+    "seeds": (
+        "The shipped recipe's network over seeds",
+        "The `python -m trainer.train` command of `make train` (the network; the layer probe "
+        "`make train` fits after it is not in these figures)",
+    ),
+    "seeds-probe": (
+        "The shipped bundle over seeds",
+        "`make train` in full: the `python -m trainer.train` command, then the layer probe "
+        "fitted by `python -m trainer.probe` on that network (the shipped bundle's recipe)",
+    ),
+}
+
+
+def render_seeds(records: list[dict[str, Any]], folder: str = "seeds") -> list[str]:
+    """A recipe over seeds (`trainer.site_report` of each seed's bundle, in
+    ``docs/results/<folder>/``, a key of `SEED_TABLES`): per test set the mean ± SD over the
+    seeds of each figure, then each seed's Dice and AUC."""
     if not records:
         return []
+    title, what = SEED_TABLES[folder]
     records = sorted(records, key=lambda r: (r.get("seed") is None, r.get("seed") or 0))
     seeds = ", ".join(f"{r.get('seed', 'n/a')} (`{r['model']}`)" for r in records)
     heads = [h for h, _, _ in SEED_FIGURES]
     lines = [
-        "## The shipped recipe over seeds (generated from `docs/results/seeds/*.json`)",
+        f"## {title} (generated from `docs/results/{folder}/*.json`)",
         "",
-        "The `python -m trainer.train` command of `make train` (the network; the layer probe "
-        f"`make train` fits after it is not in these figures) run with {len(records)} seeds: "
-        f"{seeds}, each "
+        f"{what} run with {len(records)} seeds: {seeds}, each "
         "measured by `python -m trainer.site_report` exactly as the tables above; mean ± SD "
         "(sample SD) over the seeds, the OOD share in percent.",
         "",
@@ -363,7 +378,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         lines += render_run(path.stem, data, links)
     ablations = _load_all(a.results / "ablations")
-    lines += render_seeds(_load_all(a.results / "seeds"))
+    for folder in SEED_TABLES:
+        lines += render_seeds(_load_all(a.results / folder), folder)
     lines += render_ablations([r for r in ablations if r.get("kind") != "classifier_ablation"])
     lines += render_classifier_ablations(
         [r for r in ablations if r.get("kind") == "classifier_ablation"]

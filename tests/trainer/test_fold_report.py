@@ -46,3 +46,34 @@ def test_a_single_model_bundle_is_not_a_fold_ensemble(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="not a fold ensemble"):
         main(["--ensemble", str(single), "--bundle", str(single), "--manifest", "x.csv",
               "--out", str(tmp_path / "r.json")])  # fmt: skip
+
+
+def test_single_model_bundles_are_averaged_as_a_seed_ensemble(tmp_path: Path) -> None:
+    seeds = [
+        export_tiny(tiny_single_net(seed=s), tmp_path / f"seed{s}", name=f"tiny-seed{s}")
+        for s in (1, 2)
+    ]
+    manifest = write_tiny_busi(tmp_path / "busi", per_class=4)
+    out = tmp_path / "report.json"
+    code = main(
+        ["--members", *map(str, seeds), "--bundle", str(seeds[0]), "--manifest", str(manifest),
+         "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]
+    )  # fmt: skip
+    assert code == 0
+    record = json.loads(out.read_text())
+    assert record["ensemble_of"] == "seed"
+    names = list(record["contenders"])
+    assert names[:2] == ["tiny-seed1@0.0.1", "tiny-seed2@0.0.1"]
+    assert names[2] == "seed ensemble (mean map)"
+    for figures in record["contenders"].values():
+        assert 0.0 <= figures["val_dice"] <= 1.0  # what the threshold was chosen on
+    # The first member and the compared single model are one network: the same figures.
+    assert record["contenders"][names[0]] == record["contenders"][names[-1]]
+    assert record["uncertainty"]["busi"]["median"] > 0.0  # two seeds disagree
+    with pytest.raises(SystemExit, match="at least 2"):
+        main(["--members", str(seeds[0]), "--bundle", str(seeds[0]), "--manifest", str(manifest),
+              "--out", str(tmp_path / "r.json")])  # fmt: skip
+    folds = export_tiny(tiny_fold_net(k=2), tmp_path / "folds")
+    with pytest.raises(SystemExit, match="not one MAU-Net"):
+        main(["--members", str(seeds[0]), str(folds), "--bundle", str(seeds[0]),
+              "--manifest", str(manifest), "--out", str(tmp_path / "r.json")])  # fmt: skip

@@ -14,7 +14,7 @@ import torch
 from appliance.bundle import load_bundle
 from tests.trainer.tinybundle import make_tiny_bundle
 from trainer.graph import load_bundle_graph
-from trainer.probe import choose_probe, fit_probe, main, probe_logits
+from trainer.probe import SCALE_FLOOR, choose_probe, fit_probe, main, probe_logits
 from trainer.weights import load_bundle_net
 
 
@@ -25,7 +25,7 @@ def _blobs(n: int, seed: int) -> tuple[list[np.ndarray], np.ndarray]:
     a = rng.normal(size=(n, 4)) * 50.0 + 1000.0
     a[:, 0] = 1000.0 + rng.normal(size=n) * 5.0 + labels * 60.0  # far off zero, off scale
     b = rng.normal(size=(n, 3))
-    b[:, 2] = 7.0  # constant: left unscaled, not divided by zero
+    b[:, 2] = 7.0  # constant: divided by the floor, not by zero
     return [a, b], labels.astype(np.int64)
 
 
@@ -35,7 +35,7 @@ def test_a_probe_learns_separable_features_and_stores_their_standardisation() ->
     assert probe.widths == (4, 3)
     x = np.concatenate(layers, axis=1)
     np.testing.assert_allclose(probe.offset.numpy(), x.mean(axis=0), rtol=1e-6)
-    assert float(probe.scale[-1]) == 1.0  # the constant feature
+    assert float(probe.scale[-1]) == pytest.approx(SCALE_FLOOR)  # the constant feature
     test_layers, test_labels = _blobs(60, seed=1)
     accuracy = (probe_logits(probe, test_layers).argmax(axis=1) == test_labels).mean()
     assert accuracy > 0.9
@@ -46,6 +46,26 @@ def test_a_probe_learns_separable_features_and_stores_their_standardisation() ->
         probe([torch.zeros(2, 4)])
     with pytest.raises(ValueError, match="every class"):
         fit_probe(layers, np.zeros(90, np.int64), weight_decay=1e-3)
+
+
+def test_a_feature_that_barely_varies_on_train_is_not_blown_up_to_unit_spread() -> None:
+    # A nearly dead channel: its statistic varies by 1e-6 on train, float32 rounding's size.
+    # Divided by its own spread, an error that size in an engine would move the logits by
+    # whole units; under the floor it moves them by 1e-4 of a unit or less.
+    layers, labels = _blobs(90, seed=0)
+    rng = np.random.default_rng(4)
+    layers[1][:, 1] = 3e-5 + rng.normal(size=90) * 1e-6
+    probe = fit_probe(layers, labels, weight_decay=1e-3)
+    assert float(probe.scale[5]) == pytest.approx(SCALE_FLOOR)
+    assert float(probe.scale[0]) == pytest.approx(layers[0][:, 0].std(), rel=1e-6)
+    nudged = [layers[0].copy(), layers[1].copy()]
+    nudged[1][:, 1] += 1e-6  # the rounding of one feature
+    shift = np.abs(probe_logits(probe, nudged) - probe_logits(probe, layers)).max()
+    assert shift < 1e-4
+    free = fit_probe(layers, labels, weight_decay=1e-3, scale_floor=1e-9)
+    assert float(free.scale[5]) < 1e-5  # without the floor the feature is divided by 1e-6
+    with pytest.raises(ValueError, match="scale_floor"):
+        fit_probe(layers, labels, weight_decay=1e-3, scale_floor=0.0)
 
 
 def test_the_penalty_is_the_one_with_the_best_val_auc() -> None:

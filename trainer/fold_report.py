@@ -114,7 +114,7 @@ def member_bundles(paths: list[Path]) -> tuple[list[MAUNet], list[dict[str, Any]
         runs.append(
             {
                 "fold": i,
-                "name": f"{bundle.version_label}" + (f" (seed {seed})" if seed is not None else ""),
+                "name": bundle.version_label + (f" (seed {seed})" if seed is not None else ""),
                 "seed": seed,
             }
         )

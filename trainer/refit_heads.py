@@ -41,13 +41,15 @@ class RefitError(BundleError):
 
 @dataclass(frozen=True)
 class Adaptation:
-    """What a caller changed in the rebuilt net before the export (`trainer.probe`): what
-    to say it did, its own record in ``training``, and the val figures that replace the old
-    bundle's (None: the old figures still hold)."""
+    """What a caller changed in the rebuilt net before the export (`trainer.probe`,
+    `trainer.seed_ensemble`): what to say it did, its own record in ``training``, the val
+    figures that replace the old bundle's, and the mask threshold chosen on val for the
+    changed net (None: the old figures / threshold still hold)."""
 
     what: str
     training: dict[str, Any] = field(default_factory=dict)
     evaluation: dict[str, Any] | None = None
+    mask_threshold: float | None = None
 
 
 # Changes the net in place, given the bundle's train and val splits and its verified manifest.
@@ -106,12 +108,14 @@ def refit(
         "temperature (val split) refitted by trainer.refit_heads"
     )
     what, evaluation = f"{heads}; weights unchanged", m.evaluation
+    threshold = float(m.postprocessing["mask_threshold"])
     training: dict[str, Any] = {k: v for k, v in m.training.items() if k not in _REFITTED_KEYS}
     if adapt is not None:
         change = adapt(net, {"train": data["train"], "val": data["val"]}, m)
         what = f"{change.what}; then {heads}"
         training.update(change.training)
         evaluation = evaluation if change.evaluation is None else change.evaluation
+        threshold = threshold if change.mask_threshold is None else change.mask_threshold
     training["refitted"] = {
         "from": f"{m.name}@{m.version}",
         "manifest_sha256": sha256_file(bundle.path / "manifest.json"),
@@ -130,7 +134,7 @@ def refit(
                 name=m.name,
                 version=version,
                 preprocessing=m.preprocessing,
-                mask_threshold=float(m.postprocessing["mask_threshold"]),
+                mask_threshold=threshold,
                 min_lesion_area_px=float(m.postprocessing["min_lesion_area_px"]),
             ),
             train=data["train"],

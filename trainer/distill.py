@@ -120,6 +120,15 @@ def check_preprocessing(bundle: Bundle, cfg: TrainConfig) -> None:
         )
 
 
+def segmenter_kind(bundle: Bundle, seg: object) -> str:
+    """What the teacher's segmenter is, in words: one MAU-Net, or an ensemble of folds (the
+    FAME cross-validation) or of seeds (`trainer.seed_ensemble`)."""
+    if not isinstance(seg, FoldEnsemble):
+        return "MAU-Net"
+    of = "seed" if "seed_ensemble" in bundle.manifest.training else "fold"
+    return f"{seg.k}-{of} MAU-Net ensemble"
+
+
 def distilled_from(bundle: Bundle, net: FameNodeNet, cfg: TrainConfig) -> dict[str, Any]:
     """What the student bundle's manifest records of its teacher and the soft terms."""
     seg = net.segmenter
@@ -127,9 +136,7 @@ def distilled_from(bundle: Bundle, net: FameNodeNet, cfg: TrainConfig) -> dict[s
         "name": bundle.manifest.name,
         "version": bundle.manifest.version,
         "manifest_sha256": sha256_bytes(bundle.manifest_bytes),
-        "segmenter": f"{seg.k}-fold MAU-Net ensemble"
-        if isinstance(seg, FoldEnsemble)
-        else "MAU-Net",
+        "segmenter": segmenter_kind(bundle, seg),
         "signature": None if bundle.signature is None else bundle.signature.fingerprint,
         "weight": cfg.distil_weight,
         "temperature": cfg.distil_temperature,

@@ -12,6 +12,7 @@ import torch
 from appliance.bundle import load_bundle
 from tests.trainer.test_train import write_tiny_busi
 from tests.trainer.tinybundle import tiny_config
+from trainer.distill import segmenter_kind
 from trainer.models import FoldEnsemble
 from trainer.probe import main as probe_main
 from trainer.seed_ensemble import main
@@ -62,6 +63,8 @@ def test_the_bundle_averages_the_seeds_maps_and_records_them(
     # The seeds' disagreement is the graph's 4th output, with a threshold set on val.
     assert "uncertainty_threshold" in m.postprocessing
     assert "seg_uncertainty" in [o.name for o in m.outputs]
+    # A distillation from it records a teacher of seeds, not of folds.
+    assert segmenter_kind(bundle, net.segmenter) == "2-seed MAU-Net ensemble"
 
 
 def test_a_probed_bundle_or_a_single_member_is_refused(

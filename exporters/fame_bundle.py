@@ -54,6 +54,7 @@ from trainer.ood import (
     LayeredOODStats,
     classifier_logits,
     ood_features,
+    probe_features,
     segmentation_uncertainty,
     threshold_at,
 )
@@ -133,6 +134,8 @@ def export_fame_bundle(
             "features are constant cannot be exported)"
         ) from None
     ood_threshold = threshold_at(stats.score(val_layers), OOD_FLAGGED_SHARE)
+    if net.reads_lesion_means:  # the probe's inputs go beyond the OOD layers
+        val_layers = probe_features(net, val.images, lesion_means=True)
     val_logits = classifier_logits(net, val_layers)
     temperature = fit_temperature(val_logits, val.labels)
     calibration = {

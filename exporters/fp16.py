@@ -44,8 +44,9 @@ FP32_INPUT_SLOTS: dict[str, tuple[int, ...]] = {"Resize": (1, 2), "Upsample": (1
 _TYPED_BY_ATTRIBUTE = {"Cast", "Constant", "ConstantOfShape"}
 _UNSUPPORTED = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "EyeLike"}
 # The out-of-distribution score stays float32: its head (`trainer.ood`, ``ood_head``) and
-# the MAU-Net's activation statistics it reads (``MAUNet.ood_stats``).
-DEFAULT_KEEP_FP32: tuple[str, ...] = ("/ood_head", "/ood_stats")
+# the MAU-Net's activation statistics it reads (``MAUNet.ood_stats``), and the layer probe's
+# lesion means (``FameNodeNet.lesion_means``: weighted sums over the image).
+DEFAULT_KEEP_FP32: tuple[str, ...] = ("/ood_head", "/ood_stats", "/lesion_means")
 FP16_TOLERANCE = 2e-2  # on probabilities in [0, 1]; relative on values beyond 1
 FP16_SUFFIX = ".fp16.onnx"
 

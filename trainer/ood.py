@@ -174,12 +174,22 @@ def ood_features(
 ) -> list[NDArray[np.float64]]:
     """Every OOD layer's features of preprocessed images (N, S, S), eval mode: one
     (N, D_l) array per layer of `LAYER_NAMES`, computed as the exported graph does."""
+    return probe_features(net, images, lesion_means=False, batch=batch)
+
+
+def probe_features(
+    net: FameNodeNet, images: NDArray[np.float32], *, lesion_means: bool, batch: int = 64
+) -> list[NDArray[np.float64]]:
+    """What a layer probe reads of preprocessed images (N, S, S), eval mode: `ood_features`'
+    layers and, with `lesion_means`, the MAU-Net's five level activations averaged inside
+    the lesion map (`trainer.models.probe.LesionMeans`), as the exported graph computes
+    them."""
     net.eval()
     out: list[list[NDArray[np.float64]]] = []
     with torch.no_grad():
         for i in range(0, len(images), batch):
             x = torch.from_numpy(np.ascontiguousarray(images[i : i + batch, None]))
-            out.append([f.double().numpy() for f in net.graph_pass(x)[3]])
+            out.append([f.double().numpy() for f in net.graph_pass(x, lesion_means)[3]])
     return [np.concatenate(layer) for layer in zip(*out, strict=True)]
 
 
@@ -223,7 +233,8 @@ class FameNodeNetWithOOD(nn.Module):
         lesion_prob, features, uncertainty, layers = self.net.graph_pass(image)
         logits = self.net.class_logits(features, layers)
         class_prob = torch.softmax(logits / self.temperature, dim=1)
-        ood = self.ood_head(layers) if self.layered else self.ood_head(features)
+        # The head scores the OOD layers; a lesion-means probe's inputs follow them.
+        ood = self.ood_head(layers[: len(LAYER_NAMES)]) if self.layered else self.ood_head(features)
         if uncertainty is None:
             return lesion_prob, class_prob, ood
         return lesion_prob, class_prob, ood, uncertainty
@@ -250,13 +261,15 @@ def segmentation_uncertainty(
 
 
 def classifier_logits(net: FameNodeNet, layers: list[NDArray[np.float64]]) -> NDArray[np.float64]:
-    """The class logits from every layer's features (`ood_features`), as the graph computes
-    them (`FameNodeNet.class_logits`: the probe's where the net has one)."""
+    """The class logits from every layer's features (`ood_features`; `probe_features` with
+    lesion means for a probe that reads them), as the graph computes them
+    (`FameNodeNet.class_logits`: the probe's where the net has one)."""
     net.eval()
     dtype = next(net.classifier.parameters()).dtype
     with torch.no_grad():
         per_layer = [torch.from_numpy(f).to(dtype) for f in layers]
-        return net.class_logits(per_layer[-1], per_layer).double().numpy()
+        # The classifier's pooled features are the last OOD layer, whatever follows them.
+        return net.class_logits(per_layer[len(LAYER_NAMES) - 1], per_layer).double().numpy()
 
 
 def threshold_at(scores: NDArray[np.float64], flagged_share: float) -> float:

@@ -282,9 +282,16 @@ SEED_TABLES: dict[str, tuple[str, str]] = {
         "`make train` fits after it is not in these figures)",
     ),
     "seeds-probe": (
+        "The whole-image probe over seeds",
+        "The `python -m trainer.train` command of `make train`, then the layer probe fitted "
+        "by `python -m trainer.probe --no-lesion-means` on that network (the recipe of "
+        "bundles 0.2.4 and 0.2.5)",
+    ),
+    "seeds-lesion": (
         "The shipped bundle over seeds",
         "`make train` in full: the `python -m trainer.train` command, then the layer probe "
-        "fitted by `python -m trainer.probe` on that network (the shipped bundle's recipe)",
+        "with lesion means fitted by `python -m trainer.probe` on that network (the shipped "
+        "bundle's recipe)",
     ),
 }
 

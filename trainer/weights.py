@@ -101,6 +101,8 @@ def architecture(
             "widths": list(probe.widths),
             "num_classes": probe.num_classes,
         }
+        if probe.lesion_means:  # recorded only where set: older bundles' records unchanged
+            record["probe"]["lesion_means"] = True
     return record
 
 
@@ -195,8 +197,13 @@ def build_probe(record: Mapping[str, Any]) -> LayerProbe:
     """The layer probe of `record`; ValueError / KeyError / TypeError for another one."""
     if record.get("kind") != PROBE_KIND:
         raise ValueError(f"unknown probe kind {record.get('kind')!r} (known: {PROBE_KIND})")
+    lesion_means = record.get("lesion_means", False)
+    if not isinstance(lesion_means, bool):
+        raise ValueError(f"the probe's lesion_means must be true or false, got {lesion_means!r}")
     return LayerProbe(
-        tuple(int(w) for w in record["widths"]), num_classes=int(record["num_classes"])
+        tuple(int(w) for w in record["widths"]),
+        num_classes=int(record["num_classes"]),
+        lesion_means=lesion_means,
     )
 
 

@@ -213,6 +213,30 @@ class LayerProbeFamily:
         return seg + F.nll_loss(torch.log(class_prob.clamp_min(1e-8)), labels)
 
 
+class LesionProbeFamily(LayerProbeFamily):
+    """A layer-probe graph whose probe also reads the MAU-Net's five levels averaged inside
+    the lesion map (`trainer.models.probe.LesionMeans`, ``trainer.probe``'s default): eleven
+    inputs, the OOD head still over the first six."""
+
+    @classmethod
+    def build(cls) -> nn.Module:
+        import numpy as np
+
+        from trainer.models import LayerProbe
+        from trainer.ood import FameNodeNetWithOOD, LayeredOODStats, OODStats, probe_features
+
+        net = FameNodeNet(MAUNet(base_width=4), LesionClassifier(widths=(4, 8)))
+        x = np.zeros((1, 32, 32), np.float32)
+        widths = [f.shape[1] for f in probe_features(net, x, lesion_means=True)]
+        net.probe = LayerProbe(tuple(widths), lesion_means=True)
+        net.classifier.fc.requires_grad_(False)
+        stats = LayeredOODStats(
+            layers=tuple(OODStats(means=np.eye(3, w), precision=np.eye(w)) for w in widths[:6]),
+            scales=tuple(1.0 for _ in widths[:6]),
+        )
+        return FameNodeNetWithOOD(net, stats, temperature=1.5)
+
+
 class ACGANGeneratorFamily:
     """The ACGAN generator (training only, never exported): it takes noise and class
     indices, so it declares its own `inputs`; its training loss here is the distance to
@@ -279,6 +303,7 @@ ALL_FAMILIES: tuple[type, ...] = (
     CombinedDualStageFamily,
     FoldEnsembleFamily,
     LayerProbeFamily,
+    LesionProbeFamily,
     ACGANGeneratorFamily,
     ACGANDiscriminatorFamily,
 )

@@ -19,7 +19,12 @@ from exporters.fp16 import (
     fp16_path,
 )
 from exporters.onnx_export import export_onnx
-from tests.exporters.families import ClassifierFamily, CombinedFamily, MAUNetFamily
+from tests.exporters.families import (
+    ClassifierFamily,
+    CombinedFamily,
+    LesionProbeFamily,
+    MAUNetFamily,
+)
 from trainer.models import FameNodeNet, LesionClassifier, MAUNet
 
 SIZE = 32
@@ -99,6 +104,31 @@ class TestClassifierFp16(ClassifierFamily, Fp16Contract):
 
 class TestCombinedFp16(CombinedFamily, Fp16Contract):
     pass
+
+
+class TestLesionProbeFp16(LesionProbeFamily, Fp16Contract):
+    def test_weights_are_fp16_and_half_the_size(self, converted: tuple[Path, Path, dict]) -> None:
+        # The OOD head's statistics stay float32 (kept); every other weight is float16.
+        def weights(path: Path) -> dict[str, onnx.TensorProto]:
+            return {t.name: t for t in onnx.load(str(path)).graph.initializer}
+
+        before, after = weights(converted[0]), weights(converted[1])
+        assert any("ood_head" in n and t.data_type == TensorProto.FLOAT for n, t in after.items())
+        network = [n for n in after if n.startswith("net.")]  # MAU-Net, classifier, probe
+        assert len(network) > 20
+        for name in network:
+            assert after[name].data_type == TensorProto.FLOAT16, name
+            assert len(after[name].raw_data) * 2 == len(before[name].raw_data), name
+
+    def test_the_lesion_means_run_in_fp32(self, converted: tuple[Path, Path, dict]) -> None:
+        # Weighted sums over every pixel: their scope is kept in float32 (DEFAULT_KEEP_FP32).
+        half = onnx.shape_inference.infer_shapes(onnx.load(str(converted[1])))
+        types = {v.name: v.type.tensor_type.elem_type for v in half.graph.value_info}
+        sums = [
+            n for n in half.graph.node if "/lesion_means" in n.name and n.op_type == "ReduceSum"
+        ]
+        assert len(sums) >= 5  # each level's weighted sum and weight sum
+        assert all(types[n.output[0]] == TensorProto.FLOAT for n in sums)
 
 
 # --------------------------------------------------------------------------- graph details

@@ -20,6 +20,7 @@ from tests.exporters.families import (
     DualStageFamily,
     FoldEnsembleFamily,
     LayerProbeFamily,
+    LesionProbeFamily,
     MAUNetFamily,
     SingleBackboneFamily,
 )
@@ -105,6 +106,10 @@ class TestFoldEnsembleExport(FoldEnsembleFamily, ExportParityContract):
 
 class TestLayerProbeExport(LayerProbeFamily, ExportParityContract):
     """The probe's class probabilities, with the lesion map and the OOD score, within 1e-4."""
+
+
+class TestLesionProbeExport(LesionProbeFamily, ExportParityContract):
+    """A probe that also reads the lesion means: all three outputs within 1e-4."""
 
 
 class _TracesDifferently(nn.Module):

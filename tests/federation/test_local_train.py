@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pytest
 
 from trainer.data import ArraySet
 from trainer.federated.local_train import DpSgd, LocalSettings, plan_round, train_local
@@ -102,21 +103,23 @@ def test_dp_sgd_trains_every_model_family_and_leaves_unused_parameters_alone() -
         assert all(p.requires_grad for p in net.parameters())
 
 
-def test_dp_sgd_fine_tunes_a_probe_net_through_its_probe() -> None:
+@pytest.mark.parametrize("lesion_means", [False, True], ids=["whole-image", "lesion-means"])
+def test_dp_sgd_fine_tunes_a_probe_net_through_its_probe(lesion_means: bool) -> None:
     # A layer-probe bundle (trainer.probe) classifies with its probe: the class loss reaches
-    # the probe and, through the layer statistics, the MAU-Net; the classifier's own last
-    # layer is unused, so it is frozen for the round and left as it was.
+    # the probe and, through the layer statistics (and the lesion means, where the probe
+    # reads them), the MAU-Net; the classifier's own last layer is unused, so it is frozen
+    # for the round and left as it was.
     import torch
 
     from trainer.models import LayerProbe
-    from trainer.ood import ood_features
+    from trainer.ood import probe_features
 
     data = _data(8)
     settings = LocalSettings(epochs=1, batch_size=4, learning_rate=0.05)
     torch.manual_seed(0)
     net = build_net(architecture(4, (4, 8), 0.1))
-    widths = [f.shape[1] for f in ood_features(net, data.images[:1])]
-    net.probe = LayerProbe(tuple(widths))
+    widths = [f.shape[1] for f in probe_features(net, data.images[:1], lesion_means=lesion_means)]
+    net.probe = LayerProbe(tuple(widths), lesion_means=lesion_means)
     fc = [p.detach().clone() for p in net.classifier.fc.parameters()]
     probe = [p.detach().clone() for p in net.probe.parameters()]
     result = train_local(net, data, settings, DpSgd(noise_multiplier=1.0, max_grad_norm=1.0))

@@ -14,8 +14,25 @@ import torch
 from appliance.bundle import load_bundle
 from tests.trainer.tinybundle import make_tiny_bundle
 from trainer.graph import load_bundle_graph
-from trainer.probe import SCALE_FLOOR, choose_probe, fit_probe, main, probe_logits
-from trainer.weights import load_bundle_net
+from trainer.models import FameNodeNet, LayerProbe, LesionClassifier, MAUNet
+from trainer.models.probe import LESION_EPS, LesionMeans
+from trainer.ood import (
+    LAYER_NAMES,
+    FameNodeNetWithOOD,
+    LayeredOODStats,
+    OODStats,
+    ood_features,
+    probe_features,
+)
+from trainer.probe import (
+    LESION_LAYER_NAMES,
+    SCALE_FLOOR,
+    choose_probe,
+    fit_probe,
+    main,
+    probe_logits,
+)
+from trainer.weights import architecture_of, build_probe, load_bundle_net
 
 
 def _blobs(n: int, seed: int) -> tuple[list[np.ndarray], np.ndarray]:
@@ -79,16 +96,79 @@ def test_the_penalty_is_the_one_with_the_best_val_auc() -> None:
     assert torch.equal(probe.linear.weight, fit_probe(*train, weight_decay=wd).linear.weight)
 
 
-@pytest.fixture(scope="module")
-def probed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(the tiny bundle, the probe bundle made from it)"""
+def test_lesion_means_average_each_level_inside_the_lesion_map() -> None:
+    # A level whose channel is 3 inside the lesion and 10 outside: the lesion's mean is 3
+    # (shrunk by the epsilon), at full resolution and on a level four times coarser.
+    pool = LesionMeans(scales=(1, 4))
+    prob = torch.zeros(2, 1, 16, 16)
+    prob[0, :, 4:12, 4:12] = 1.0  # image 0: a lesion; image 1: none
+    fine = torch.full((2, 1, 16, 16), 10.0)
+    fine[:, :, 4:12, 4:12] = 3.0
+    coarse = torch.full((2, 1, 4, 4), 10.0)
+    coarse[:, :, 1:3, 1:3] = 3.0
+    means = pool([fine, coarse], prob)
+    assert [tuple(m.shape) for m in means] == [(2, 1), (2, 1)]
+    for m, weight in zip(means, (64.0, 4.0), strict=True):  # the lesion's pixels per level
+        assert m[0, 0] == pytest.approx(3.0 * weight / (weight + LESION_EPS), rel=1e-6)
+        assert abs(float(m[1, 0])) < 1e-9  # an empty map: no lesion to average, ~0
+    with pytest.raises(ValueError, match="2 levels, expected 3"):
+        LesionMeans(scales=(1, 2, 4))([fine, coarse], prob)
+
+
+def test_the_graph_appends_the_lesion_means_after_the_ood_layers() -> None:
+    torch.manual_seed(0)
+    net = FameNodeNet(MAUNet(base_width=4), LesionClassifier(widths=(4, 8))).eval()
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 32, 32)).astype(np.float32)
+    plain = probe_features(net, x, lesion_means=False)
+    full = probe_features(net, x, lesion_means=True)
+    assert len(plain) == len(LAYER_NAMES) and len(full) == len(LAYER_NAMES) + 5
+    assert [f.shape[1] for f in full[len(LAYER_NAMES) :]] == [4, 8, 16, 32, 64]
+    for a, b in zip(plain, full, strict=False):
+        np.testing.assert_array_equal(a, b)  # the OOD layers are unchanged
+    np.testing.assert_array_equal(ood_features(net, x)[0], plain[0])
+    # A lesion-means probe makes the graph compute them; its OOD score is the same.
+    stats = LayeredOODStats(
+        layers=tuple(
+            OODStats(means=np.eye(3, f.shape[1]), precision=np.eye(f.shape[1])) for f in plain
+        ),
+        scales=tuple(1.0 for _ in plain),
+    )
+    without = FameNodeNetWithOOD(net, stats)(torch.from_numpy(x[:, None]))
+    net.probe = LayerProbe(tuple(f.shape[1] for f in full), lesion_means=True)
+    with_means = FameNodeNetWithOOD(net, stats)(torch.from_numpy(x[:, None]))
+    torch.testing.assert_close(with_means[2], without[2])
+    torch.testing.assert_close(with_means[0], without[0])
+    with pytest.raises(ValueError, match="lesion means"):
+        LayerProbe((4, 8), lesion_means=True)
+
+
+def test_the_weights_record_whether_the_probe_reads_lesion_means() -> None:
+    widths = (2, 2, 2, 2, 2, 2, 1, 1, 1, 1, 1)
+    old = {"kind": "layer-probe", "widths": list(widths[:6]), "num_classes": 3}
+    assert build_probe(old).lesion_means is False  # bundles 0.2.4 and 0.2.5
+    assert build_probe({**old, "widths": list(widths), "lesion_means": True}).lesion_means
+    with pytest.raises(ValueError, match="true or false"):
+        build_probe({**old, "lesion_means": "yes"})
+    net = FameNodeNet(MAUNet(base_width=4), LesionClassifier(widths=(4, 8)))
+    net.probe = LayerProbe(widths, lesion_means=True)
+    assert architecture_of(net)["probe"]["lesion_means"] is True
+    net.probe = LayerProbe(widths[:6])
+    assert "lesion_means" not in architecture_of(net)["probe"]
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["lesion-means", "whole-image"])
+def probed(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> tuple[Path, Path]:
+    """(the tiny bundle, the probe bundle made from it), with and without lesion means"""
     root = tmp_path_factory.mktemp("probe")
     bundle = make_tiny_bundle(root)
     out = root / "probed"
     csv = root / "busi" / "manifest.csv"
+    flags = [] if request.param else ["--no-lesion-means"]
     assert main(
         ["--bundle", str(bundle), "--manifest", str(csv), "--version", "0.0.2",
-         "--out", str(out), "--cache-dir", str(root / "cache"), "--threads", "1"]
+         "--out", str(out), "--cache-dir", str(root / "cache"), "--threads", "1", *flags]
     ) == 0  # fmt: skip
     return bundle, out
 
@@ -100,7 +180,10 @@ def test_the_probe_bundle_keeps_the_weights_and_records_the_probe(
     old, new = load_bundle(old_dir), load_bundle(new_dir)  # both verify
     arch = new.manifest.training["model"]
     assert arch["probe"]["kind"] == "layer-probe" and "probe" not in old.manifest.training["model"]
-    assert new.manifest.training["probe"]["layers"][-1] == "classifier"
+    lesion = bool(arch["probe"].get("lesion_means", False))
+    names = [*LAYER_NAMES, *(LESION_LAYER_NAMES if lesion else ())]
+    assert new.manifest.training["probe"]["layers"] == names
+    assert len(arch["probe"]["widths"]) == len(names)
     assert "layer probe" in new.manifest.training["refitted"]["what"]
     assert "val" in new.manifest.evaluation
     old_net, new_net = load_bundle_net(old), load_bundle_net(new)

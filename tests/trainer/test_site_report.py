@@ -109,8 +109,12 @@ def test_the_seeds_table_gives_mean_and_sd_over_the_seeds_reports() -> None:
     reports[0]["targets"]["busi"]["classification"]["ece"] = None
     assert "| n/a |" in "\n".join(render_seeds(reports))
     assert render_seeds([]) == []
-    # The network's table and the shipped bundle's (network + probe) say which recipe they are.
-    network, shipped = render_seeds(reports, "seeds")[0], render_seeds(reports, "seeds-probe")[0]
+    # The network's table, the whole-image probe's and the shipped bundle's (network + probe
+    # with lesion means) say which recipe they are.
+    network, whole = render_seeds(reports, "seeds")[0], render_seeds(reports, "seeds-probe")[0]
+    shipped = render_seeds(reports, "seeds-lesion")[0]
     assert "docs/results/seeds/" in network and "network" in network
-    assert "docs/results/seeds-probe/" in shipped and "shipped bundle" in shipped
-    assert "trainer.probe" in "\n".join(render_seeds(reports, "seeds-probe"))
+    assert "docs/results/seeds-probe/" in whole and "whole-image probe" in whole
+    assert "docs/results/seeds-lesion/" in shipped and "shipped bundle" in shipped
+    assert "--no-lesion-means" in "\n".join(render_seeds(reports, "seeds-probe"))
+    assert "lesion means" in "\n".join(render_seeds(reports, "seeds-lesion"))

@@ -101,10 +101,17 @@ class FoldEnsemble(nn.Module):
     def predict_with_stats(self, x: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
         """`predict` and the first fold model's activation statistics
         (`MAUNet.forward_with_stats`), from the same single pass over the folds."""
-        first, stats = cast(MAUNet, self.members[0]).forward_with_stats(x)
+        mean, spread, levels = self.predict_with_levels(x)
+        first = cast(MAUNet, self.members[0])
+        return mean, spread, [first.ood_stats(level) for level in levels]
+
+    def predict_with_levels(self, x: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """`predict` and the first fold model's level activations
+        (`MAUNet.forward_with_levels`), from the same single pass over the folds."""
+        first, levels = cast(MAUNet, self.members[0]).forward_with_levels(x)
         rest = [torch.sigmoid(m(x)) for m in self.members[1:]]
         probs = torch.stack([torch.sigmoid(first), *rest])
-        return probs.mean(dim=0), disagreement(probs), stats
+        return probs.mean(dim=0), disagreement(probs), levels
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.logit(self.fold_probs(x).mean(dim=0).clamp(EPS, 1.0 - EPS))

@@ -17,6 +17,9 @@ import torch
 from torch import Tensor, nn
 
 DEPTH = 4  # down-sampling levels: the input side must be divisible by 2**DEPTH
+# Each level's down-sampling against the input (`MAUNet.forward_with_levels`): the four
+# encoder levels, then the bottleneck.
+LEVEL_SCALES: tuple[int, ...] = tuple(2**i for i in range(DEPTH + 1))
 
 
 def group_norm(channels: int, max_groups: int = 8) -> nn.GroupNorm:
@@ -223,21 +226,30 @@ class MAUNet(nn.Module):
         (N, 2 C) per level, shallowest first (`layer_stats`). They describe the image's
         texture and contrast as the network sees it; the out-of-distribution score
         (`trainer.ood`) is fitted on them."""
+        logits, levels = self.forward_with_levels(x, keep_levels=keep_stats)
+        return logits, [self.ood_stats(level) for level in levels]
+
+    def forward_with_levels(
+        self, x: Tensor, keep_levels: bool = True
+    ) -> tuple[Tensor, list[Tensor]]:
+        """The logits and, with `keep_levels`, the activations the statistics are taken of:
+        each encoder level's output and the bottleneck's, (N, C_l, S / 2**l, S / 2**l),
+        shallowest first (`LEVEL_SCALES`)."""
         self.check_input(x)
         skips: list[Tensor] = []
-        stats: list[Tensor] = []
+        levels: list[Tensor] = []
         for encoder, attention in zip(self.encoders, self.skip_attention, strict=True):
             x = encoder(x)
-            if keep_stats:
-                stats.append(self.ood_stats(x))
+            if keep_levels:
+                levels.append(x)
             skips.append(attention(x))
             x = self.pool(x)
         x = self.bottleneck_attention(self.bottleneck(x))
-        if keep_stats:
-            stats.append(self.ood_stats(x))
+        if keep_levels:
+            levels.append(x)
         for decoder, skip in zip(self.decoders, reversed(skips), strict=True):
             x = decoder(x, skip)
-        return self.head(x), stats
+        return self.head(x), levels
 
 
 class LayerStats(nn.Module):

@@ -17,7 +17,7 @@ pixel of their masks, and its encoder's statistics separate benign from malignan
 than the classifier's own features do; and what the network sees inside the lesion adds to
 what it sees over the whole image (val macro AUC 0.880 -> 0.891 on 0.2.2's network, 0.868 ->
 0.875 on seed 2026's, 0.878 -> 0.896 on seed 2027's; docs/RESULTS.md, the paragraphs on 0.2.5
-and 0.2.7, with the test figures: better on Logiq 7, worse on Aplio 300).
+and 0.2.6, with the test figures: better on Logiq 7, worse on Aplio 300).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ A probe fitted with ``lesion_means`` also reads, for each of the MAU-Net's five 
 per-channel mean of its activations *inside the predicted lesion* (`LesionMeans`: weighted
 by the lesion probability, down-sampled to the level). The whole-image statistics mix the
 lesion with the tissue around it; these describe the lesion alone (docs/RESULTS.md, the
-paragraph on 0.2.7). They are the last five inputs, after the six layers above.
+paragraph on 0.2.6). They are the last five inputs, after the six layers above.
 
 Where a `FameNodeNet` has a probe, its class logits are the probe's and the classifier's own
 last layer is unused (the federation's fine-tuning freezes what the loss does not reach,

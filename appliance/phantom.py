@@ -88,6 +88,19 @@ class Phantom:
     spec: PhantomSpec
 
 
+def ood_check_specs() -> list[PhantomSpec]:
+    """The 24 phantoms a shipped model must flag out of distribution: four seeds by three
+    lesion echogenicities by two posterior patterns, none and shadow
+    (`tests/e2e/test_ood_shipped.py` checks the shipped bundle, `trainer.site_report`
+    measures every candidate)."""
+    return [
+        PhantomSpec(seed=s, echogenicity=e, posterior=p)
+        for s in range(4)
+        for e in (0.0, 0.25, 1.5)
+        for p in ("none", "shadow")
+    ]
+
+
 def make_phantom(spec: PhantomSpec) -> Phantom:
     """Generate the phantom described by `spec`; the same spec gives the same pixels."""
     anatomy_rng, lesion_rng, speckle_rng = np.random.default_rng(spec.seed).spawn(3)

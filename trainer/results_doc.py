@@ -63,6 +63,23 @@ def render_run(name: str, data: dict[str, Any], figures: dict[str, str] | None =
             f"file; in-distribution images flagged {100 * ood['in_distribution_flagged']:.1f} %, "
             f"non-breast frames flagged {100 * ood['out_frames_flagged']:.1f} %.",
         ]
+    phantoms = data.get("phantoms")  # reports since 2026-12-04
+    if phantoms:
+        missed = phantoms["missed"]
+        lines += [
+            "",
+            f"Ultrasound phantoms flagged: {phantoms['flagged']} of {phantoms['n']}"
+            + (
+                "."
+                if not missed
+                else " (not shippable: tests/e2e/test_ood_shipped.py requires all); passed: "
+                + ", ".join(
+                    f"seed {m['seed']} echogenicity {m['echogenicity']} {m['posterior']}"
+                    for m in missed
+                )
+                + "."
+            ),
+        ]
     if figures:
         links = ", ".join(f"[{TARGET_NAMES.get(k, k)}]({link})" for k, link in figures.items())
         lines += ["", f"Confusion matrix, ROC curves and reliability diagram: {links}."]

@@ -174,6 +174,24 @@ def ood_figures(
     }
 
 
+def phantom_figures(analyzer: Analyzer) -> dict[str, Any] | None:
+    """Which of the phantoms a shipped model must flag out of distribution
+    (`appliance.phantom.ood_check_specs`, the test tests/e2e/test_ood_shipped.py) this
+    bundle lets through to a diagnosis: a candidate with any is not shippable."""
+    if analyzer.ood_threshold is None:
+        return None
+    from appliance.phantom import make_phantom, ood_check_specs
+
+    specs = ood_check_specs()
+    analysed = analyzer.analyse([make_phantom(spec).image for spec in specs], None)
+    missed = [
+        {"seed": spec.seed, "echogenicity": spec.echogenicity, "posterior": spec.posterior}
+        for spec, r in zip(specs, analysed, strict=True)
+        if "out_of_distribution" not in r.diagnosis.flags
+    ]
+    return {"n": len(specs), "flagged": len(specs) - len(missed), "missed": missed}
+
+
 def flagged_share(scores: Sequence[float | None], threshold: float | None) -> float | None:
     """The share of `scores` above the OOD `threshold` (None: no threshold, or a model
     without the score)."""
@@ -238,6 +256,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: n={len(out.labels)} Dice {seg['dice']} AUC {cls['auc']}", flush=True)
     result["out_of_distribution"] = ood_figures(analyzer, inside, a.boot)
     print(f"out of distribution: {result['out_of_distribution']}", flush=True)
+    phantoms = result["phantoms"] = phantom_figures(analyzer)
+    if phantoms is not None and phantoms["missed"]:
+        print(
+            f"warning: {len(phantoms['missed'])} of {phantoms['n']} ultrasound phantoms pass the "
+            "out-of-distribution flag: this bundle fails tests/e2e/test_ood_shipped.py and "
+            f"must not ship ({phantoms['missed']})",
+            flush=True,
+        )
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     return 0

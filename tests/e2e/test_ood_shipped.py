@@ -19,7 +19,7 @@ from appliance.errors import InputError
 from appliance.evaluate import read_cases
 from appliance.io.reader import read_file
 from appliance.io.sample_data import ultrasound_sample_files
-from appliance.phantom import PhantomSpec, make_phantom
+from appliance.phantom import make_phantom, ood_check_specs
 from appliance.runtime import create_backend
 from tests.conftest import BUSI_MANIFEST, needs_busi
 
@@ -39,12 +39,8 @@ def _flagged(analyzer: Analyzer, frames: list[np.ndarray]) -> list[bool]:
 
 
 def test_ultrasound_phantoms_are_flagged(analyzer: Analyzer) -> None:
-    frames = [
-        make_phantom(PhantomSpec(seed=s, echogenicity=e, posterior=p)).image
-        for s in range(4)
-        for e in (0.0, 0.25, 1.5)
-        for p in ("none", "shadow")
-    ]
+    frames = [make_phantom(spec).image for spec in ood_check_specs()]
+    assert len(frames) == 24
     flagged = _flagged(analyzer, frames)
     assert all(flagged), f"{flagged.count(False)} of {len(frames)} phantoms not flagged"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from appliance.evaluate import CaseOutputs
-from trainer.site_report import bootstrap_ci, figures, flagged_share
+from trainer.site_report import bootstrap_ci, figures, flagged_share, phantom_figures
 
 CLASSES = ("normal", "benign", "malignant")
 
@@ -118,3 +118,34 @@ def test_the_seeds_table_gives_mean_and_sd_over_the_seeds_reports() -> None:
     assert "docs/results/seeds-lesion/" in shipped and "shipped bundle" in shipped
     assert "--no-lesion-means" in "\n".join(render_seeds(reports, "seeds-probe"))
     assert "lesion means" in "\n".join(render_seeds(reports, "seeds-lesion"))
+
+
+def test_the_report_names_the_phantoms_a_bundle_lets_past_the_ood_flag() -> None:
+    # The shipped bundle flags all 24 (tests/e2e/test_ood_shipped.py); a head that flags
+    # nothing (a threshold no score reaches) lets every one through, and each is named.
+    from appliance.analysis import Analyzer
+    from appliance.bundle import load_bundle
+    from appliance.config import RuntimeConfig, ThresholdsConfig
+    from appliance.runtime import create_backend
+
+    bundle = load_bundle(Path(__file__).resolve().parents[2] / "models" / "default")
+    backend = create_backend(bundle, RuntimeConfig(backend="onnxruntime-cpu"))
+    analyzer = Analyzer(bundle, backend, ThresholdsConfig())
+    assert phantom_figures(analyzer) == {"n": 24, "flagged": 24, "missed": []}
+    analyzer.ood_threshold = 1e12
+    blind = phantom_figures(analyzer)
+    assert blind is not None and blind["flagged"] == 0 and len(blind["missed"]) == 24
+    assert blind["missed"][0] == {"seed": 0, "echogenicity": 0.0, "posterior": "none"}
+    analyzer.ood_threshold = None  # a bundle without the score: nothing to measure
+    assert phantom_figures(analyzer) is None
+    # RESULTS.md says which a report's bundle let through, and that it is not shippable.
+    from trainer.results_doc import render_run
+
+    report = {
+        **{"model": "m@1", "measured": "2026-12-04", "machine": "x86_64", "split": "test"},
+        "bootstrap_resamples": 20,
+        **{"targets": {}, "phantoms": {**blind, "missed": blind["missed"][:1]}},
+    }
+    text = "\n".join(render_run("m", report))
+    assert "phantoms flagged: 0 of 24 (not shippable" in text
+    assert "seed 0 echogenicity 0.0 none" in text

@@ -123,7 +123,9 @@ def export_fame_bundle(
     net.eval()
     work_dir.mkdir(parents=True, exist_ok=True)
     layers = ood_features(net, train.images)
-    val_layers = ood_features(net, val.images)
+    # One pass over val: the OOD layers, then the lesion means where the probe reads them.
+    val_inputs = probe_features(net, val.images, lesion_means=net.reads_lesion_means)
+    val_layers = val_inputs[: len(LAYER_NAMES)]
     try:
         stats = LayeredOODStats.fit(layers, train.labels, val_layers)
     except ValueError as exc:
@@ -134,9 +136,7 @@ def export_fame_bundle(
             "features are constant cannot be exported)"
         ) from None
     ood_threshold = threshold_at(stats.score(val_layers), OOD_FLAGGED_SHARE)
-    if net.reads_lesion_means:  # the probe's inputs go beyond the OOD layers
-        val_layers = probe_features(net, val.images, lesion_means=True)
-    val_logits = classifier_logits(net, val_layers)
+    val_logits = classifier_logits(net, val_inputs)
     temperature = fit_temperature(val_logits, val.labels)
     calibration = {
         "temperature": round(temperature, 4),

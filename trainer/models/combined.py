@@ -93,12 +93,12 @@ class FameNodeNet(nn.Module):
         if isinstance(segmenter, FoldEnsemble):
             lesion_prob, uncertainty, levels = segmenter.predict_with_levels(image)
             seg_logits = torch.logit(lesion_prob.clamp(EPS, 1.0 - EPS))
-            first = cast(MAUNet, segmenter.members[0])
-            stats = [first.ood_stats(level) for level in levels]
+            measured = cast(MAUNet, segmenter.members[0])  # the levels are its first fold's
         else:
             seg_logits, levels = segmenter.forward_with_levels(image)
             lesion_prob = torch.sigmoid(seg_logits)
-            stats = [segmenter.ood_stats(level) for level in levels]
+            measured = segmenter
+        stats = [measured.ood_stats(level) for level in levels]
         features = self.classifier.features(torch.cat([image, lesion_prob], dim=1))
         layers = [*stats, features]
         if lesion_means:

@@ -176,20 +176,12 @@ def ood_figures(
 
 def phantom_figures(analyzer: Analyzer) -> dict[str, Any] | None:
     """Which of the phantoms a shipped model must flag out of distribution
-    (`appliance.phantom.ood_check_specs`, the test tests/e2e/test_ood_shipped.py) this
-    bundle lets through to a diagnosis: a candidate with any is not shippable."""
-    if analyzer.ood_threshold is None:
-        return None
-    from appliance.phantom import make_phantom, ood_check_specs
+    (`appliance.ood_phantoms`, the test tests/e2e/test_ood_shipped.py) this bundle lets
+    through to a diagnosis: a candidate with any is not shippable."""
+    from appliance.ood_phantoms import check_phantoms
 
-    specs = ood_check_specs()
-    analysed = analyzer.analyse([make_phantom(spec).image for spec in specs], None)
-    missed = [
-        {"seed": spec.seed, "echogenicity": spec.echogenicity, "posterior": spec.posterior}
-        for spec, r in zip(specs, analysed, strict=True)
-        if "out_of_distribution" not in r.diagnosis.flags
-    ]
-    return {"n": len(specs), "flagged": len(specs) - len(missed), "missed": missed}
+    check = check_phantoms(analyzer)
+    return None if check is None else check.to_dict()
 
 
 def flagged_share(scores: Sequence[float | None], threshold: float | None) -> float | None:

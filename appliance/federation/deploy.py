@@ -17,20 +17,27 @@ up by hand) does, trusting nothing in the files:
    there is no held-out case to judge on;
 3. exports it (`exporters.fame_bundle.export_fame_bundle`: OOD head fitted on the node's
    local train cases, threshold and temperature on its held-out ones; the running model's
-   mask threshold and minimum area) as ``<name>@<version>+fl.<run>.<round>``, whose
-   manifest records the federation (coordinator key, SuperLink), run, round, nodes,
-   strategy, privacy mode, epsilon and delta this node has spent, the digest of the
-   aggregated weights and the held-out figures of both models; signs it with the node's
-   own key (`appliance.models.node_key`); installs and activates it through the registry
-   (``actor = "federation"``), which the running service swaps in live.
-   Before it is signed the export gets the optimised variants the rest of the project
-   builds (`add_variants`): its FP16 ONNX (`exporters.variants.add_fp16`, checked against
-   the FP32 graph in ONNX Runtime) and, where this machine has a CUDA GPU and TensorRT,
-   the TensorRT engine for ``runtime.precision`` (`exporters.engines.engine_for`, into
-   the engine cache and the bundle's ``engines/``); the manifest lists each with its
-   sha256. Where one cannot be built (no GPU or TensorRT here; an FP16 graph that moves
-   an output past its tolerance) the model deploys without it and the manifest's
-   ``evaluation.variants`` says why; the runtime then runs the FP32 ONNX.
+   mask threshold and minimum area) as ``<name>@<version>+fl.<run>.<round>``, whose manifest
+   records the federation (coordinator key, SuperLink), run, round, nodes, strategy, privacy
+   mode, epsilon and delta this node has spent, the digest of the aggregated weights and the
+   held-out figures of both models; signs it with the node's own key
+   (`appliance.models.node_key`). Before it is signed the export gets the optimised variants
+   the rest of the project builds (`add_variants`): its FP16 ONNX
+   (`exporters.variants.add_fp16`, checked against the FP32 graph in ONNX Runtime) and,
+   where this machine has a CUDA GPU and TensorRT, the TensorRT engine for
+   ``runtime.precision`` (`exporters.engines.engine_for`, into the engine cache and the
+   bundle's ``engines/``); the manifest lists each with its sha256. Where one cannot be
+   built (no GPU or TensorRT here; an FP16 graph that moves an output past its tolerance)
+   the model deploys without it and the manifest's ``evaluation.variants`` says why; the
+   runtime then runs the FP32 ONNX.
+4. runs the export and the running model on the 24 ultrasound phantoms a shipped model
+   must flag out of distribution (`appliance.ood_phantoms`): refused, and the export
+   deleted, if the export lets one through to a diagnosis that the running model flags.
+   Its OOD head is fitted on the new network's own features, and a network can move what
+   the head flags (seed 2027's network of the shipped recipe let 3 of the 24 through,
+   docs/RESULTS.md); both counts are in the decision's figures;
+5. installs and activates it through the registry (``actor = "federation"``), which the
+   running service swaps in live.
 
 Every decision is one row of ``federation_models`` and a model-history event (``activated``
 or ``refused`` with the reason), which the audit log records with it.
@@ -53,6 +60,7 @@ from typing import Any
 from safetensors import SafetensorError
 from safetensors.numpy import load as load_numpy
 
+from appliance.analysis import Analyzer
 from appliance.bundle import MANIFEST_NAME, Bundle, load_bundle
 from appliance.config import NodeConfig, load_config
 from appliance.errors import FameNodeError
@@ -67,6 +75,8 @@ from appliance.federation.received import (
 from appliance.models.node_key import node_signing_key
 from appliance.models.registry import ModelRegistry
 from appliance.models.signing import SIGNATURE_NAME, sign_manifest
+from appliance.ood_phantoms import check_phantoms, describe
+from appliance.runtime import create_backend
 from exporters.fame_bundle import BundleIdentity, export_fame_bundle
 from trainer.federated import FederatedError, GlobalModelError
 from trainer.federated.evaluate import HeldoutScore, evaluate_heldout
@@ -120,6 +130,7 @@ def deploy_received(
             digest = verified.digest
             figures, data = _judge(config, running, verified.net)
             bundle = _export(config, running, received, verified, label, figures, data)
+            _check_phantoms(config, registry, running, bundle, figures)
             registry.install(bundle, ACTOR, _reason("installed", received))
             registry.activate(label, ACTOR, _reason("validated and activated", received))
         except Refused as why:
@@ -295,6 +306,50 @@ def _export(
     (bundle / SIGNATURE_NAME).write_bytes(sign_manifest(manifest, node_signing_key(config)))
     shutil.rmtree(out.with_name(out.name + ".work"), ignore_errors=True)
     return bundle
+
+
+def _check_phantoms(
+    config: NodeConfig,
+    registry: ModelRegistry,
+    running: Bundle,
+    exported: Path,
+    figures: dict[str, Any],
+) -> None:
+    """Refuse the export (and delete it) if its out-of-distribution flag lets through one
+    of the ultrasound phantoms the running model flags (`appliance.ood_phantoms`); the
+    counts of both go into `figures`."""
+    before = check_phantoms(_cpu_analyzer(config, running))
+    after = check_phantoms(_cpu_analyzer(config, registry.load(exported)))
+    figures["phantoms"] = {
+        "running": None if before is None else before.to_dict(),
+        "global": None if after is None else after.to_dict(),
+    }
+    if before is None:
+        return  # the running model flags nothing out of distribution: nothing to lose
+    lost = before.missed if after is None else after.lost_against(before)
+    if lost:
+        shutil.rmtree(exported, ignore_errors=True)  # signed by this node: leave no copy
+        raise Refused(
+            f"re-exported with its out-of-distribution head fitted on its own features, the "
+            f"global model lets {len(lost)} of the {len(before.specs)} ultrasound phantoms "
+            f"through to a diagnosis that the running {running.version_label} flags out of "
+            f"distribution ({[describe(s) for s in lost]}): it would diagnose images that are "
+            "not breast ultrasound from a known scanner; the running model stays",
+            figures,
+        )
+
+
+def _cpu_analyzer(config: NodeConfig, bundle: Bundle) -> Analyzer:
+    """`bundle` on ONNX Runtime CPU at the federation's thread cap: the phantom check runs
+    beside the node's own work and does not depend on a GPU being free."""
+    runtime = config.runtime.model_copy(
+        update={
+            "backend": "onnxruntime-cpu",
+            "intra_op_threads": config.federation.max_threads,
+            "micro_batch_on_cpu": False,
+        }
+    )
+    return Analyzer(bundle, create_backend(bundle, runtime), config.thresholds)
 
 
 def add_variants(config: NodeConfig, bundle_dir: Path) -> dict[str, Any]:

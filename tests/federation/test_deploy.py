@@ -105,6 +105,10 @@ def test_a_not_worse_global_model_is_exported_signed_and_swapped_in_live(
     assert bundle.manifest.training["dp"]["delta"] == 1e-5
     figures = bundle.manifest.evaluation["federation_heldout"]
     assert figures["global"]["n"] == figures["running"]["n"] > 0
+    # The phantom check ran on both models before the swap; its counts are in the decision.
+    phantoms = decision.figures["phantoms"]
+    assert phantoms["running"]["n"] == phantoms["global"]["n"] == 24
+    assert phantoms["global"]["flagged"] >= phantoms["running"]["flagged"]
     assert figures["running_model"] == running
     # The exported weights are the global model's, and the graph runs them.
     again = load_bundle_net(bundle)
@@ -161,3 +165,57 @@ def test_a_bad_signature_or_other_shapes_are_refused_and_never_exported(
     assert not exports.exists() or not any(exports.iterdir())
     with ReceivedModelStore(node.config.database_path) as store:
         assert {d.decision for d in store.decisions()} == {"refused"}
+
+
+def _phantom_cases(node: Node) -> None:
+    """Turn the node's local cases into ultrasound phantoms (other seeds than the check's,
+    the same echogenicities and posteriors): the OOD head a re-export fits on these learns
+    that a phantom is in distribution."""
+    import csv
+
+    from PIL import Image
+
+    from appliance.phantom import PhantomSpec, make_phantom
+
+    manifest = node.config.federation.manifests[0]
+    with manifest.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for i, row in enumerate(rows):
+        spec = PhantomSpec(
+            lesion="none" if row["label"] == "normal" else "ellipse",
+            echogenicity=(0.0, 0.25, 1.5)[i % 3],
+            posterior=("none", "shadow")[i % 2],
+            seed=100 + i,
+        )
+        phantom = make_phantom(spec)
+        Image.fromarray(phantom.image).save(manifest.parent / row["image"])
+        Image.fromarray(phantom.mask * 255).save(manifest.parent / row["masks"])
+
+
+def test_a_global_model_whose_ood_flag_lets_phantoms_through_is_refused(
+    node: Node, federation_keys: tuple[Path, Path]
+) -> None:
+    # The export refits the OOD head on the node's local cases; where those look like the
+    # phantoms, the re-exported model would diagnose phantoms the running model flags.
+    key, _ = federation_keys
+    _phantom_cases(node)
+    before = ModelRegistry(node.config).active_label()
+    net = node.running_net()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1e-4 * torch.randn_like(p))
+    _keep(node, net, key, run_id=81, label=1)
+    [decision] = deploy_pending(node.config)
+    phantoms = decision.figures.get("phantoms", {})
+    assert phantoms, f"the check did not run: {decision.decision}, {decision.reason}"
+    assert phantoms["running"]["flagged"] > 0, "the running model must flag some phantoms"
+    assert decision.decision == "refused", decision.reason
+    assert "ultrasound phantoms" in decision.reason and before in decision.reason
+    assert phantoms["global"]["flagged"] < phantoms["running"]["flagged"]
+    with ModelRegistry(node.config) as registry:
+        assert registry.active_label() == before
+        newest = registry.history(1)[0]
+        assert (newest.action, newest.model) == ("refused", decision.model)
+    # The refused export, signed with the node's own key, is not left behind.
+    exports = node.config.folder("work") / "federation" / "exports"
+    assert not (exports / str(decision.model)).exists()

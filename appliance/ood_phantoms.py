@@ -16,16 +16,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from appliance.analysis import Analyzer
 from appliance.phantom import PhantomSpec, make_phantom, ood_check_specs
 
 
 @dataclass(frozen=True)
 class PhantomCheck:
-    """Each phantom of `specs` and whether the model flagged it out of distribution."""
+    """Each phantom of `specs`, whether the model flagged it out of distribution, and its
+    OOD score over the bundle's threshold (above 1: flagged)."""
 
     specs: tuple[PhantomSpec, ...]
     flagged: tuple[bool, ...]
+    margins: tuple[float, ...] = ()
 
     @property
     def missed(self) -> list[PhantomSpec]:
@@ -43,13 +47,20 @@ class PhantomCheck:
         ]
 
     def to_dict(self) -> dict[str, Any]:
-        """``n``, ``flagged`` (a count) and ``missed`` (each by seed, echogenicity and
-        posterior): the form of the ``phantoms`` key of a site report."""
+        """``n``, ``flagged`` (a count), ``missed`` (each by seed, echogenicity and
+        posterior) and ``least_margin`` (the lowest score over the threshold: how near the
+        flag came to letting one through): the ``phantoms`` key of a site report."""
         return {
             "n": len(self.specs),
             "flagged": sum(self.flagged),
             "missed": [describe(s) for s in self.missed],
+            "least_margin": _least(self.margins),
         }
+
+
+def _least(margins: tuple[float, ...]) -> float | None:
+    known = [m for m in margins if np.isfinite(m)]
+    return round(min(known), 3) if known else None
 
 
 def describe(spec: PhantomSpec) -> dict[str, Any]:
@@ -67,4 +78,8 @@ def check_phantoms(
     chosen = tuple(ood_check_specs() if specs is None else specs)
     analysed = analyzer.analyse([make_phantom(spec).image for spec in chosen], None)
     flags = tuple("out_of_distribution" in r.diagnosis.flags for r in analysed)
-    return PhantomCheck(chosen, flags)
+    threshold = analyzer.ood_threshold
+    margins = tuple(
+        float("nan") if r.ood_score is None else float(r.ood_score) / threshold for r in analysed
+    )
+    return PhantomCheck(chosen, flags, margins)

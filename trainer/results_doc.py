@@ -70,6 +70,11 @@ def render_run(name: str, data: dict[str, Any], figures: dict[str, str] | None =
             "",
             f"Ultrasound phantoms flagged: {phantoms['flagged']} of {phantoms['n']}"
             + (
+                ""
+                if phantoms.get("least_margin") is None  # reports before the margin was kept
+                else f" (the lowest OOD score {phantoms['least_margin']:.2f} times the threshold)"
+            )
+            + (
                 "."
                 if not missed
                 else " (not shippable: tests/e2e/test_ood_shipped.py requires all); passed: "
@@ -376,6 +381,61 @@ def _machines(records: list[dict[str, Any]]) -> str:
     return f"Machine: {'; '.join(kinds)}{load} (shared with other work)."
 
 
+def render_ood_layers(records: list[dict[str, Any]]) -> list[str]:
+    """The candidate OOD heads (`trainer.ood_layers`), each on every network measured: what
+    it flags of the test images and how near it came to letting a phantom through."""
+    if not records:
+        return []
+
+    def phantoms(p: dict[str, Any] | None) -> str:
+        return "n/a" if p is None else f"{p['flagged']}/{p['n']} ({p['least_margin']:.2f})"
+
+    lines = [
+        "## Out-of-distribution heads over other layers (generated from "
+        "`docs/results/ood-layers/*.json`)",
+        "",
+        "`python -m trainer.ood_layers` on each network: each candidate head fitted on the "
+        "train split, its threshold flagging "
+        f"{_pct(records[0]['flagged_share_of_val'])} of val as the export sets it. Phantoms: "
+        "flagged of n, and in brackets the lowest score over the threshold (under 1: one got "
+        "through). The phantoms to choose on are 60 others than the 24 the shipped-model test "
+        "checks (`trainer.ood_layers.selection_specs`); the ultrasound frames are "
+        "pydicom-data's non-breast ones. Shipped bundles 0.2.1 to 0.2.7 score all six layers. "
+        f"Measured {', '.join(sorted({r['measured'][:10] for r in records}))}. "
+        f"{_machines(records)}",
+        "",
+        "| head | network | test flagged | phantoms to choose on | the 24 tested | "
+        "ultrasound frames | AUROC test vs frames |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for head in records[0]["heads"]:
+        for r in records:
+            h = r["heads"][head]
+            frames = h.get("ultrasound_frames")
+            lines.append(
+                f"| {head} | {r['model']} | {_pct(h['test_flagged'])} | "
+                f"{phantoms(h['selection_phantoms'])} | {phantoms(h['check_phantoms'])} | "
+                f"{'n/a' if frames is None else str(frames['flagged']) + '/' + str(frames['n'])} "
+                f"| {_f(h.get('auroc_test_vs_frames'))} |"
+            )
+    lines += [
+        "",
+        "Each layer alone, the lowest score over its threshold on the phantoms to choose on / "
+        "the 24 tested:",
+        "",
+        "| network | " + " | ".join(records[0]["single_layers"]) + " |",
+        "|---|" + "---|" * len(records[0]["single_layers"]),
+    ]
+    for r in records:
+        cells = [
+            f"{v['selection_phantoms']['least_margin']:.2f} / "
+            f"{v['check_phantoms']['least_margin']:.2f}"
+            for v in r["single_layers"].values()
+        ]
+        lines.append(f"| {r['model']} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
 def _load_all(folder: Path) -> list[dict[str, Any]]:
     """Every JSON record in `folder`, in file-name order (none where it does not exist)."""
     return [json.loads(p.read_text(encoding="utf-8")) for p in sorted(folder.glob("*.json"))]
@@ -410,6 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     lines += render_profiles(_load_all(a.results / "profiles"))
     lines += render_fold_reports(_load_all(a.results / "folds"))
+    lines += render_ood_layers(_load_all(a.results / "ood-layers"))
     a.out.write_text("\n".join(lines), encoding="utf-8")
     return 0
 

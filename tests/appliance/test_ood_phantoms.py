@@ -23,7 +23,11 @@ def test_lost_against_names_what_the_earlier_model_flagged_and_this_one_does_not
     assert before.lost_against(after) == [SPECS[1]]
     assert after.lost_against(after) == []
     assert after.missed == [SPECS[0]]
-    assert after.to_dict() == {"n": 3, "flagged": 2, "missed": [describe(SPECS[0])]}
+    assert after.to_dict() == {
+        **{"n": 3, "flagged": 2, "missed": [describe(SPECS[0])], "least_margin": None}
+    }
+    with_margins = PhantomCheck(SPECS, (False, True, True), (0.96, 1.5, float("nan")))
+    assert with_margins.to_dict()["least_margin"] == 0.96
     with pytest.raises(ValueError, match="different phantoms"):
         after.lost_against(PhantomCheck(SPECS[:2], (True, True)))
 

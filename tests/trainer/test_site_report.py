@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -131,10 +132,18 @@ def test_the_report_names_the_phantoms_a_bundle_lets_past_the_ood_flag() -> None
     bundle = load_bundle(Path(__file__).resolve().parents[2] / "models" / "default")
     backend = create_backend(bundle, RuntimeConfig(backend="onnxruntime-cpu"))
     analyzer = Analyzer(bundle, backend, ThresholdsConfig())
-    assert phantom_figures(analyzer) == {"n": 24, "flagged": 24, "missed": []}
+    shipped = phantom_figures(analyzer)
+    assert shipped is not None and shipped["least_margin"] > 1.0
+    assert shipped == {
+        "n": 24,
+        "flagged": 24,
+        "missed": [],
+        "least_margin": shipped["least_margin"],
+    }
     analyzer.ood_threshold = 1e12
     blind = phantom_figures(analyzer)
     assert blind is not None and blind["flagged"] == 0 and len(blind["missed"]) == 24
+    assert blind["least_margin"] == 0.0  # rounded: every score is far below 1e12
     assert blind["missed"][0] == {"seed": 0, "echogenicity": 0.0, "posterior": "none"}
     analyzer.ood_threshold = None  # a bundle without the score: nothing to measure
     assert phantom_figures(analyzer) is None
@@ -147,5 +156,37 @@ def test_the_report_names_the_phantoms_a_bundle_lets_past_the_ood_flag() -> None
         **{"targets": {}, "phantoms": {**blind, "missed": blind["missed"][:1]}},
     }
     text = "\n".join(render_run("m", report))
-    assert "phantoms flagged: 0 of 24 (not shippable" in text
+    assert "phantoms flagged: 0 of 24 (the lowest OOD score 0.00 times the threshold) (not" in text
+    shipped_text = "\n".join(render_run("m", {**report, "phantoms": shipped}))
+    low = f"{shipped['least_margin']:.2f}"
+    assert f"phantoms flagged: 24 of 24 (the lowest OOD score {low} times the threshold)." in (
+        shipped_text
+    )
     assert "seed 0 echogenicity 0.0 none" in text
+
+
+def test_the_ood_layer_candidates_are_tabled_per_network() -> None:
+    from trainer.results_doc import render_ood_layers
+
+    def head(flagged: int, least: float) -> dict[str, Any]:
+        return {
+            "test_flagged": 0.05,
+            "selection_phantoms": {"n": 60, "flagged": 60, "least_margin": 1.2},
+            "check_phantoms": {"n": 24, "flagged": flagged, "least_margin": least},
+            "ultrasound_frames": {"n": 34, "flagged": 34, "least_margin": 2.0},
+            "auroc_test_vs_frames": 0.995,
+        }
+
+    record = {
+        "model": "m@1",
+        "measured": "2026-12-04T22:30:00+00:00",
+        "machine": "x86_64 CPU",
+        "flagged_share_of_val": 0.05,
+        "heads": {"all six": head(21, 0.94), "encoders": head(24, 1.04)},
+        "single_layers": {"encoder1": head(24, 1.05), "classifier": head(0, 0.17)},
+    }
+    text = "\n".join(render_ood_layers([record]))
+    assert "| all six | m@1 | 5.0 % | 60/60 (1.20) | 21/24 (0.94) | 34/34 | 0.995 |" in text
+    assert "| encoders | m@1 | 5.0 % | 60/60 (1.20) | 24/24 (1.04) | 34/34 | 0.995 |" in text
+    assert "| m@1 | 1.20 / 1.05 | 1.20 / 0.17 |" in text
+    assert render_ood_layers([]) == []

@@ -64,9 +64,9 @@ train: $(VENV)/.dev
 		--work-dir .cache/train-multisite --out .cache/bundles/fame-node-multisite-0.2.2
 	$(PY) -m trainer.probe --bundle .cache/bundles/fame-node-multisite-0.2.2 \
 		--manifest ../shared/data/busi/manifest.csv \
-		--manifest ../shared/data/busbra/manifest.csv --version 0.2.6 --out models/default
-	$(PY) -m trainer.site_report --bundle models/default --out docs/results/fame-node-multisite-0.2.6.json
-	$(PY) -m trainer.figures --report docs/results/fame-node-multisite-0.2.6.json
+		--manifest ../shared/data/busbra/manifest.csv --version 0.2.8 --out models/default
+	$(PY) -m trainer.site_report --bundle models/default --out docs/results/fame-node-multisite-0.2.8.json
+	$(PY) -m trainer.figures --report docs/results/fame-node-multisite-0.2.8.json
 	$(PY) -m trainer.results_doc --intro docs/results/intro.md
 
 # The `paper` profile (never committed: about 0.5 GB): the three-fold MAU-Net ensemble and

@@ -48,6 +48,7 @@ from trainer.graph import HEADS_FILE, load_bundle_graph, save_heads
 from trainer.models import CLASSES, FameNodeNet
 from trainer.ood import (
     LAYER_NAMES,
+    OOD_LAYERS,
     OOD_OUTPUT,
     UNCERTAINTY_OUTPUT,
     FameNodeNetWithOOD,
@@ -92,6 +93,7 @@ def export_fame_bundle(
     evaluation: Mapping[str, Any],
     val_name: str = "val",
     extra_files: Mapping[str, Path] | None = None,
+    ood_layers: tuple[str, ...] = OOD_LAYERS,
 ) -> Path:
     """Write `net` as the bundle `out` and verify it; returns `out`.
 
@@ -99,6 +101,8 @@ def export_fame_bundle(
     and feeds the ONNX parity check (`val_name` says in the manifest what it was).
     `training` is the caller's provenance (data, optimiser, federation ...), `evaluation`
     its measured figures; `work_dir` holds the intermediate ONNX and weights files.
+    `ood_layers` are the layers the OOD head scores (`trainer.ood.OOD_LAYERS` since 0.2.8;
+    `trainer.ood.LAYER_NAMES` rebuilds the head of 0.2.1 to 0.2.7).
 
     Raises
     ------
@@ -127,7 +131,7 @@ def export_fame_bundle(
     val_inputs = probe_features(net, val.images, lesion_means=net.reads_lesion_means)
     val_layers = val_inputs[: len(LAYER_NAMES)]
     try:
-        stats = LayeredOODStats.fit(layers, train.labels, val_layers)
+        stats = LayeredOODStats.fit(layers, train.labels, val_layers, ood_layers)
     except ValueError as exc:
         raise ExportDataError(
             f"the OOD statistics cannot be fitted on {len(train)} training case(s) of "
@@ -208,8 +212,9 @@ def export_fame_bundle(
             "calibration": calibration,
             "ood": (
                 "Mahalanobis distance to the nearest class mean of each of the layers "
-                f"{', '.join(LAYER_NAMES)} (MAU-Net activation mean and std per channel; "
-                "classifier pooled features), shared covariance per layer fitted on the "
+                f"{', '.join(stats.names)} (MAU-Net levels: activation mean and std per "
+                f"channel{'; classifier: pooled features' if 'classifier' in stats.names else ''}"
+                "), shared covariance per layer fitted on the "
                 f"train split ({len(train)} images), each divided by its median on the "
                 f"{val_name} split and averaged (trainer.ood.LayeredOODStats); threshold "
                 f"flags {OOD_FLAGGED_SHARE:.0%} of the {val_name} split"

@@ -74,7 +74,8 @@ class Fp16ToleranceError(Fp16Error):
             f"FP16 check failed: output {output!r} differs from the FP32 graph by up to "
             f"{max_abs_diff:.3g} (tolerance {tolerance:.0e}; relative where the FP32 value is "
             "beyond 1). Keep the ops that lose precision "
-            "in FP32 (keep_fp32=('InstanceNormalization', ...)) or ship the FP32 model only."
+            "in FP32 (keep_fp32=('ReduceMean', ...): op types or node name prefixes) or ship the "
+            "FP32 model only."
         )
 
 

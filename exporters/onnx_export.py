@@ -20,6 +20,7 @@ import onnxruntime as ort
 import torch
 from torch import Tensor, nn
 
+from exporters.group_norm import register as register_group_norm
 from trainer.models.combined import INPUT_NAME, OUTPUT_NAMES
 
 PARITY_TOLERANCE = 1e-4
@@ -112,6 +113,7 @@ def export_onnx(
             f"({list(output_names)})"
         )
     dynamic = {name: {0: "batch"} for name in (input_name, *output_names)}
+    register_group_norm()  # GroupNorm as exact two-pass arithmetic (exporters.group_norm)
     try:
         with warnings.catch_warnings():
             # The TorchScript exporter warns about its own deprecation and about Python

@@ -11,8 +11,10 @@ temperature-scaled class probabilities (``low_confidence``), not the bare networ
 ``heads.safetensors`` (tensors and a JSON header: reading it runs no code, unlike a pickle):
 
 - ``ood.<layer>.means`` (K, D) and ``ood.<layer>.precision`` (D, D), float32, per layer of
-  the head: `trainer.ood.LAYER_NAMES` for a `LayeredOODStats`, ``classifier`` alone for the
-  single-layer `OODStats` of bundles before 0.2.1. float32 because that is what the graph
+  the head: a `LayeredOODStats`' scored layers (``names``: since 0.2.8
+  `trainer.ood.OOD_LAYERS`, the four encoder levels; 0.2.1 to 0.2.7 all six of
+  `trainer.ood.LAYER_NAMES`), ``classifier`` alone for the single-layer `OODStats` of
+  bundles before 0.2.1. float32 because that is what the graph
   holds (`MahalanobisHead`'s buffers); float64 would double the size of the ``paper``
   classifier's (6336 x 6336) precision for no change in any output.
 - ``ood.scales`` (L,), float64: a layered head's per-layer scales (none for one layer).
@@ -48,7 +50,14 @@ from safetensors.torch import save as save_tensors
 from appliance.bundle import Bundle
 from appliance.runtime.variants import HEADS_FILE, WEIGHTS_FILE
 from trainer.models import FameNodeNet
-from trainer.ood import LAYER_NAMES, FameNodeNetWithOOD, LayeredOODStats, OODStats, ood_features
+from trainer.ood import (
+    LAYER_NAMES,
+    FameNodeNetWithOOD,
+    LayeredOODStats,
+    OODStats,
+    ood_features,
+    scored_layers_ok,
+)
 from trainer.weights import WeightsError, load_bundle_net
 
 HEADS_FORMAT = "fame-node-heads/1"
@@ -77,7 +86,7 @@ class Heads:
 
     @property
     def layers(self) -> tuple[str, ...]:
-        return LAYER_NAMES if isinstance(self.stats, LayeredOODStats) else (SINGLE_LAYER,)
+        return self.stats.names if isinstance(self.stats, LayeredOODStats) else (SINGLE_LAYER,)
 
 
 def heads_bytes(
@@ -88,7 +97,7 @@ def heads_bytes(
         raise ValueError(f"temperature must be finite and > 0, got {temperature}")
     layered = isinstance(stats, LayeredOODStats)
     per_layer = stats.layers if isinstance(stats, LayeredOODStats) else (stats,)
-    names: tuple[str, ...] = LAYER_NAMES if layered else (SINGLE_LAYER,)
+    names: tuple[str, ...] = stats.names if isinstance(stats, LayeredOODStats) else (SINGLE_LAYER,)
     if len(per_layer) != len(names):
         raise ValueError(f"{len(per_layer)} OOD layers, the graph computes {len(names)}")
     tensors: dict[str, torch.Tensor] = {
@@ -139,9 +148,13 @@ def heads_from_bytes(data: bytes) -> Heads:
         stats: OODStats | LayeredOODStats
         expected: tuple[str, ...]
         if kind == LAYERED:
-            expected = LAYER_NAMES
+            if not scored_layers_ok(layers):
+                raise _layers_error(layers, LAYER_NAMES)
+            expected = layers  # a selection of the graph's layers, in its order
             scales = tuple(float(s) for s in tensors["ood.scales"].reshape(-1))
-            stats = LayeredOODStats(layers=per_layer, scales=scales)
+            if len(scales) != len(layers):
+                raise _scales_error(scales)
+            stats = LayeredOODStats(layers=per_layer, scales=scales, names=layers)
         elif kind == SINGLE:
             expected, scales = (SINGLE_LAYER,), (1.0,)
             stats = per_layer[0]
@@ -150,14 +163,9 @@ def heads_from_bytes(data: bytes) -> Heads:
     except (KeyError, ValueError, TypeError, IndexError, SafetensorError) as exc:
         raise HeadsError(f"{HEADS_FILE} is incomplete or corrupt ({exc!r}): {REFIT_HINT}") from exc
     if layers != expected:
-        raise HeadsError(
-            f"{HEADS_FILE} holds an OOD head over the layers {list(layers)}; this node's graph "
-            f"computes {list(expected)}: {REFIT_HINT}"
-        )
+        raise _layers_error(layers, expected)
     if len(scales) != len(layers) or not all(np.isfinite(s) and s > 0 for s in scales):
-        raise HeadsError(
-            f"{HEADS_FILE}: the layer scales {scales} are not one positive value per layer"
-        )
+        raise _scales_error(scales)
     if not (np.isfinite(temperature) and temperature > 0):
         raise HeadsError(f"{HEADS_FILE}: the temperature {temperature} is not a positive number")
     for name, layer in zip(layers, per_layer, strict=True):
@@ -170,6 +178,19 @@ def heads_from_bytes(data: bytes) -> Heads:
     return Heads(stats=stats, temperature=temperature, weights_sha256=sha)
 
 
+def _layers_error(layers: tuple[str, ...], expected: tuple[str, ...]) -> HeadsError:
+    return HeadsError(
+        f"{HEADS_FILE} holds an OOD head over the layers {list(layers)}; this node's graph "
+        f"computes {list(expected)}: {REFIT_HINT}"
+    )
+
+
+def _scales_error(scales: tuple[float, ...]) -> HeadsError:
+    return HeadsError(
+        f"{HEADS_FILE}: the layer scales {scales} are not one positive value per layer"
+    )
+
+
 def graph_module(net: FameNodeNet, heads: Heads, size: int) -> FameNodeNetWithOOD:
     """`FameNodeNetWithOOD` of `net` and `heads`, after checking each head layer's feature
     width against `net`'s features on one image of side `size` (eval mode).
@@ -180,6 +201,7 @@ def graph_module(net: FameNodeNet, heads: Heads, size: int) -> FameNodeNetWithOO
         widths = widths[-1:]  # the single-layer head scores the classifier's features only
         per_layer: tuple[OODStats, ...] = (heads.stats,)
     else:
+        widths = [widths[i] for i in heads.stats.indices]
         per_layer = heads.stats.layers
     for name, layer, width in zip(heads.layers, per_layer, widths, strict=True):
         if layer.means.shape[1] != width:

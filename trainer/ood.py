@@ -10,13 +10,18 @@ images is flagged; the test images and the pydicom-data ultrasound frames (obste
 abdominal: not breast) measure how well it separates (`trainer.site_report`).
 
 Bundles exported since 0.2.1 score several layers (`LayeredOODStats`, Lee et al.'s feature
-ensemble): the MAU-Net's four encoder levels and its bottleneck, each as the per-channel
-spatial mean and standard deviation of its activations (`MAUNet.forward_with_stats`; for a
-fold ensemble, its first fold model's), and the classifier's pooled features. Each layer's
-distance is divided by its median on the validation split and the layers are averaged, so
-no layer dominates by its width. The classifier's features alone learnt what separates
-benign from malignant lesions and little about what an image of a breast looks like; an
-obstetric frame's texture statistics are far from any breast image's (docs/RESULTS.md).
+ensemble), each as the per-channel spatial mean and standard deviation of the MAU-Net's
+activations at that level (`MAUNet.forward_with_stats`; for a fold ensemble, its first fold
+model's). Each layer's distance is divided by its median on the validation split and the
+layers are averaged, so no layer dominates by its width. The classifier's features alone
+learnt what separates benign from malignant lesions and little about what an image of a
+breast looks like; an obstetric frame's texture statistics are far from any breast image's
+(docs/RESULTS.md). Bundles 0.2.1 to 0.2.7 averaged six layers: the four encoder levels, the
+bottleneck and the classifier's pooled features. Since 0.2.8 the head scores the four
+encoder levels alone (`OOD_LAYERS`): on ultrasound phantoms, which look like breast tissue
+and must be flagged, the bottleneck and the classifier's features are the layers that call
+a phantom in distribution, and averaging them in let three of 24 phantoms past one
+network's head.
 
 `FameNodeNetWithOOD` computes the score inside the exported graph (output ``ood_score``,
 one value per image), so every backend gets it with the other outputs. Where the segmenter
@@ -118,15 +123,39 @@ class MahalanobisHead(nn.Module):
 
 
 LAYER_NAMES = ("encoder1", "encoder2", "encoder3", "encoder4", "bottleneck", "classifier")
+# The layers a bundle exported since 0.2.8 scores: the MAU-Net's four encoder levels. The
+# bottleneck and the classifier's features are computed for the probe but not scored: on
+# ultrasound phantoms, which a model must flag, they are the two layers that call a phantom
+# in distribution (docs/RESULTS.md, "An OOD head over the encoder levels").
+OOD_LAYERS = LAYER_NAMES[:4]
 
 
 @dataclass(frozen=True)
 class LayeredOODStats:
-    """`OODStats` per layer (`LAYER_NAMES`) and each layer's scale: the median of its
-    scores on the validation split. The score is the mean over layers of score / scale."""
+    """`OODStats` per scored layer (`names`, in the order of `LAYER_NAMES`) and each
+    layer's scale: the median of its scores on the validation split. The score is the mean
+    over those layers of score / scale. Bundles 0.2.1 to 0.2.7 score all six layers."""
 
     layers: tuple[OODStats, ...]
     scales: tuple[float, ...]
+    names: tuple[str, ...] = LAYER_NAMES
+
+    def __post_init__(self) -> None:
+        if not scored_layers_ok(self.names):
+            raise ValueError(
+                f"the scored layers {list(self.names)} are not a non-empty selection of "
+                f"{list(LAYER_NAMES)} in that order"
+            )
+        if not len(self.layers) == len(self.scales) == len(self.names):
+            raise ValueError(
+                f"{len(self.layers)} layer statistics and {len(self.scales)} scales for the "
+                f"{len(self.names)} scored layers {list(self.names)}"
+            )
+
+    @property
+    def indices(self) -> tuple[int, ...]:
+        """Where each scored layer is in `LAYER_NAMES` (and in `ood_features`' list)."""
+        return tuple(LAYER_NAMES.index(n) for n in self.names)
 
     @classmethod
     def fit(
@@ -134,24 +163,45 @@ class LayeredOODStats:
         train: list[NDArray[np.float64]],
         labels: NDArray[np.int64],
         val: list[NDArray[np.float64]],
+        names: tuple[str, ...] = OOD_LAYERS,
     ) -> LayeredOODStats:
-        """Fit each layer on the train features (`OODStats.fit`), scale it on val's."""
-        if len(train) != len(val) or not train:
+        """Fit each of the layers `names` on the train features (`OODStats.fit`), scale it
+        on val's; `train` and `val` hold every layer of `LAYER_NAMES` (`ood_features`)."""
+        if len(train) != len(LAYER_NAMES) or len(val) != len(LAYER_NAMES):
             raise ValueError(
-                f"need the same layers for train and val, got {len(train)} and {len(val)}"
+                f"need the {len(LAYER_NAMES)} layers {list(LAYER_NAMES)} for train and val, "
+                f"got {len(train)} and {len(val)}"
             )
-        layers = tuple(OODStats.fit(f, labels) for f in train)
-        scales = tuple(float(np.median(st.score(v))) for st, v in zip(layers, val, strict=True))
+        if not scored_layers_ok(names):
+            raise ValueError(f"cannot score the layers {list(names)} of {list(LAYER_NAMES)}")
+        picked = [LAYER_NAMES.index(n) for n in names]
+        layers = tuple(OODStats.fit(train[i], labels) for i in picked)
+        scales = tuple(
+            float(np.median(st.score(val[i]))) for st, i in zip(layers, picked, strict=True)
+        )
         if not all(s > 0 for s in scales):
             raise ValueError(f"a layer's median validation score is not positive: {scales}")
-        return cls(layers=layers, scales=scales)
+        return cls(layers=layers, scales=scales, names=tuple(names))
+
+    def layer_scores(self, features: list[NDArray[np.float64]]) -> NDArray[np.float64]:
+        """Each scored layer's score / scale (N, L) of every layer's features (`ood_features`)."""
+        return np.stack(
+            [
+                st.score(features[i]) / s
+                for st, s, i in zip(self.layers, self.scales, self.indices, strict=True)
+            ],
+            axis=1,
+        )
 
     def score(self, features: list[NDArray[np.float64]]) -> NDArray[np.float64]:
-        """The layered score (N,) of each layer's features (N, D_l), as the graph computes."""
-        parts = [
-            st.score(f) / s for st, s, f in zip(self.layers, self.scales, features, strict=True)
-        ]
-        return np.mean(parts, axis=0)
+        """The layered score (N,) of every layer's features (N, D_l), as the graph computes."""
+        return np.asarray(self.layer_scores(features).mean(axis=1))
+
+
+def scored_layers_ok(names: tuple[str, ...]) -> bool:
+    """Whether `names` is a non-empty selection of `LAYER_NAMES`, each once, in order."""
+    known = [n for n in LAYER_NAMES if n in names]
+    return bool(names) and list(names) == known
 
 
 class LayeredMahalanobisHead(nn.Module):
@@ -163,9 +213,12 @@ class LayeredMahalanobisHead(nn.Module):
         super().__init__()
         self.heads = nn.ModuleList(MahalanobisHead(st) for st in stats.layers)
         self.register_buffer("scales", torch.tensor(stats.scales, dtype=torch.float32))
+        self.indices = stats.indices
 
     def forward(self, features: list[Tensor]) -> Tensor:
-        parts = torch.stack([head(f) for head, f in zip(self.heads, features, strict=True)])
+        """The score (N,) of every layer of `LAYER_NAMES` (the scored ones are picked)."""
+        picked = [features[i] for i in self.indices]
+        parts = torch.stack([head(f) for head, f in zip(self.heads, picked, strict=True)])
         return (parts / self.scales[:, None]).mean(dim=0)
 
 

@@ -14,7 +14,8 @@ data manifests must be the bundle's own (`trainer.refit_heads.check_data`).
 
 A head's layers are a choice about the network it is fitted to, so measure every candidate
 network: bundle 0.2.7 showed that one network's head lets phantoms through where another's
-does not (docs/RESULTS.md).
+does not (docs/RESULTS.md). This measurement chose the head bundles export since 0.2.8, the
+four encoder levels (`trainer.ood.OOD_LAYERS`).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from trainer.weights import load_bundle_net
 CANDIDATES: dict[str, tuple[str, ...]] = {
     "all six (0.2.1 to 0.2.7)": LAYER_NAMES,
     "without the classifier": LAYER_NAMES[:5],
-    "the four encoder levels": LAYER_NAMES[:4],
+    "the four encoder levels": LAYER_NAMES[:4],  # trainer.ood.OOD_LAYERS: shipped since 0.2.8
     "encoder levels 2 to 4": LAYER_NAMES[1:4],
 }
 Features = list[NDArray[np.float64]]
@@ -82,14 +83,12 @@ def pydicom_ultrasound_frames(max_frames: int = 16) -> list[NDArray[Any]]:
     return frames
 
 
-def head_figures(
-    stats: LayeredOODStats, picked: Sequence[int], sets: dict[str, Features]
-) -> dict[str, Any]:
-    """What a head over the layers `picked` of `LAYER_NAMES` flags of each set, its
-    threshold flagging `OOD_FLAGGED_SHARE` of val."""
+def head_figures(stats: LayeredOODStats, sets: dict[str, Features]) -> dict[str, Any]:
+    """What the head `stats` flags of each set (every layer's features, `ood_features`),
+    its threshold flagging `OOD_FLAGGED_SHARE` of val."""
 
     def scores(name: str) -> NDArray[np.float64]:
-        return stats.score([sets[name][i] for i in picked])
+        return stats.score(sets[name])
 
     threshold = threshold_at(scores("val"), OOD_FLAGGED_SHARE)
     out: dict[str, Any] = {
@@ -133,16 +132,14 @@ def measure(bundle_dir: Path, manifests: Sequence[Path], cache_dir: Path) -> dic
     sets = {name: ood_features(net, x) for name, x in images.items()}
     labels = data["train"].labels
 
-    def fitted(picked: Sequence[int]) -> LayeredOODStats:
-        return LayeredOODStats.fit(
-            [sets["train"][i] for i in picked], labels, [sets["val"][i] for i in picked]
-        )
+    def fitted(layers: tuple[str, ...]) -> LayeredOODStats:
+        return LayeredOODStats.fit(sets["train"], labels, sets["val"], layers)
 
-    heads = {}
-    for name, layers in CANDIDATES.items():
-        picked = [LAYER_NAMES.index(n) for n in layers]
-        heads[name] = {"layers": list(layers), **head_figures(fitted(picked), picked, sets)}
-    single = {n: head_figures(fitted([i]), [i], sets) for i, n in enumerate(LAYER_NAMES)}
+    heads = {
+        name: {"layers": list(layers), **head_figures(fitted(layers), sets)}
+        for name, layers in CANDIDATES.items()
+    }
+    single = {n: head_figures(fitted((n,)), sets) for n in LAYER_NAMES}
     return {
         "model": bundle.version_label,
         "measured": datetime.now(UTC).isoformat(timespec="seconds"),

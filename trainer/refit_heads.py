@@ -29,7 +29,11 @@ from appliance.bundle import Bundle, Manifest, load_bundle, sha256_file
 from appliance.errors import BundleError
 from trainer.data import ArraySet, load_datasets, manifest_label
 from trainer.models import FameNodeNet
+from trainer.ood import LAYER_NAMES, OOD_LAYERS
 from trainer.weights import WEIGHTS_FILE, load_bundle_net
+
+# What --ood-layers names: the OOD head's layers (trainer.ood).
+OOD_LAYER_SETS = {"encoders": OOD_LAYERS, "all": LAYER_NAMES}
 
 # Written again by the export, from the refitted heads and the rebuilt model.
 _REFITTED_KEYS = ("model", "calibration", "ood", "uncertainty")
@@ -87,11 +91,13 @@ def refit(
     cache_dir: Path,
     *,
     adapt: Adapt | None = None,
+    ood_layers: tuple[str, ...] = OOD_LAYERS,
 ) -> Path:
     """Export `bundle_dir`'s weights again as `version` at `out`, heads refitted; `out`.
 
     `adapt`, when given, changes the rebuilt net first (on the train and val splits only)
-    and says what it did; the heads are then fitted to the changed net."""
+    and says what it did; the heads are then fitted to the changed net, the OOD head over
+    `ood_layers`."""
     from exporters.fame_bundle import BundleIdentity, export_fame_bundle
 
     bundle = load_bundle(bundle_dir)  # every file's sha256 checked before anything is read
@@ -143,25 +149,42 @@ def refit(
             training=training,
             evaluation=evaluation,
             extra_files=extra,
+            ood_layers=ood_layers,
         )
 
 
 def refit_parser(prog: str, description: str | None) -> argparse.ArgumentParser:
     """The options of a command that exports a bundle again on its own data (this one,
-    `trainer.probe`): --bundle, --manifest (repeated), --version, --out, --cache-dir."""
+    `trainer.probe`): --bundle, --manifest (repeated), --version, --out, --cache-dir,
+    --ood-layers (a key of `OOD_LAYER_SETS`)."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--bundle", type=Path, required=True)
     parser.add_argument("--manifest", type=Path, action="append", required=True)
     parser.add_argument("--version", required=True, help="the new bundle's version")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--cache-dir", type=Path, default=Path(".cache"))
+    parser.add_argument(
+        "--ood-layers",
+        choices=sorted(OOD_LAYER_SETS),
+        default="encoders",
+        help="the layers the out-of-distribution head scores: the MAU-Net's four encoder "
+        "levels (since 0.2.8), or all six of bundles 0.2.1 to 0.2.7 (with the bottleneck "
+        "and the classifier's features)",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     a = refit_parser("python -m trainer.refit_heads", __doc__).parse_args(argv)
     try:
-        out = refit(a.bundle, a.manifest, a.version, a.out, a.cache_dir)
+        out = refit(
+            a.bundle,
+            a.manifest,
+            a.version,
+            a.out,
+            a.cache_dir,
+            ood_layers=OOD_LAYER_SETS[a.ood_layers],
+        )
     except BundleError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

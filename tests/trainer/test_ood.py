@@ -16,6 +16,8 @@ from appliance.runtime import create_backend
 from tests.trainer.tinybundle import make_tiny_bundle
 from trainer.models import FoldEnsemble, MAUNet
 from trainer.ood import (
+    LAYER_NAMES,
+    OOD_LAYERS,
     LayeredMahalanobisHead,
     LayeredOODStats,
     MahalanobisHead,
@@ -74,24 +76,45 @@ def test_ledoit_wolf_shrinkage_matches_its_definition_and_fits_wide_features() -
 def test_the_layered_score_averages_each_layers_distance_over_its_val_median() -> None:
     rng = np.random.default_rng(4)
     labels = np.array([0, 1] * 100)
-    train = [rng.normal(0.0, 1.0, (200, 3)), rng.normal(0.0, 2.0, (200, 5))]
-    val = [rng.normal(0.0, 1.0, (60, 3)), rng.normal(0.0, 2.0, (60, 5))]
-    stats = LayeredOODStats.fit(train, labels, val)
-    for layer, scale, v in zip(stats.layers, stats.scales, val, strict=True):
-        assert np.median(layer.score(v) / scale) == pytest.approx(1.0)
-    x = [rng.normal(0.0, 3.0, (16, 3)), rng.normal(0.0, 3.0, (16, 5))]
-    by_hand = np.mean(
-        [st.score(f) / s for st, s, f in zip(stats.layers, stats.scales, x, strict=True)], axis=0
-    )
-    np.testing.assert_allclose(stats.score(x), by_hand)
-    head = LayeredMahalanobisHead(stats)
-    torch_scores = head([torch.tensor(f, dtype=torch.float32) for f in x]).numpy()
-    np.testing.assert_allclose(torch_scores, stats.score(x), rtol=1e-4)
-    # Far off in one layer only: the ordinary other layers do not hide it.
-    far = [np.zeros((1, 3)), np.full((1, 5), 40.0)]
-    assert stats.score(far)[0] > 10 * np.quantile(stats.score(val), 0.95)
-    with pytest.raises(ValueError, match="same layers"):
+    widths = (3, 5, 4, 2, 6, 3)  # one per layer of LAYER_NAMES
+
+    def features(n: int, sd: float) -> list[np.ndarray]:
+        return [rng.normal(0.0, sd * (1 + i % 2), (n, w)) for i, w in enumerate(widths)]
+
+    train, val = features(200, 1.0), features(60, 1.0)
+    for names in (LAYER_NAMES, OOD_LAYERS, ("encoder2", "classifier")):
+        stats = LayeredOODStats.fit(train, labels, val, names)
+        assert stats.names == names and len(stats.layers) == len(names)
+        picked = [val[LAYER_NAMES.index(n)] for n in names]
+        for layer, scale, v in zip(stats.layers, stats.scales, picked, strict=True):
+            assert np.median(layer.score(v) / scale) == pytest.approx(1.0)
+        x = features(16, 3.0)
+        by_hand = np.mean(
+            [
+                st.score(x[LAYER_NAMES.index(n)]) / s
+                for st, s, n in zip(stats.layers, stats.scales, names, strict=True)
+            ],
+            axis=0,
+        )
+        np.testing.assert_allclose(stats.score(x), by_hand)
+        head = LayeredMahalanobisHead(stats)
+        torch_scores = head([torch.tensor(f, dtype=torch.float32) for f in x]).numpy()
+        np.testing.assert_allclose(torch_scores, stats.score(x), rtol=1e-4)
+        # Far off in one scored layer only: the ordinary other layers do not hide it ...
+        far = [np.zeros((1, w)) for w in widths]
+        far[LAYER_NAMES.index(names[-1])] = np.full((1, widths[LAYER_NAMES.index(names[-1])]), 40.0)
+        assert stats.score(far)[0] > 10 * np.quantile(stats.score(val), 0.95)
+    # ... and a layer the head does not score does not move it.
+    stats = LayeredOODStats.fit(train, labels, val, OOD_LAYERS)
+    moved = [f.copy() for f in val]
+    moved[LAYER_NAMES.index("classifier")] += 40.0
+    np.testing.assert_array_equal(stats.score(moved), stats.score(val))
+    assert LayeredOODStats.fit(train, labels, val).names == OOD_LAYERS  # the default
+    with pytest.raises(ValueError, match="layers"):
         LayeredOODStats.fit(train, labels, val[:1])
+    for bad in ((), ("classifier", "encoder1"), ("encoder1", "encoder1"), ("decoder",)):
+        with pytest.raises(ValueError, match="layers"):
+            LayeredOODStats.fit(train, labels, val, bad)
 
 
 def test_the_mau_nets_statistics_are_each_levels_channel_mean_and_std() -> None:

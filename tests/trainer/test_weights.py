@@ -17,7 +17,7 @@ from appliance.runtime.variants import HEADS_FILE
 from tests.trainer.tinybundle import make_tiny_bundle
 from trainer.graph import HeadsError, heads_bytes, heads_from_bytes, load_bundle_graph
 from trainer.models import FameNodeNet, LesionClassifier, MAUNet
-from trainer.ood import LAYER_NAMES, LayeredOODStats, OODStats
+from trainer.ood import LAYER_NAMES, OOD_LAYERS, LayeredOODStats, OODStats
 from trainer.weights import (
     WEIGHTS_FILE,
     WeightsError,
@@ -147,10 +147,27 @@ def test_the_heads_round_trip_layered_and_single_and_hold_no_pickle() -> None:
         # float32: what the graph's buffers hold (MahalanobisHead), exactly
         np.testing.assert_array_equal(a.means, b.means.astype(np.float32))
         np.testing.assert_array_equal(a.precision, b.precision.astype(np.float32))
+    # Since 0.2.8 the head scores the four encoder levels: their names travel with it.
+    encoders = LayeredOODStats(
+        layers=tuple(_stats(rng, (2, 3, 4, 5))), scales=(0.5, 1.0, 1.5, 2.0), names=OOD_LAYERS
+    )
+    again = heads_from_bytes(heads_bytes(encoders, 1.0, weights_sha256="ab" * 32))
+    assert isinstance(again.stats, LayeredOODStats) and again.layers == OOD_LAYERS
+    assert again.stats.indices == (0, 1, 2, 3) and again.stats.scales == encoders.scales
     single = _stats(rng, (5,))[0]
     back = heads_from_bytes(heads_bytes(single, 2.0, weights_sha256="cd" * 32))
     assert isinstance(back.stats, OODStats) and back.layers == ("classifier",)
     np.testing.assert_array_equal(back.stats.means, single.means.astype(np.float32))
+
+
+def _with_layers(data: bytes, names: list[str]) -> bytes:
+    """A heads file whose metadata names other layers than its tensors are stored for."""
+    header_len = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + header_len])
+    header["__metadata__"]["layers"] = json.dumps(names)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + data[8 + header_len :]
 
 
 def test_heads_that_are_not_heads_are_refused() -> None:
@@ -161,13 +178,15 @@ def test_heads_that_are_not_heads_are_refused() -> None:
         heads_from_bytes(weights_bytes(net))  # a weights file is not a heads file
     rng = np.random.default_rng(1)
     data = heads_bytes(_stats(rng, (4,))[0], 1.0, weights_sha256="00" * 32)
-    header_len = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8 : 8 + header_len])
-    header["__metadata__"]["layers"] = json.dumps(["encoder1"])
-    text = json.dumps(header).encode()
-    text += b" " * (-len(text) % 8)
-    forged = len(text).to_bytes(8, "little") + text + data[8 + header_len :]
     with pytest.raises(HeadsError, match="incomplete or corrupt"):
+        heads_from_bytes(_with_layers(data, ["encoder1"]))
+    # A layered head over layers the graph does not compute, or out of its order: refused.
+    two = LayeredOODStats(
+        layers=tuple(_stats(rng, (2, 3))), scales=(1.0, 1.0), names=OOD_LAYERS[:2]
+    )
+    data = heads_bytes(two, 1.0, weights_sha256="00" * 32)
+    forged = _with_layers(data, ["encoder2", "encoder1"])
+    with pytest.raises(HeadsError, match=r"over the layers \['encoder2', 'encoder1'\]"):
         heads_from_bytes(forged)
     with pytest.raises(ValueError, match="temperature"):
         heads_bytes(_stats(rng, (4,))[0], 0.0, weights_sha256="00" * 32)

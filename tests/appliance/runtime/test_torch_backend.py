@@ -29,6 +29,7 @@ from tests.exporters.families import TINY_DUAL_STAGE
 from tests.trainer.foldbundle import export_tiny, tiny_fold_net, tiny_single_net
 from trainer.graph import HeadsError, heads_bytes, heads_from_bytes
 from trainer.models import DualStageClassifier, FameNodeNet, MAUNet
+from trainer.ood import LayeredOODStats, OODStats
 
 OUTPUTS = ("lesion_prob", "class_prob", "ood_score", "seg_uncertainty")
 
@@ -212,15 +213,21 @@ def test_another_bundles_heads_are_refused(bundles: dict[str, Path], tmp_path: P
         _cpu(load_bundle(copy))
 
 
-def test_heads_of_another_architecture_are_refused_even_bound_to_these_weights(
+def test_heads_that_do_not_fit_the_network_are_refused_even_bound_to_these_weights(
     bundles: dict[str, Path], tmp_path: Path
 ) -> None:
+    # Heads fitted to another network, rebound to these weights' sha256: one scored layer
+    # (the first encoder level) of another width than this network gives.
     copy = _copy(bundles["single"], tmp_path / "forged")
-    dual = heads_from_bytes((bundles["dual-stage"] / HEADS_FILE).read_bytes())
+    own = heads_from_bytes((copy / HEADS_FILE).read_bytes())
+    assert isinstance(own.stats, LayeredOODStats) and own.layers[0] == "encoder1"
+    layers = list(own.stats.layers)
+    k, d = layers[0].means.shape
+    layers[0] = OODStats(means=np.zeros((k, d + 2)), precision=np.eye(d + 2))
+    other = LayeredOODStats(layers=tuple(layers), scales=own.stats.scales, names=own.layers)
     sha = sha256_bytes((copy / WEIGHTS_FILE).read_bytes())
-    forged = heads_bytes(dual.stats, dual.temperature, weights_sha256=sha)
-    _rewrite(copy, {HEADS_FILE: forged})
-    with pytest.raises(HeadsError, match=r"layer classifier scores \d+ features.*gives \d+"):
+    _rewrite(copy, {HEADS_FILE: heads_bytes(other, own.temperature, weights_sha256=sha)})
+    with pytest.raises(HeadsError, match=rf"layer encoder1 scores {d + 2} features.*gives {d}"):
         _cpu(load_bundle(copy))
 
 

@@ -39,7 +39,7 @@ from trainer.loops import classification_metrics, validate
 from trainer.losses import inverse_frequency_weights
 from trainer.models import CLASSES, FameNodeNet, LayerProbe
 from trainer.ood import LAYER_NAMES, probe_features
-from trainer.refit_heads import OOD_LAYER_SETS, Adaptation, refit, refit_parser
+from trainer.refit_heads import Adaptation, refit_args, refit_parser
 
 WEIGHT_DECAYS = (1e-3, 1e-2, 1e-1)  # the L2 penalties tried, chosen on val
 MAX_ITERATIONS = 500
@@ -221,15 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         return change
 
     try:
-        out = refit(
-            a.bundle,
-            a.manifest,
-            a.version,
-            a.out,
-            a.cache_dir,
-            adapt=adapt,
-            ood_layers=OOD_LAYER_SETS[a.ood_layers],
-        )
+        out = refit_args(a, adapt)
     except BundleError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -174,17 +174,23 @@ def refit_parser(prog: str, description: str | None) -> argparse.ArgumentParser:
     return parser
 
 
+def refit_args(a: argparse.Namespace, adapt: Adapt | None = None) -> Path:
+    """`refit` with the options of `refit_parser`, parsed."""
+    return refit(
+        a.bundle,
+        a.manifest,
+        a.version,
+        a.out,
+        a.cache_dir,
+        adapt=adapt,
+        ood_layers=OOD_LAYER_SETS[a.ood_layers],
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     a = refit_parser("python -m trainer.refit_heads", __doc__).parse_args(argv)
     try:
-        out = refit(
-            a.bundle,
-            a.manifest,
-            a.version,
-            a.out,
-            a.cache_dir,
-            ood_layers=OOD_LAYER_SETS[a.ood_layers],
-        )
+        out = refit_args(a)
     except BundleError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

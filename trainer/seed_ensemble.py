@@ -34,7 +34,7 @@ from trainer.data import ArraySet
 from trainer.fold_report import member_bundles
 from trainer.loops import validate
 from trainer.models import FameNodeNet, FoldEnsemble, MAUNet
-from trainer.refit_heads import OOD_LAYER_SETS, Adaptation, RefitError, refit, refit_parser
+from trainer.refit_heads import Adaptation, RefitError, refit_args, refit_parser
 
 
 def average_seeds(
@@ -107,15 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         return change
 
     try:
-        out = refit(
-            a.bundle,
-            a.manifest,
-            a.version,
-            a.out,
-            a.cache_dir,
-            adapt=adapt,
-            ood_layers=OOD_LAYER_SETS[a.ood_layers],
-        )
+        out = refit_args(a, adapt)
     except BundleError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -126,7 +126,8 @@ LAYER_NAMES = ("encoder1", "encoder2", "encoder3", "encoder4", "bottleneck", "cl
 # The layers a bundle exported since 0.2.8 scores: the MAU-Net's four encoder levels. The
 # bottleneck and the classifier's features are computed for the probe but not scored: on
 # ultrasound phantoms, which a model must flag, they are the two layers that call a phantom
-# in distribution (docs/RESULTS.md, "An OOD head over the encoder levels").
+# in distribution (docs/RESULTS.md: the 0.2.8 paragraph and the table "Out-of-distribution
+# heads over other layers", `trainer.ood_layers`).
 OOD_LAYERS = LAYER_NAMES[:4]
 
 

@@ -33,9 +33,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from appliance.bundle import load_bundle
-from appliance.errors import BundleError, InputError
-from appliance.io.reader import read_file
-from appliance.io.sample_data import ultrasound_sample_files
+from appliance.errors import BundleError
+from appliance.io.sample_data import ultrasound_sample_frames
 from appliance.phantom import PhantomSpec, make_phantom, ood_check_specs
 from appliance.preprocess import PreprocessParams, preprocess
 from exporters.fame_bundle import OOD_FLAGGED_SHARE
@@ -69,18 +68,6 @@ def selection_specs(n: int = 60) -> list[PhantomSpec]:
         )
         for i in range(n)
     ]
-
-
-def pydicom_ultrasound_frames(max_frames: int = 16) -> list[NDArray[Any]]:
-    """The frames of pydicom-data's ultrasound files the node's reader accepts (none when
-    pydicom-data is not installed)."""
-    frames: list[NDArray[Any]] = []
-    for path in ultrasound_sample_files():
-        try:
-            frames += list(read_file(path, max_frames=max_frames).frames)
-        except InputError:
-            continue  # a file the node refuses never reaches the model
-    return frames
 
 
 def head_figures(stats: LayeredOODStats, sets: dict[str, Features]) -> dict[str, Any]:
@@ -126,7 +113,7 @@ def measure(bundle_dir: Path, manifests: Sequence[Path], cache_dir: Path) -> dic
     images["selection_phantoms"] = _preprocessed(
         [make_phantom(s).image for s in selection_specs()], params
     )
-    frames = pydicom_ultrasound_frames()
+    frames = [f for file in ultrasound_sample_frames(max_frames=16) for f in file]
     if frames:
         images["ultrasound_frames"] = _preprocessed(frames, params)
     sets = {name: ood_features(net, x) for name, x in images.items()}

@@ -29,9 +29,7 @@ from numpy.typing import NDArray
 from appliance.analysis import Analyzer
 from appliance.bundle import load_bundle
 from appliance.config import RuntimeConfig, ThresholdsConfig
-from appliance.errors import InputError
 from appliance.evaluate import CaseOutputs, analyse_cases, read_cases, uncertainty_figures
-from appliance.io.reader import read_file
 from appliance.runtime import create_backend
 from trainer.calibration import expected_calibration_error, reliability_bins
 from trainer.metrics import classification_report, dice, hd95, iou, roc_auc, roc_curve
@@ -133,16 +131,12 @@ def ood_figures(
     ultrasound frames of pydicom-data (obstetric, abdominal, cardiac: no breast)."""
     if analyzer.ood_threshold is None or any(s is None for s in inside):
         return None
-    from appliance.io.sample_data import ultrasound_sample_files
+    from appliance.io.sample_data import ultrasound_sample_frames
 
     outside: list[float] = []
     per_file: list[float] = []
-    for path in ultrasound_sample_files():
-        try:
-            loaded = read_file(path, max_frames=16)
-        except InputError:
-            continue
-        analysed = analyzer.analyse(loaded.frames, None)
+    for frames in ultrasound_sample_frames(max_frames=16):
+        analysed = analyzer.analyse(frames, None)
         frame_scores = [float(r.ood_score) for r in analysed if r.ood_score is not None]
         outside += frame_scores
         per_file.append(float(np.median(frame_scores)))

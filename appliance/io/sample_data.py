@@ -14,8 +14,10 @@ import warnings
 import zlib
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import pydicom
+from numpy.typing import NDArray
 from pydicom.errors import BytesLengthException, InvalidDicomError
 
 _DISTRIBUTION = "pydicom-data"
@@ -62,3 +64,19 @@ def ultrasound_sample_files() -> list[Path]:
         if str(ds.get("Modality") or "").strip().upper() == "US":
             found.append(path)
     return found
+
+
+def ultrasound_sample_frames(max_frames: int) -> list[list[NDArray[Any]]]:
+    """The frames (at most `max_frames` each) of every `ultrasound_sample_files` file the
+    node's reader accepts, one list per file: a sample the node refuses never reaches a
+    model, so it is skipped (`trainer.site_report`, `trainer.ood_layers`, the OOD tests)."""
+    from appliance.errors import InputError
+    from appliance.io.reader import read_file
+
+    out = []
+    for path in ultrasound_sample_files():
+        try:
+            out.append(list(read_file(path, max_frames=max_frames).frames))
+        except InputError:
+            continue
+    return out

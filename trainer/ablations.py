@@ -10,7 +10,9 @@ resumes an interrupted one from its per-epoch checkpoint (``--work-dir``).
 Variants:
 - ``full``: MAU-Net as shipped (channel and spatial attention), trained on BUSI + BUS-BRA;
 - ``no-channel-attention``, ``no-spatial-attention``, ``no-attention``: the attentions off;
-- ``busi-only``: the full MAU-Net trained on BUSI alone (measured on every site).
+- ``busi-only``: the full MAU-Net trained on BUSI alone (measured on every site);
+- ``presence-loss``: the full MAU-Net with `trainer.losses.lesion_presence_loss` added at
+  weight 1 (against the lesions the segmenter draws on normal images).
 
 Classifier variants (``--classifiers``), each trained on the frozen ``full`` MAU-Net of the
 same seed (restored from its finished checkpoint, not retrained), measured by AUC, accuracy
@@ -64,6 +66,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "no-spatial-attention": {"spatial_attention": False},
     "no-attention": {"channel_attention": False, "spatial_attention": False},
     "busi-only": {"busi_only": True},
+    "presence-loss": {"presence_weight": 1.0},
 }
 CLASSIFIER_VARIANTS: dict[str, dict[str, Any]] = {
     "dual-stage": {"classifier": "dual-stage"},
@@ -210,6 +213,7 @@ def _finish_segmentation(
             "base_width": cfg.base_width,
             "channel_attention": cfg.channel_attention,
             "spatial_attention": cfg.spatial_attention,
+            "presence_weight": cfg.presence_weight,
             "trained_on": [m.parent.name for m in manifests],
             "augment": "site-shift",
             "optimizer": f"AdamW lr {cfg.lr_seg} wd {cfg.weight_decay}, warmup + cosine",

@@ -215,7 +215,8 @@ def train_segmenter(
         for idx in _batches(len(train), cfg.batch_size, gen):
             batch = augment_batch(x[idx], gen, cfg.augment, intensity_channels=1, mask_channels=1)
             batch = to(batch, dev)
-            loss = dice_bce_loss(logits := model(batch[:, :1]), batch[:, 1:])
+            logits = model(batch[:, :1])
+            loss = dice_bce_loss(logits, batch[:, 1:], presence_weight=cfg.presence_weight)
             loss = loss if teacher is None else loss + teacher.segmentation_term(logits, batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -186,6 +186,69 @@ def render_ablations(records: list[dict[str, Any]]) -> list[str]:
     return [*lines, "", _machines(records), ""]
 
 
+def render_presence(records: list[dict[str, Any]]) -> list[str]:
+    """The lesion-presence loss against the shipped loss (``docs/results/presence``,
+    `trainer.ablations --variants full presence-loss`, side by side in one run): per
+    variant the Dice of each test site and the share of BUSI's normal images given a
+    lesion, mean ± SD over seeds."""
+    if not records:
+        return []
+    by_variant: dict[str, list[dict[str, Any]]] = {}
+    for r in sorted(records, key=lambda r: (r["variant"], r["seed"])):
+        by_variant.setdefault(r["variant"], []).append(r)
+    first = records[0]["settings"]
+    seeds = sorted({r["seed"] for r in records})
+    threads = records[0]["machine"].split(" thread(s)")[0].rsplit(", ", 1)[-1]
+    sites = [TARGET_NAMES[k].replace(" test", "") for k in ABLATION_SITES]
+    columns = ["variant", "seeds", *(f"Dice {s}" for s in sites)]
+    columns += ["BUSI normals given a lesion, test", "val", "minutes (1 seed)"]
+    lines = [
+        "## A lesion-presence loss against lesions on normal images (generated from "
+        "`docs/results/presence/*.json`)",
+        "",
+        "The shipped segmenter draws a lesion on nearly every lesion-free image. Its soft "
+        "Dice loss is flat there (``1 - 1 / (S + 1)`` for a predicted area S) and the "
+        "pixel-wise BCE of a small blob is diluted over the frame, so the 103 normal images "
+        "of train teach it little. `presence-loss` adds `trainer.losses.lesion_presence_loss` "
+        "at weight 1: the binary cross-entropy of the mean of each image's top 0.5 % "
+        "logits against whether the image has a lesion. Both variants trained by `python -m "
+        "trainer.ablations --out docs/results/presence --variants full presence-loss "
+        f"--seeds {' '.join(map(str, seeds))} --seeds-for full presence-loss --epochs "
+        f"{first['epochs']} --threads {threads}` in one run on one machine: the ablations' short "
+        f"schedule ({first['size']}x{first['size']} input, {first['epochs']} epochs), so "
+        "compare the rows with each other. Dice on each site's test split at the network "
+        "grid (mean over images with a lesion), mask threshold chosen on val by Dice; "
+        "normals given a lesion: the share of BUSI's lesion-free images (14 in test, 14 in "
+        "val) with any lesion left after the node's postprocessing; mean ± SD over seeds.",
+        "",
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
+    ]
+    for variant, runs in by_variant.items():
+        cells = [
+            _seeds_cell([r["figures"].get(f"test/{site}", {}).get("dice") for r in runs], 3)
+            for site in ABLATION_SITES
+        ]
+        for split in ("test", "val"):
+            shares = [r["figures"].get(f"{split}/busi", {}).get("fp_rate_normal") for r in runs]
+            cells.append(_seeds_cell([None if v is None else 100 * v for v in shares], 0, " %"))
+        lines.append(
+            f"| {variant} | {', '.join(str(r['seed']) for r in runs)} | {' | '.join(cells)} | "
+            f"{runs[0]['seconds'] / 60:.0f} |"
+        )
+    return [*lines, "", _machines(records), ""]
+
+
+def _seeds_cell(values: list[float | None], digits: int, unit: str = "") -> str:
+    """``mean ± SD`` of the values that are there (one: the value alone; none: n/a)."""
+    got = [float(v) for v in values if v is not None and not np.isnan(v)]
+    if not got:
+        return "n/a"
+    if len(got) == 1:
+        return f"{got[0]:.{digits}f}{unit}"
+    return f"{np.mean(got):.{digits}f} ± {np.std(got, ddof=1):.{digits}f}{unit}"
+
+
 def render_classifier_ablations(records: list[dict[str, Any]]) -> list[str]:
     """The classifier ablation table (`trainer.ablations --classifiers`): per variant and
     test site the AUC with its 95 % bootstrap interval, and the accuracy."""
@@ -247,27 +310,36 @@ def _auc_cell(runs: list[dict[str, Any]], site: str) -> str:
 def render_profiles(records: list[dict[str, Any]]) -> list[str]:
     """The two profiles of the dual-stage classifier side by side (``docs/results/profiles``,
     `trainer.ablations --classifiers dual-stage dual-stage-paper` on one frozen MAU-Net, in
-    one session on one machine): parameters, test AUC and accuracy per site, minutes."""
+    one session on one machine): parameters, test AUC and accuracy per site, minutes. The
+    folder's segmentation records (the frozen MAU-Nets) are not rows."""
+    records = [r for r in records if r.get("kind") == "classifier_ablation"]
     if not records:
         return []
     first = records[0]["settings"]
     segmenters = sorted({r["settings"]["segmenter"] for r in records})
+    seeds = sorted({r["seed"] for r in records})
+    several = len(seeds) > 1
     lines = [
         "## The two profiles of the dual-stage classifier (generated from "
         "`docs/results/profiles/*.json`)",
         "",
         f"`edge` and `paper` trained one after the other on the same frozen MAU-Net "
-        f"({'; '.join(segmenters)}), the same split, {first['size']}x{first['size']} input, "
+        f"{'for each seed ' if several else ''}({'; '.join(segmenters)}), the same split, "
+        f"{first['size']}x{first['size']} input, "
         f"{first['epochs_cls']} epochs of stage one and {first['epochs_meta']} of the "
         f"meta-classifier, {first['augment']} augmentation, the default schedule: the "
-        "classifier ablations' short schedule. AUC on each site's test split (95 % bootstrap "
-        "interval), then the accuracy; uncalibrated. `paper` has the published widths "
+        "classifier ablations' short schedule; for each seed `python -m trainer.ablations "
+        "--out docs/results/profiles --variants full --seeds S --epochs 8 --classifiers "
+        "dual-stage dual-stage-paper --threads 2` (its MAU-Net's record is the "
+        "folder's `full-seedS.json`). AUC on each site's test split "
+        + ("(mean ± SD over the seeds)" if several else "(95 % bootstrap interval)")
+        + ", then the accuracy; uncalibrated. `paper` has the published widths "
         "(ResNet50V2, NASNet-A Large, heads of 1024) and no ImageNet weights: trained from "
         "scratch on 1,353 images for a few epochs, as here, it says how the published widths "
         "train on this machine, not what they reach with a GPU and the paper's schedule. "
-        "The MAU-Net was trained again for this pair (a run reproduces on one machine with "
-        "one thread count only), so the `edge` row differs from the classifier ablations' "
-        "seed 1: compare the two rows here with each other.",
+        "The MAU-Nets were trained again for these pairs (a run reproduces on one machine "
+        "with one thread count only), so the `edge` row differs from the classifier "
+        "ablations' `dual-stage`: compare the two rows here with each other.",
         "",
         *_site_table_head("profile", "parameters", "seeds"),
     ]
@@ -468,6 +540,7 @@ def main(argv: list[str] | None = None) -> int:
     lines += render_classifier_ablations(
         [r for r in ablations if r.get("kind") == "classifier_ablation"]
     )
+    lines += render_presence(_load_all(a.results / "presence"))
     lines += render_profiles(_load_all(a.results / "profiles"))
     lines += render_fold_reports(_load_all(a.results / "folds"))
     lines += render_ood_layers(_load_all(a.results / "ood-layers"))

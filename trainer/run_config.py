@@ -55,6 +55,9 @@ class TrainConfig:
     # False: MAU-Net without that attention (the ablation variants of issue 10).
     channel_attention: bool = True
     spatial_attention: bool = True
+    # > 0: stage 1 adds this weight of `trainer.losses.lesion_presence_loss` (against the
+    # lesions drawn on normal images); 0: soft Dice + BCE alone, as the shipped bundle.
+    presence_weight: float = 0.0
     # > 1: stage 1 trains that many fold MAU-Nets, averaged (trainer.fold_training).
     folds: int = 1
     cls_widths: tuple[int, ...] = (32, 64, 128, 256)
@@ -113,6 +116,8 @@ class TrainConfig:
         if keep.get("classifier") == "preact-resnet":  # and the dual-stage settings unused
             for key in ("classifier", "profile", "backbones", "epochs_meta"):
                 keep.pop(key, None)
+        if not keep.get("presence_weight"):  # and no presence term
+            keep.pop("presence_weight", None)
         if keep.get("teacher_sha256") is None:  # and the distillation settings unused
             for key in ("teacher_sha256", "distil_weight", "distil_temperature"):
                 keep.pop(key, None)

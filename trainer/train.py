@@ -336,7 +336,12 @@ def export_checkpoint(cfg: TrainConfig, checkpoint: Path, log_path: Path) -> Pat
                 "classifier": describe(cfg),
             },
             "stage1": {
-                "loss": "soft Dice + BCE",
+                "loss": "soft Dice + BCE"
+                + (
+                    f" + {cfg.presence_weight} x lesion presence (top 0.5 % of logits)"
+                    if cfg.presence_weight > 0
+                    else ""
+                ),
                 "optimizer": _optimizer_text(cfg, cfg.lr_seg),
                 "batch_size": cfg.batch_size,
                 "epochs_run": seg["epochs_run"],

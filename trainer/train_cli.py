@@ -61,6 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--base-width", type=int, default=d.base_width, help="MAU-Net width")
     parser.add_argument(
+        "--presence-weight",
+        type=float,
+        default=d.presence_weight,
+        help="stage 1: weight of the lesion-presence loss (the top 0.5 %% of each image's "
+        "logits against whether it has a lesion), against lesions drawn on normal images; "
+        "0 (default): soft Dice + BCE alone",
+    )
+    parser.add_argument(
         "--folds",
         type=int,
         default=d.folds,
@@ -161,6 +169,7 @@ def config_from(a: argparse.Namespace) -> TrainConfig:
         threads=a.threads,
         device=a.device,
         base_width=a.base_width,
+        presence_weight=a.presence_weight,
         folds=a.folds,
         batch_size=a.batch_size,
         epochs_seg=a.epochs_seg,
@@ -179,6 +188,8 @@ def config_from(a: argparse.Namespace) -> TrainConfig:
     if a.acgan is not None:
         cfg = replace(cfg, acgan=a.acgan)
     cfg.preprocess_params()  # validates --size
+    if not cfg.presence_weight >= 0:
+        raise SystemExit(f"--presence-weight must be 0 or more, got {cfg.presence_weight}")
     try:
         resolve(cfg.device)  # a GPU asked for where there is none: say so before any work
     except DeviceError as exc:

@@ -65,7 +65,7 @@ def test_a_variant_runs_end_to_end_writes_its_record_and_is_skipped_after(tmp_pa
     out = tmp_path / "out"
     argv = [
         "--out", str(out), "--busi", str(busi), "--busbra", str(busbra),
-        "--variants", "no-attention", "--epochs", "1", "--size", "32",
+        "--variants", "no-attention", "presence-loss", "--epochs", "1", "--size", "32",
         "--work-dir", str(tmp_path / "work"), "--cache-dir", str(tmp_path / "cache"),
     ]  # fmt: skip
     assert ablations.main(argv) == 0
@@ -74,6 +74,11 @@ def test_a_variant_runs_end_to_end_writes_its_record_and_is_skipped_after(tmp_pa
     assert record["settings"]["spatial_attention"] is False
     assert record["settings"]["trained_on"] == ["busi", "busbra"]
     assert {"test/busi", "test/busbra-logiq7", "test/busbra-aplio300"} <= set(record["figures"])
+    assert record["settings"]["presence_weight"] == 0.0
+    presence = json.loads((out / "presence-loss-seed1.json").read_text())
+    assert presence["settings"]["presence_weight"] == 1.0
+    assert presence["settings"]["channel_attention"] is True
+    assert 0.0 <= presence["figures"]["val/busi"]["fp_rate_normal"] <= 1.0
     mtime = (out / "no-attention-seed1.json").stat().st_mtime_ns
     assert ablations.main(argv) == 0  # finished: skipped, not retrained
     assert (out / "no-attention-seed1.json").stat().st_mtime_ns == mtime
@@ -188,15 +193,64 @@ def test_render_profiles_puts_edge_and_paper_side_by_side() -> None:
         }  # fmt: skip
         site = {"auc": auc, "auc_ci95": [auc - 0.1, auc + 0.1], "accuracy": 0.5}
         return {
-            "variant": f"dual-stage-{profile}", "seed": 1, "settings": settings,
-            "figures": {"test/busi": site}, "seconds": 600.0, "machine": "x86_64 CPU",
+            "kind": "classifier_ablation", "variant": f"dual-stage-{profile}", "seed": 1,
+            "settings": settings, "figures": {"test/busi": site}, "seconds": 600.0,
+            "machine": "x86_64 CPU",
         }  # fmt: skip
 
+    segmenter = {"kind": "segmentation_ablation", "variant": "full", "seed": 1}
     text = "\n".join(
-        render_profiles([record("paper", 124_000_000, 0.6), record("edge", 3_400_000, 0.7)])
+        render_profiles(
+            [record("paper", 124_000_000, 0.6), segmenter, record("edge", 3_400_000, 0.7)]
+        )
     )
     assert text.index("| edge | 3.4 M | 1 | 0.700 (0.600–0.800), 0.50 |") < text.index(
         "| paper | 124.0 M | 1 | 0.600 (0.500–0.700), 0.50 |"
     )
     assert "full MAU-Net, seed 1 (8 epochs), frozen" in text
-    assert render_profiles([]) == []
+    assert "(95 % bootstrap interval)" in text and "for each seed (" not in text
+    second = [
+        {**r, "seed": 2, "figures": {"test/busi": {"auc": 0.8, "accuracy": 0.6}}}
+        for r in (record("paper", 124_000_000, 0.6), record("edge", 3_400_000, 0.7))
+    ]
+    text = "\n".join(
+        render_profiles(
+            [record("paper", 124_000_000, 0.6), record("edge", 3_400_000, 0.7), *second]
+        )
+    )
+    assert "| edge | 3.4 M | 1, 2 | 0.750 ± 0.071, 0.55 |" in text
+    assert "(mean ± SD over the seeds)" in text and "for each seed (" in text
+    assert render_profiles([]) == [] and render_profiles([segmenter]) == []
+
+
+def test_render_presence_sets_the_loss_beside_the_shipped_one() -> None:
+    from trainer.results_doc import render_presence
+
+    def record(variant: str, seed: int, dice: float, fp_test: float) -> dict[str, object]:
+        settings = {"size": 64, "epochs": 8}
+        return {
+            "variant": variant, "seed": seed, "settings": settings,
+            "figures": {
+                "test/busi": {"dice": dice, "fp_rate_normal": fp_test},
+                "val/busi": {"dice": dice, "fp_rate_normal": 1.0},
+                "test/busbra-logiq7": {"dice": 0.8, "fp_rate_normal": float("nan")},
+            },
+            "seconds": 180.0, "machine": "x86_64 CPU, 2 thread(s), load average 2.0 at the end",
+        }  # fmt: skip
+
+    records = [
+        record("full", 1, 0.70, 1.0), record("full", 2, 0.72, 0.9),
+        record("presence-loss", 1, 0.71, 0.5), record("presence-loss", 2, 0.69, 0.3),
+    ]  # fmt: skip
+    text = "\n".join(render_presence(records))
+    assert "--seeds 1 2 --seeds-for full presence-loss --epochs 8 --threads 2`" in text
+    assert (
+        "| full | 1, 2 | 0.710 ± 0.014 | 0.800 ± 0.000 | n/a | n/a | 95 ± 7 % | 100 ± 0 % | 3 |"
+        in text
+    )
+    assert (
+        "| presence-loss | 1, 2 | 0.700 ± 0.014 | 0.800 ± 0.000 | n/a | n/a | 40 ± 14 % |" in text
+    )
+    one = "\n".join(render_presence(records[:1]))
+    assert "| full | 1 | 0.700 | 0.800 | n/a | n/a | 100 % | 100 % | 3 |" in one
+    assert render_presence([]) == []

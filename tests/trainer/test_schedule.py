@@ -47,6 +47,18 @@ def test_default_fingerprint_is_the_one_checkpoints_were_written_with() -> None:
     keep = json.loads(_cfg().fingerprint())
     assert "schedule" not in keep and "acgan" not in keep and "vflip_p" not in keep["augment"]
     assert "acgan" in json.loads(_cfg(acgan=Path("gan")).fingerprint())
+    # Likewise the presence term: off, it is not there; on, a checkpoint without it is
+    # not resumed as if it had been trained with it.
+    assert "presence_weight" not in keep
+    assert json.loads(_cfg(presence_weight=1.0).fingerprint())["presence_weight"] == 1.0
+
+
+def test_presence_weight_comes_from_the_command_line_and_is_checked() -> None:
+    cfg, _ = parse_args(["--manifest", "m.csv", "--out", "out", "--presence-weight", "0.5"])
+    assert cfg.presence_weight == 0.5
+    assert parse_args(["--manifest", "m.csv", "--out", "out"])[0].presence_weight == 0.0
+    with pytest.raises(SystemExit, match="presence-weight"):
+        parse_args(["--manifest", "m.csv", "--out", "out", "--presence-weight", "-1"])
 
 
 def test_paper_plateau_cuts_the_rate_and_early_stopping_follows() -> None:

@@ -19,7 +19,12 @@ from trainer.data import (
     load_dataset,
     read_manifest,
 )
-from trainer.losses import dice_bce_loss, inverse_frequency_weights, soft_dice_loss
+from trainer.losses import (
+    dice_bce_loss,
+    inverse_frequency_weights,
+    lesion_presence_loss,
+    soft_dice_loss,
+)
 from trainer.models import MAUNet
 from trainer.train import (
     THRESHOLDS,
@@ -62,6 +67,48 @@ def test_dice_loss_rejects_shape_mismatch() -> None:
         soft_dice_loss(torch.zeros(1, 1, 8, 8), torch.zeros(1, 8, 8))
 
 
+def _blob_on_empty_image(strength: float) -> torch.Tensor:
+    """Logits of a 64 x 64 lesion-free image with a confident 100-pixel false lesion."""
+    logits = torch.full((1, 1, 64, 64), -8.0)
+    logits[..., 10:20, 10:20] = strength
+    return logits.requires_grad_(True)
+
+
+def test_presence_loss_stays_steep_where_soft_dice_is_flat() -> None:
+    # A lesion-free image with a confident false lesion: soft Dice is saturated near 1 and
+    # barely asks the blob to shrink; the presence term asks it hard.
+    empty = torch.zeros(1, 1, 64, 64)
+    dice_logits, presence_logits = _blob_on_empty_image(6.0), _blob_on_empty_image(6.0)
+    dice = soft_dice_loss(dice_logits, empty)
+    presence = lesion_presence_loss(presence_logits, empty)
+    dice.backward()
+    presence.backward()
+    assert dice.item() > 0.98 and presence.item() > 5.0
+    blob = (slice(None), slice(None), slice(10, 20), slice(10, 20))
+    assert presence_logits.grad is not None and dice_logits.grad is not None
+    assert float(presence_logits.grad[blob].sum()) > 50 * float(dice_logits.grad[blob].sum())
+    # Without the blob the term is small, and on an image with a lesion the blob is right.
+    quiet = lesion_presence_loss(torch.full((1, 1, 64, 64), -8.0), empty)
+    lesion = torch.zeros(1, 1, 64, 64)
+    lesion[..., 10:20, 10:20] = 1
+    assert float(quiet) < 1e-3
+    assert float(lesion_presence_loss(_blob_on_empty_image(6.0), lesion)) < 1e-2
+
+
+def test_presence_loss_checks_its_inputs_and_is_off_by_default() -> None:
+    logits, target = torch.zeros(2, 1, 8, 8), torch.zeros(2, 1, 8, 8)
+    with pytest.raises(ValueError, match="differ"):
+        lesion_presence_loss(logits, torch.zeros(2, 8, 8))
+    with pytest.raises(ValueError, match="top_fraction"):
+        lesion_presence_loss(logits, target, top_fraction=0.0)
+    blob = _blob_on_empty_image(6.0).detach()
+    empty = torch.zeros(1, 1, 64, 64)
+    plain = dice_bce_loss(blob, empty)
+    assert torch.equal(plain, dice_bce_loss(blob, empty, presence_weight=0.0))
+    with_term = dice_bce_loss(blob, empty, presence_weight=0.5)
+    assert torch.allclose(with_term, plain + 0.5 * lesion_presence_loss(blob, empty))
+
+
 def test_inverse_frequency_weights() -> None:
     w = inverse_frequency_weights([100, 300, 200])
     assert torch.allclose(w, torch.tensor([2.0, 2 / 3, 1.0]))
@@ -69,14 +116,16 @@ def test_inverse_frequency_weights() -> None:
         inverse_frequency_weights([3, 0, 1])
 
 
-def test_few_steps_on_discs_reduce_the_loss() -> None:
+@pytest.mark.parametrize("presence_weight", [0.0, 1.0])
+def test_few_steps_on_discs_reduce_the_loss(presence_weight: float) -> None:
     torch.manual_seed(0)
     images, masks = disc_batch(4, 32)
+    masks[3] = 0  # one lesion-free image, as a normal case
     model = MAUNet(base_width=4)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     losses = []
     for _ in range(20):
-        loss = dice_bce_loss(model(images), masks)
+        loss = dice_bce_loss(model(images), masks, presence_weight=presence_weight)
         opt.zero_grad()
         loss.backward()
         opt.step()

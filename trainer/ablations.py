@@ -12,7 +12,9 @@ Variants:
 - ``no-channel-attention``, ``no-spatial-attention``, ``no-attention``: the attentions off;
 - ``busi-only``: the full MAU-Net trained on BUSI alone (measured on every site);
 - ``presence-loss``: the full MAU-Net with `trainer.losses.lesion_presence_loss` added at
-  weight 1 (against the lesions the segmenter draws on normal images).
+  weight 1 (against the lesions the segmenter draws on normal images);
+- ``normals-x4``: the full MAU-Net with each lesion-free training image drawn 4 times an
+  epoch (`trainer.loops.stage1_pool`; 103 of 1,353 images, so 412 of 1,662 draws).
 
 Classifier variants (``--classifiers``), each trained on the frozen ``full`` MAU-Net of the
 same seed (restored from its finished checkpoint, not retrained), measured by AUC, accuracy
@@ -67,6 +69,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "no-attention": {"channel_attention": False, "spatial_attention": False},
     "busi-only": {"busi_only": True},
     "presence-loss": {"presence_weight": 1.0},
+    "normals-x4": {"normal_repeat": 4},
 }
 CLASSIFIER_VARIANTS: dict[str, dict[str, Any]] = {
     "dual-stage": {"classifier": "dual-stage"},
@@ -214,6 +217,7 @@ def _finish_segmentation(
             "channel_attention": cfg.channel_attention,
             "spatial_attention": cfg.spatial_attention,
             "presence_weight": cfg.presence_weight,
+            "normal_repeat": cfg.normal_repeat,
             "trained_on": [m.parent.name for m in manifests],
             "augment": "site-shift",
             "optimizer": f"AdamW lr {cfg.lr_seg} wd {cfg.weight_decay}, warmup + cosine",

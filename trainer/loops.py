@@ -101,6 +101,18 @@ def classification_metrics(probs: NDArray[np.float32], labels: NDArray[np.int64]
 # --------------------------------------------------------------------------- loops
 
 
+def stage1_pool(masks: NDArray[np.uint8], normal_repeat: int) -> Tensor:
+    """The training-image indices of one stage-1 epoch: every image once, and each
+    lesion-free one `normal_repeat` times in all (1: each once, the shipped recipe)."""
+    if normal_repeat < 1:
+        raise ValueError(f"normal_repeat must be 1 or more, got {normal_repeat}")
+    every = torch.arange(len(masks))
+    if normal_repeat == 1:
+        return every
+    empty = np.flatnonzero(~masks.reshape(len(masks), -1).any(axis=1))
+    return torch.cat([every, torch.from_numpy(empty).repeat(normal_repeat - 1)])
+
+
 def _batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[Tensor]:
     order = torch.randperm(n, generator=generator)
     for start in range(0, n, batch_size):
@@ -190,7 +202,8 @@ def train_segmenter(
         teacher.to(dev)
     x = torch.from_numpy(np.stack([train.images, train.masks.astype(np.float32)], axis=1))
     val_x = torch.from_numpy(val.images[:, None])
-    steps = math.ceil(len(train) / cfg.batch_size)
+    pool = stage1_pool(train.masks, cfg.normal_repeat)
+    steps = math.ceil(len(pool) / cfg.batch_size)
     schedule = _Schedule(cfg, model, cfg.lr_seg, steps, cfg.epochs_seg)
     opt, sched = schedule.opt, schedule.sched
     best: dict[str, Any] = {"dice": -1.0}
@@ -212,7 +225,8 @@ def train_segmenter(
         model.train()
         total = 0.0
         bar = EpochProgress("stage1", epoch, cfg.epochs_seg, steps)
-        for idx in _batches(len(train), cfg.batch_size, gen):
+        for drawn in _batches(len(pool), cfg.batch_size, gen):
+            idx = pool[drawn]
             batch = augment_batch(x[idx], gen, cfg.augment, intensity_channels=1, mask_channels=1)
             batch = to(batch, dev)
             logits = model(batch[:, :1])
@@ -231,7 +245,7 @@ def train_segmenter(
         log.epoch_done(
             "stage1",
             epoch,
-            loss=total / len(train),
+            loss=total / len(pool),
             lr=schedule.lr,
             val=metrics,
             seconds=seconds,

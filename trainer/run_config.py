@@ -58,6 +58,9 @@ class TrainConfig:
     # > 0: stage 1 adds this weight of `trainer.losses.lesion_presence_loss` (against the
     # lesions drawn on normal images); 0: soft Dice + BCE alone, as the shipped bundle.
     presence_weight: float = 0.0
+    # > 1: stage 1 draws each lesion-free training image this many times an epoch (against
+    # the lesions drawn on normal images); 1: each image once, as the shipped bundle.
+    normal_repeat: int = 1
     # > 1: stage 1 trains that many fold MAU-Nets, averaged (trainer.fold_training).
     folds: int = 1
     cls_widths: tuple[int, ...] = (32, 64, 128, 256)
@@ -118,6 +121,8 @@ class TrainConfig:
                 keep.pop(key, None)
         if not keep.get("presence_weight"):  # and no presence term
             keep.pop("presence_weight", None)
+        if keep.get("normal_repeat") == 1:  # and each image drawn once
+            keep.pop("normal_repeat", None)
         if keep.get("teacher_sha256") is None:  # and the distillation settings unused
             for key in ("teacher_sha256", "distil_weight", "distil_temperature"):
                 keep.pop(key, None)

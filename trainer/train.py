@@ -344,6 +344,11 @@ def export_checkpoint(cfg: TrainConfig, checkpoint: Path, log_path: Path) -> Pat
                 ),
                 "optimizer": _optimizer_text(cfg, cfg.lr_seg),
                 "batch_size": cfg.batch_size,
+                **(
+                    {"lesion_free_images_drawn": f"{cfg.normal_repeat} times an epoch"}
+                    if cfg.normal_repeat > 1
+                    else {}
+                ),
                 "epochs_run": seg["epochs_run"],
                 "best_epoch": seg["best_epoch"],
                 "seconds": seg["seconds"],

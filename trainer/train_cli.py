@@ -69,6 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
         "0 (default): soft Dice + BCE alone",
     )
     parser.add_argument(
+        "--normal-repeat",
+        type=int,
+        default=d.normal_repeat,
+        help="stage 1: draw each lesion-free training image this many times an epoch, "
+        "against lesions drawn on normal images; 1 (default): each image once",
+    )
+    parser.add_argument(
         "--folds",
         type=int,
         default=d.folds,
@@ -170,6 +177,7 @@ def config_from(a: argparse.Namespace) -> TrainConfig:
         device=a.device,
         base_width=a.base_width,
         presence_weight=a.presence_weight,
+        normal_repeat=a.normal_repeat,
         folds=a.folds,
         batch_size=a.batch_size,
         epochs_seg=a.epochs_seg,
@@ -190,6 +198,8 @@ def config_from(a: argparse.Namespace) -> TrainConfig:
     cfg.preprocess_params()  # validates --size
     if not cfg.presence_weight >= 0:
         raise SystemExit(f"--presence-weight must be 0 or more, got {cfg.presence_weight}")
+    if cfg.normal_repeat < 1:
+        raise SystemExit(f"--normal-repeat must be 1 or more, got {cfg.normal_repeat}")
     try:
         resolve(cfg.device)  # a GPU asked for where there is none: say so before any work
     except DeviceError as exc:

@@ -65,7 +65,8 @@ def test_a_variant_runs_end_to_end_writes_its_record_and_is_skipped_after(tmp_pa
     out = tmp_path / "out"
     argv = [
         "--out", str(out), "--busi", str(busi), "--busbra", str(busbra),
-        "--variants", "no-attention", "presence-loss", "--epochs", "1", "--size", "32",
+        "--variants", "no-attention", "presence-loss", "normals-x4", "--epochs", "1",
+        "--size", "32",
         "--work-dir", str(tmp_path / "work"), "--cache-dir", str(tmp_path / "cache"),
     ]  # fmt: skip
     assert ablations.main(argv) == 0
@@ -79,6 +80,9 @@ def test_a_variant_runs_end_to_end_writes_its_record_and_is_skipped_after(tmp_pa
     assert presence["settings"]["presence_weight"] == 1.0
     assert presence["settings"]["channel_attention"] is True
     assert 0.0 <= presence["figures"]["val/busi"]["fp_rate_normal"] <= 1.0
+    repeated = json.loads((out / "normals-x4-seed1.json").read_text())
+    assert repeated["settings"]["normal_repeat"] == 4
+    assert (record["settings"]["normal_repeat"], presence["settings"]["normal_repeat"]) == (1, 1)
     mtime = (out / "no-attention-seed1.json").stat().st_mtime_ns
     assert ablations.main(argv) == 0  # finished: skipped, not retrained
     assert (out / "no-attention-seed1.json").stat().st_mtime_ns == mtime
@@ -223,8 +227,8 @@ def test_render_profiles_puts_edge_and_paper_side_by_side() -> None:
     assert render_profiles([]) == [] and render_profiles([segmenter]) == []
 
 
-def test_render_presence_sets_the_loss_beside_the_shipped_one() -> None:
-    from trainer.results_doc import render_presence
+def test_render_normals_sets_each_variant_beside_the_shipped_recipe() -> None:
+    from trainer.results_doc import render_normals
 
     def record(variant: str, seed: int, dice: float, fp_test: float) -> dict[str, object]:
         settings = {"size": 64, "epochs": 8}
@@ -239,18 +243,23 @@ def test_render_presence_sets_the_loss_beside_the_shipped_one() -> None:
         }  # fmt: skip
 
     records = [
-        record("full", 1, 0.70, 1.0), record("full", 2, 0.72, 0.9),
         record("presence-loss", 1, 0.71, 0.5), record("presence-loss", 2, 0.69, 0.3),
+        record("full", 1, 0.70, 1.0), record("full", 2, 0.72, 0.9),
+        {**record("normals-x4", 1, 0.68, 0.6), "seconds": 1150.0},
+        record("normals-x4", 2, 0.68, 0.6),
     ]  # fmt: skip
-    text = "\n".join(render_presence(records))
-    assert "--seeds 1 2 --seeds-for full presence-loss --epochs 8 --threads 2`" in text
+    text = "\n".join(render_normals(records))
     assert (
-        "| full | 1, 2 | 0.710 ± 0.014 | 0.800 ± 0.000 | n/a | n/a | 95 ± 7 % | 100 ± 0 % | 3 |"
-        in text
+        "--variants full presence-loss --seeds 1 2 --seeds-for full presence-loss --epochs 8 "
+        "--threads 2`" in text
     )
+    assert "--variants full normals-x4 --seeds 1 2 --seeds-for full normals-x4" in text
+    assert "`normals-x4` draws each lesion-free training image 4 times" in text
+    full = "| full | 1, 2 | 0.710 ± 0.014 | 0.800 ± 0.000 | n/a | n/a | 95 ± 7 % | 100 ± 0 % | 3 |"
+    presence = "| presence-loss | 1, 2 | 0.700 ± 0.014 | 0.800 ± 0.000 | n/a | n/a | 40 ± 14 % |"
+    assert text.index(full) < text.index(presence)  # the shipped recipe's row first
     assert (
-        "| presence-loss | 1, 2 | 0.700 ± 0.014 | 0.800 ± 0.000 | n/a | n/a | 40 ± 14 % |" in text
+        "| normals-x4 | 1, 2 | 0.680 ± 0.000 | 0.800 ± 0.000 | n/a | n/a | 60 ± 0 % | 100 ± 0 % "
+        "| 3–19 |" in text
     )
-    one = "\n".join(render_presence(records[:1]))
-    assert "| full | 1 | 0.700 | 0.800 | n/a | n/a | 100 % | 100 % | 3 |" in one
-    assert render_presence([]) == []
+    assert render_normals([]) == []

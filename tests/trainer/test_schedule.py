@@ -49,8 +49,9 @@ def test_default_fingerprint_is_the_one_checkpoints_were_written_with() -> None:
     assert "acgan" in json.loads(_cfg(acgan=Path("gan")).fingerprint())
     # Likewise the presence term: off, it is not there; on, a checkpoint without it is
     # not resumed as if it had been trained with it.
-    assert "presence_weight" not in keep
+    assert "presence_weight" not in keep and "normal_repeat" not in keep
     assert json.loads(_cfg(presence_weight=1.0).fingerprint())["presence_weight"] == 1.0
+    assert json.loads(_cfg(normal_repeat=4).fingerprint())["normal_repeat"] == 4
 
 
 def test_presence_weight_comes_from_the_command_line_and_is_checked() -> None:
@@ -59,6 +60,10 @@ def test_presence_weight_comes_from_the_command_line_and_is_checked() -> None:
     assert parse_args(["--manifest", "m.csv", "--out", "out"])[0].presence_weight == 0.0
     with pytest.raises(SystemExit, match="presence-weight"):
         parse_args(["--manifest", "m.csv", "--out", "out", "--presence-weight", "-1"])
+    cfg, _ = parse_args(["--manifest", "m.csv", "--out", "out", "--normal-repeat", "4"])
+    assert cfg.normal_repeat == 4
+    with pytest.raises(SystemExit, match="normal-repeat"):
+        parse_args(["--manifest", "m.csv", "--out", "out", "--normal-repeat", "0"])
 
 
 def test_paper_plateau_cuts_the_rate_and_early_stopping_follows() -> None:

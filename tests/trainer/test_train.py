@@ -109,6 +109,18 @@ def test_presence_loss_checks_its_inputs_and_is_off_by_default() -> None:
     assert torch.allclose(with_term, plain + 0.5 * lesion_presence_loss(blob, empty))
 
 
+def test_stage1_pool_draws_lesion_free_images_more_often() -> None:
+    from trainer.loops import stage1_pool
+
+    masks = np.zeros((5, 4, 4), np.uint8)
+    masks[[0, 2, 3], 1, 1] = 1  # images 1 and 4 are lesion-free
+    assert stage1_pool(masks, 1).tolist() == [0, 1, 2, 3, 4]
+    pool = stage1_pool(masks, 3)
+    assert sorted(pool.tolist()) == [0, 1, 1, 1, 2, 3, 4, 4, 4]
+    with pytest.raises(ValueError, match="1 or more"):
+        stage1_pool(masks, 0)
+
+
 def test_inverse_frequency_weights() -> None:
     w = inverse_frequency_weights([100, 300, 200])
     assert torch.allclose(w, torch.tensor([2.0, 2 / 3, 1.0]))
